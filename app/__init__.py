@@ -1,1 +1,6 @@
-"""app."""
+"""Folio's front ends: the Python API, the command line and the web app."""
+
+from app.api import Folio
+from app.settings import Settings
+
+__all__ = ["Folio", "Settings"]

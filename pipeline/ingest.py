@@ -1,0 +1,388 @@
+"""Ingestion: hash, parse (in worker processes), store in one transaction, index.
+
+Idempotent: a document is identified by the SHA-256 of its bytes, so the same bytes ingest once.
+Crash-safe: a document's rows are written in one transaction and its images are moved into place
+just before it, so a crash or Ctrl-C leaves either the whole document or none of it, and running
+the same command again finishes the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import delete, insert, select
+
+from pipeline.chunk import BlockRef, ChunkDraft, chunk_blocks
+from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
+from pipeline.parse import ParsedDocument, ParseError, parse_pdf, sha256_file
+from storage import Block, Chunk, Document, DocumentStatus, Library, Page
+
+logger = logging.getLogger(__name__)
+
+
+class ChunkIndex(Protocol):
+    """What ingestion needs of the retrieval indexes: keep them in step with stored chunks."""
+
+    def add(self, chunks: Sequence[tuple[str, str]]) -> None:
+        """Add (chunk_id, text) items."""
+
+    def remove(self, chunk_ids: Sequence[str]) -> None:
+        """Remove items by chunk id (unknown ids are ignored)."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    path: Path
+    doc_id: str | None
+    status: str  # "added", "unchanged", "failed"
+    pages: int = 0
+    chunks: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event: a document finished, or a page of a document was parsed."""
+
+    kind: str  # "page" or "document"
+    path: Path
+    pages_done: int = 0
+    page_count: int = 0
+    result: IngestResult | None = None
+
+
+def find_pdfs(paths: Iterable[Path], *, recursive: bool = False) -> list[Path]:
+    """Expand folders into the PDFs they hold (sorted); files are kept as given.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found += sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() == ".pdf")
+        elif path.exists():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    seen: set[Path] = set()
+    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def ingest(
+    paths: Sequence[Path],
+    library: Library,
+    *,
+    parse_config: ParseConfig,
+    chunk_config: ChunkConfig,
+    ingest_config: IngestConfig,
+    index: ChunkIndex | None = None,
+    reindex: bool = False,
+    password: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> list[IngestResult]:
+    """Ingest PDFs into the library; one result per path, in order. Never raises for bad input.
+
+    Args:
+        paths: PDF files (use `find_pdfs` to expand folders).
+        library: the open library.
+        index: retrieval indexes to keep in step (chunks added and removed with documents).
+        reindex: parse and store again even when the same bytes are already in the library.
+        password: password for encrypted PDFs.
+        on_progress: called in this process for every parsed page and finished document.
+    """
+    notify = on_progress or (lambda _event: None)
+    results: dict[int, IngestResult] = {}
+    todo: list[tuple[int, Path, str]] = []
+    parser_version = _parser_version(parse_config)
+    for i, path in enumerate(paths):
+        try:
+            doc_id = sha256_file(path)
+        except OSError as exc:
+            results[i] = IngestResult(path, None, "failed", error=f"{path.name}: cannot read ({exc.strerror})")
+            notify(Progress("document", path, result=results[i]))
+            continue
+        existing = _existing(library, doc_id)
+        if existing is not None and not reindex and existing.status == DocumentStatus.OK and existing.parser_version == parser_version:
+            results[i] = IngestResult(path, doc_id, "unchanged", existing.page_count)
+            notify(Progress("document", path, result=results[i]))
+            continue
+        todo.append((i, path, doc_id))
+
+    for i, path, outcome in _parse_all(todo, library, parse_config, ingest_config, password, notify):
+        if isinstance(outcome, ParsedDocument):
+            results[i] = _store(outcome, path, library, chunk_config, ingest_config, index)
+        else:
+            doc_id = next(d for j, _, d in todo if j == i)
+            results[i] = _record_failure(library, doc_id, path, outcome, parser_version, index)
+            logger.info("%s", outcome)
+        notify(Progress("document", path, result=results[i]))
+    return [results[i] for i in range(len(paths))]
+
+
+def _parser_version(config: ParseConfig) -> str:
+    from pipeline.parse import PARSER_VERSION
+
+    return f"{PARSER_VERSION}+{config.parser}"
+
+
+def _existing(library: Library, doc_id: str) -> Document | None:
+    with library.sessions() as session:
+        return session.get(Document, doc_id)
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+
+def _parse_worker(
+    path: str, doc_id: str, config: ParseConfig, asset_dir: str, prefix: str, password: str | None, events
+) -> ParsedDocument | str:
+    """Parse one PDF in a worker process. NOTE: must be top-level for pickling."""
+    logging.basicConfig(level=logging.WARNING)
+    source = Path(path)
+
+    def on_page(done: int, total: int) -> None:
+        if events is not None:
+            events.put((path, done, total))
+
+    try:
+        return parse_pdf(
+            source,
+            config,
+            asset_dir=Path(asset_dir),
+            asset_prefix=prefix,
+            password=password,
+            doc_id=doc_id,
+            on_page=on_page,
+        )
+    except ParseError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - one bad PDF must never stop a batch
+        return f"{source.name}: unexpected parser error ({type(exc).__name__}: {exc})".splitlines()[0]
+
+
+def _parse_all(todo, library, parse_config, ingest_config, password, notify):
+    """Yield (index, path, ParsedDocument | error message) as workers finish."""
+    if not todo:
+        return
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager()
+    events = manager.Queue()
+    stop = threading.Event()
+
+    def relay() -> None:
+        while not stop.is_set():
+            try:
+                path, done, total = events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError):
+                return
+            notify(Progress("page", Path(path), done, total))
+
+    relay_thread = threading.Thread(target=relay, daemon=True)
+    relay_thread.start()
+    workers = max(1, min(ingest_config.workers, len(todo), os.cpu_count() or 1))
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures: list[tuple[int, Path, Future]] = []
+            for i, path, doc_id in todo:
+                partial = library.assets_dir / f"{doc_id}.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                future = pool.submit(
+                    _parse_worker, str(path), doc_id, parse_config, str(partial), f"assets/{doc_id}", password, events
+                )
+                futures.append((i, path, future))
+            for i, path, future in futures:
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    outcome = f"{path.name}: the parser crashed on this file"
+                yield i, path, outcome
+    finally:
+        stop.set()
+        relay_thread.join(timeout=2)
+        manager.shutdown()
+
+
+# ------------------------------------------------------------------------------------ storing
+
+
+def _store(
+    parsed: ParsedDocument,
+    path: Path,
+    library: Library,
+    chunk_config: ChunkConfig,
+    ingest_config: IngestConfig,
+    index: ChunkIndex | None,
+) -> IngestResult:
+    """Write one parsed document in one transaction, then bring the indexes in step."""
+    doc_id = parsed.doc_id
+    partial = library.assets_dir / f"{doc_id}.partial"
+    final = library.assets_dir / doc_id
+    if ingest_config.keep_source:
+        partial.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, partial / "source.pdf")
+    old_chunk_ids: list[str] = []
+    with library.sessions() as session, session.begin():
+        if session.get(Document, doc_id) is not None:
+            old_chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.doc_id == doc_id)))
+            # NOTE: rows of pages, blocks and chunks go with it through ON DELETE CASCADE.
+            session.execute(delete(Document).where(Document.id == doc_id))
+            session.expunge_all()
+        session.add(
+            Document(
+                id=doc_id,
+                file_name=parsed.file_name,
+                title=parsed.title,
+                page_count=parsed.page_count,
+                parser_version=parsed.parser_version,
+                status=DocumentStatus.OK,
+                error=None,
+                size_bytes=path.stat().st_size,
+            )
+        )
+        session.flush()
+        session.execute(insert(Page), [_page_row(doc_id, p) for p in parsed.pages])
+        block_rows = [_block_row(doc_id, p.number, b) for p in parsed.pages for b in p.blocks]
+        block_ids = (
+            list(session.scalars(insert(Block).returning(Block.id, sort_by_parameter_order=True), block_rows))
+            if block_rows
+            else []
+        )
+        refs = [
+            BlockRef(bid, row["page"], row["kind"], row["text"], row["caption_of"], row["reading_order"])
+            for bid, row in zip(block_ids, block_rows, strict=True)
+        ]
+        drafts = chunk_blocks(refs, chunk_config)
+        chunk_rows = [_chunk_row(doc_id, d) for d in drafts]
+        if chunk_rows:
+            session.execute(insert(Chunk), chunk_rows)
+        # Images go into place before the commit: a crash in between leaves spare files
+        # (overwritten on the next run), never rows pointing at missing files.
+        if partial.exists():
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+    if index is not None:
+        if old_chunk_ids:
+            index.remove(old_chunk_ids)
+        index.add([(row["id"], row["text"]) for row in chunk_rows])
+    return IngestResult(path, doc_id, "added", parsed.page_count, len(chunk_rows))
+
+
+def _page_row(doc_id: str, page) -> dict:
+    return {
+        "doc_id": doc_id,
+        "number": page.number,
+        "width": page.width,
+        "height": page.height,
+        "rotation": page.rotation,
+        "text": page.text,
+        "has_text_layer": page.has_text_layer,
+        "ocr_used": page.ocr_used,
+        "thumbnail": page.thumbnail,
+    }
+
+
+def _block_row(doc_id: str, page_number: int, block) -> dict:
+    x0, y0, x1, y1 = block.bbox
+    return {
+        "doc_id": doc_id,
+        "page": page_number,
+        "kind": block.kind,
+        "x0": x0,
+        "y0": y0,
+        "x1": x1,
+        "y1": y1,
+        "text": block.text,
+        "reading_order": block.reading_order,
+        "asset": block.asset,
+        "caption_of": block.caption_of,
+    }
+
+
+def _chunk_row(doc_id: str, draft: ChunkDraft) -> dict:
+    return {
+        "id": f"{doc_id[:16]}:{draft.ordinal}",
+        "doc_id": doc_id,
+        "ordinal": draft.ordinal,
+        "kind": draft.kind,
+        "page_start": draft.page_start,
+        "page_end": draft.page_end,
+        "block_ids": list(draft.block_ids),
+        "text": draft.text,
+        "token_count": draft.token_count,
+    }
+
+
+def _record_failure(
+    library: Library, doc_id: str, path: Path, error: str, parser_version: str, index: ChunkIndex | None
+) -> IngestResult:
+    """Record a failed document (replacing an earlier attempt) so `folio docs` shows why."""
+    shutil.rmtree(library.assets_dir / f"{doc_id}.partial", ignore_errors=True)
+    with library.sessions() as session, session.begin():
+        old = session.get(Document, doc_id)
+        if old is not None and old.status == DocumentStatus.OK:
+            # A good earlier version stays; only this attempt failed (e.g. --reindex with a bug).
+            return IngestResult(path, doc_id, "failed", error=error)
+        session.execute(delete(Document).where(Document.id == doc_id))
+        session.add(
+            Document(
+                id=doc_id,
+                file_name=path.name,
+                title=None,
+                page_count=0,
+                parser_version=parser_version,
+                status=DocumentStatus.FAILED,
+                error=error,
+                size_bytes=path.stat().st_size if path.exists() else 0,
+            )
+        )
+    return IngestResult(path, doc_id, "failed", error=error)
+
+
+def delete_document(library: Library, doc_id: str, index: ChunkIndex | None = None) -> Document:
+    """Delete a document (by id or unique id prefix) with its pages, blocks, chunks and images.
+
+    Raises:
+        LookupError: no document, or more than one, matches.
+    """
+    with library.sessions() as session, session.begin():
+        matches = list(session.scalars(select(Document).where(Document.id.startswith(doc_id))))
+        if not matches:
+            raise LookupError(f"no document with id {doc_id!r} (see `folio docs`)")
+        if len(matches) > 1:
+            raise LookupError(f"id prefix {doc_id!r} matches {len(matches)} documents: give more characters")
+        document = matches[0]
+        chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.doc_id == document.id)))
+        session.execute(delete(Document).where(Document.id == document.id))
+    if index is not None and chunk_ids:
+        index.remove(chunk_ids)
+    shutil.rmtree(library.assets_dir / document.id, ignore_errors=True)
+    return document
+
+
+def count_pages(paths: Sequence[Path]) -> int:
+    """Total page count of the readable PDFs among `paths` (for progress bars; cheap)."""
+    import pymupdf
+
+    total = 0
+    for path in paths:
+        try:
+            with pymupdf.open(path) as doc:
+                total += doc.page_count if not doc.needs_pass else 0
+        except (pymupdf.FileDataError, RuntimeError, ValueError, OSError):
+            continue
+    return total

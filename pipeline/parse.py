@@ -1,0 +1,668 @@
+"""PDF → pages and blocks with PyMuPDF: reading order, headings, captions, figures, tables, OCR.
+
+Every bbox is in PDF points in the *displayed* page space (rotation applied), so it can be drawn
+directly on a rendering of the page. Pages are 1-based.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pymupdf
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pipeline.config import OcrMode, ParseConfig, ParserKind
+
+logger = logging.getLogger(__name__)
+
+PARSER_VERSION = "folio-parse-1"
+
+BBox = tuple[float, float, float, float]
+
+_CAPTION = re.compile(r"^\s*(fig\.?|figure|table|tab\.)\s*(\d+|[ivxlc]+)\b", re.IGNORECASE)
+_BULLET = re.compile(r"^\s*([•◦▪▫●○■□\-–—*]|\(?\d{1,2}[.)]|\(?[a-z][.)])\s+")
+# Text extraction flags: no image payloads (figures are located with get_image_info instead).
+_TEXT_FLAGS = (
+    pymupdf.TEXT_PRESERVE_LIGATURES
+    | pymupdf.TEXT_PRESERVE_WHITESPACE
+    | pymupdf.TEXT_MEDIABOX_CLIP
+    | pymupdf.TEXT_DEHYPHENATE
+)
+
+
+class ParseError(Exception):
+    """A PDF could not be parsed; the message is one line naming the reason and the fix."""
+
+
+@dataclass(frozen=True)
+class ParsedBlock:
+    kind: str  # storage.BlockKind values
+    bbox: BBox
+    text: str
+    reading_order: int
+    asset: str | None = None  # path relative to the library, for figures and tables
+    caption_of: int | None = None  # reading_order of the figure/table a caption describes
+
+
+@dataclass(frozen=True)
+class ParsedPage:
+    number: int
+    width: float
+    height: float
+    rotation: int
+    text: str
+    has_text_layer: bool
+    ocr_used: bool
+    thumbnail: str | None
+    blocks: tuple[ParsedBlock, ...]
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    doc_id: str
+    file_name: str
+    title: str | None
+    page_count: int
+    parser_version: str
+    pages: tuple[ParsedPage, ...] = field(default=())
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes: the document id."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for piece in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def open_pdf(path: Path, password: str | None = None) -> pymupdf.Document:
+    """Open a PDF or raise ParseError with a one-line reason and fix."""
+    name = path.name
+    if not path.is_file():
+        raise ParseError(f"{name}: file not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise ParseError(f"{name}: empty file (0 bytes)")
+    with path.open("rb") as handle:
+        head = handle.read(1024)
+    if b"%PDF" not in head:
+        raise ParseError(f"{name}: not a PDF (no %PDF header)")
+    try:
+        doc = pymupdf.open(path, filetype="pdf")
+    except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
+        raise ParseError(f"{name}: malformed PDF that MuPDF cannot repair ({exc})") from exc
+    if doc.needs_pass:
+        if password is None:
+            doc.close()
+            raise ParseError(f"{name}: encrypted; pass its password with --password")
+        if not doc.authenticate(password):
+            doc.close()
+            raise ParseError(f"{name}: encrypted and the password given is wrong")
+    if doc.page_count == 0:
+        doc.close()
+        raise ParseError(f"{name}: no pages (the page tree is empty or unreadable)")
+    return doc
+
+
+_TESSERACT_WARNED = False
+
+
+def tesseract_available() -> bool:
+    """Whether Tesseract and its language data can be found (warns once when not)."""
+    global _TESSERACT_WARNED
+    found = shutil.which("tesseract") is not None
+    if found:
+        try:
+            found = bool(pymupdf.get_tessdata())
+        except (RuntimeError, ValueError):
+            found = False
+    if not found and not _TESSERACT_WARNED:
+        _TESSERACT_WARNED = True
+        logger.warning("Tesseract not found: scanned pages get no text (apt-get install tesseract-ocr)")
+    return found
+
+
+def parse_pdf(
+    path: Path,
+    config: ParseConfig,
+    *,
+    asset_dir: Path | None = None,
+    asset_prefix: str = "",
+    password: str | None = None,
+    doc_id: str | None = None,
+    on_page: Callable[[int, int], None] | None = None,
+) -> ParsedDocument:
+    """Parse a PDF into pages and blocks.
+
+    Args:
+        path: the PDF.
+        config: parse settings.
+        asset_dir: where page thumbnails and figure crops are written (none when None).
+        asset_prefix: the library-relative path of `asset_dir`, stored in the assets' names.
+        password: password of an encrypted PDF.
+        doc_id: the document id (SHA-256 of the bytes), computed when None.
+        on_page: called with (pages done, page count) after each page.
+
+    Raises:
+        ParseError: with a one-line reason when the file cannot be parsed.
+    """
+    doc_id = doc_id or sha256_file(path)
+    doc = open_pdf(path, password)
+    try:
+        if doc.page_count > config.max_pages:
+            raise ParseError(
+                f"{path.name}: {doc.page_count} pages, over the limit of {config.max_pages} "
+                "(raise FOLIO_PARSE__MAX_PAGES)"
+            )
+        if asset_dir is not None:
+            asset_dir.mkdir(parents=True, exist_ok=True)
+        layout_boxes = _layout_boxes(path, doc) if config.parser == ParserKind.LAYOUT else None
+        pages = []
+        for index in range(doc.page_count):
+            try:
+                page = doc.load_page(index)
+                boxes = layout_boxes[index] if layout_boxes is not None else None
+                pages.append(_parse_page(page, config, asset_dir, asset_prefix, boxes))
+            except (RuntimeError, ValueError) as exc:
+                # NOTE: one damaged page must not lose the whole document; keep an empty page.
+                logger.warning("%s: page %d unreadable (%s); kept empty", path.name, index + 1, exc)
+                pages.append(_empty_page(index + 1))
+            if on_page is not None:
+                on_page(index + 1, doc.page_count)
+        title = (doc.metadata or {}).get("title") or _guess_title(pages)
+        return ParsedDocument(
+            doc_id=doc_id,
+            file_name=path.name,
+            title=title.strip()[:1000] if title else None,
+            page_count=doc.page_count,
+            parser_version=f"{PARSER_VERSION}+{config.parser}",
+            pages=tuple(pages),
+        )
+    finally:
+        doc.close()
+
+
+def _empty_page(number: int) -> ParsedPage:
+    return ParsedPage(number, 0.0, 0.0, 0, "", False, False, None, ())
+
+
+def _guess_title(pages: list[ParsedPage]) -> str | None:
+    for page in pages[:2]:
+        for block in page.blocks:
+            if block.kind == "heading" and len(block.text) > 3:
+                return block.text
+    return None
+
+
+# --------------------------------------------------------------------------------------- page
+
+
+@dataclass
+class _Text:
+    """A text block while the page is being assembled."""
+
+    bbox: BBox
+    text: str
+    size: float
+    bold: bool
+    lines: int
+    kind: str = "text"
+
+
+def _parse_page(
+    page: pymupdf.Page,
+    config: ParseConfig,
+    asset_dir: Path | None,
+    asset_prefix: str,
+    layout_boxes: list[dict] | None,
+) -> ParsedPage:
+    number = page.number + 1
+    raw_text = page.get_text("text", flags=_TEXT_FLAGS)
+    has_text_layer = len(raw_text.strip()) >= config.min_text_chars
+    textpage = None
+    ocr_used = False
+    want_ocr = config.ocr == OcrMode.ALWAYS or (config.ocr == OcrMode.AUTO and not has_text_layer)
+    if want_ocr and _page_has_ink(page) and tesseract_available():
+        _upright_for_ocr(page)
+        try:
+            textpage = page.get_textpage_ocr(
+                flags=_TEXT_FLAGS, language=config.ocr_language, dpi=config.ocr_dpi, full=True
+            )
+            ocr_used = True
+        except RuntimeError as exc:
+            logger.warning("page %d: OCR failed (%s); using the text layer", number, exc)
+    matrix = page.rotation_matrix  # unrotated page space -> displayed page space
+    width, height = page.rect.width, page.rect.height
+
+    if layout_boxes is not None and textpage is None:
+        blocks = _blocks_from_layout(page, layout_boxes, matrix)
+    else:
+        blocks = _blocks_from_spans(page, textpage, matrix, config)
+
+    thumbnail = None
+    if asset_dir is not None:
+        blocks = _render_figures(page, blocks, asset_dir, asset_prefix, config.figure_dpi)
+        name = f"p{number:04d}.png"
+        page.get_pixmap(dpi=config.thumbnail_dpi).save(asset_dir / name)
+        thumbnail = f"{asset_prefix}/{name}" if asset_prefix else name
+    text = "\n\n".join(b.text for b in blocks if b.kind != "figure" and b.text)
+    return ParsedPage(
+        number=number,
+        width=width,
+        height=height,
+        rotation=page.rotation,
+        text=text,
+        has_text_layer=has_text_layer,
+        ocr_used=ocr_used,
+        thumbnail=thumbnail,
+        blocks=tuple(blocks),
+    )
+
+
+def _page_has_ink(page: pymupdf.Page) -> bool:
+    """Whether a page without text has anything to OCR (images or vector drawings)."""
+    return bool(page.get_image_info()) or bool(page.get_cdrawings())
+
+
+def _upright_for_ocr(page: pymupdf.Page) -> None:
+    """Rotate a scanned page upright using Tesseract's orientation detection (OSD)."""
+    pix = page.get_pixmap(dpi=150, colorspace=pymupdf.csGRAY)  # OSD misjudges at 100 dpi
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / "page.png"
+        pix.save(image)
+        try:
+            result = subprocess.run(
+                ["tesseract", str(image), "-", "--psm", "0"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return
+    rotate = re.search(r"Rotate:\s*(\d+)", result.stdout)
+    confidence = re.search(r"Orientation confidence:\s*([\d.]+)", result.stdout)
+    if rotate and confidence and int(rotate.group(1)) % 360 and float(confidence.group(1)) >= 1.5:
+        page.set_rotation((page.rotation + int(rotate.group(1))) % 360)
+
+
+def _to_display(rect: pymupdf.Rect | tuple, matrix: pymupdf.Matrix) -> BBox:
+    r = pymupdf.Rect(rect) * matrix
+    r.normalize()
+    return (round(r.x0, 2), round(r.y0, 2), round(r.x1, 2), round(r.y1, 2))
+
+
+def _blocks_from_spans(
+    page: pymupdf.Page,
+    textpage: pymupdf.TextPage | None,
+    matrix: pymupdf.Matrix,
+    config: ParseConfig,
+) -> list[ParsedBlock]:
+    """The fast parser: PyMuPDF's text blocks, classified and put in reading order."""
+    data = page.get_text("dict", flags=_TEXT_FLAGS, textpage=textpage, sort=False)
+    texts = [t for t in (_text_block(b, matrix) for b in data["blocks"] if b.get("type") == 0) if t]
+    body_size = _body_font_size(texts)
+    for t in texts:
+        t.kind = _classify(t, body_size)
+
+    page_area = page.rect.width * page.rect.height
+    regions: list[tuple[str, BBox]] = []  # ("figure" | "table", bbox)
+    if textpage is None:  # on an OCR'd scan the whole page is one image: no figure regions
+        regions += [("figure", r) for r in _figure_regions(page, matrix, page_area)]
+    captions = [t for t in texts if t.kind == "caption"]
+    table_md: dict[BBox, str] = {}
+    if config.tables and textpage is None and _worth_table_search(page, captions):
+        for bbox, markdown in _find_tables(page, matrix):
+            regions.append(("table", bbox))
+            table_md[bbox] = markdown
+    regions = _dedupe_regions(regions)
+    # Captions whose figure is vector art PyMuPDF did not report: take the gap above the caption.
+    for cap in captions:
+        if not _nearest_region(cap, regions):
+            guessed = _region_above(cap, texts, page.rect.width)
+            if guessed is not None:
+                is_table = cap.text.lower().startswith("tab")
+                regions.append(("table" if is_table else "figure", guessed))
+
+    # Text inside a figure (axis labels, legends) belongs to the figure, not to the body.
+    region_text: dict[BBox, list[_Text]] = {bbox: [] for _, bbox in regions}
+    body: list[_Text] = []
+    for t in texts:
+        owner = next((bbox for _, bbox in regions if _center_in(t.bbox, bbox)), None)
+        if owner is not None and t.kind != "caption":
+            region_text[owner].append(t)
+        else:
+            body.append(t)
+
+    items: list[tuple[str, BBox, str, _Text | None]] = [(t.kind, t.bbox, t.text, t) for t in body]
+    for kind, bbox in regions:
+        inner = sorted(region_text[bbox], key=lambda t: (t.bbox[1], t.bbox[0]))
+        text = table_md.get(bbox) or " ".join(t.text for t in inner)
+        items.append((kind, bbox, text, None))
+    ordered = _reading_order([it[1] for it in items], page.rect.width)
+    items = [items[i] for i in ordered]
+
+    blocks = [ParsedBlock(kind, bbox, text, n) for n, (kind, bbox, text, _) in enumerate(items)]
+    return _link_captions(blocks)
+
+
+def _text_block(block: dict, matrix: pymupdf.Matrix) -> _Text | None:
+    lines_text: list[str] = []
+    sizes: dict[float, int] = {}
+    bold_chars = 0
+    total = 0
+    for line in block.get("lines", []):
+        spans = line.get("spans", [])
+        text = "".join(s["text"] for s in spans).strip()
+        if not text:
+            continue
+        lines_text.append(text)
+        for s in spans:
+            n = len(s["text"].strip())
+            total += n
+            sizes[round(s["size"], 1)] = sizes.get(round(s["size"], 1), 0) + n
+            if s["flags"] & pymupdf.TEXT_FONT_BOLD or "bold" in s["font"].lower():
+                bold_chars += n
+    if not lines_text or total == 0:
+        return None
+    text = _join_lines(lines_text)
+    size = max(sizes, key=sizes.get)
+    return _Text(_to_display(block["bbox"], matrix), text, size, bold_chars >= 0.8 * total, len(lines_text))
+
+
+def _join_lines(lines: list[str]) -> str:
+    out = lines[0]
+    for line in lines[1:]:
+        if out.endswith("-") and line[:1].islower():
+            out = out[:-1] + line
+        else:
+            out = f"{out} {line}"
+    return re.sub(r"\s+", " ", out).strip()
+
+
+def _body_font_size(texts: list[_Text]) -> float:
+    if not texts:
+        return 10.0
+    weighted = [t.size for t in texts for _ in range(min(len(t.text) // 20 + 1, 50))]
+    return statistics.median(weighted)
+
+
+def _classify(t: _Text, body_size: float) -> str:
+    if _CAPTION.match(t.text):
+        return "caption"
+    short = len(t.text) <= 160 and t.lines <= 3
+    if short and t.size >= body_size * 1.15 and any(c.isalpha() for c in t.text):
+        return "heading"
+    if short and t.bold and t.lines <= 2 and not t.text.endswith((".", ",", ";")) and len(t.text) > 2:
+        return "heading"
+    if _BULLET.match(t.text):
+        return "list"
+    return "text"
+
+
+def _figure_regions(page: pymupdf.Page, matrix: pymupdf.Matrix, page_area: float) -> list[BBox]:
+    """Images and clusters of vector drawings large enough to be figures."""
+    rects: list[pymupdf.Rect] = []
+    for info in page.get_image_info():
+        r = pymupdf.Rect(info["bbox"]) & page.rect
+        if not r.is_empty:
+            rects.append(r)
+    drawings = page.get_cdrawings()
+    if 0 < len(drawings) <= 5000:
+        rects += _cluster([pymupdf.Rect(d["rect"]) for d in drawings], gap=12)
+    out = []
+    for r in _cluster(rects, gap=4):
+        area = r.width * r.height
+        # Ignore specks, rules (tables draw those) and full-page backgrounds.
+        if r.width >= 48 and r.height >= 36 and 0.012 * page_area <= area <= 0.85 * page_area:
+            out.append(_to_display(r, matrix))
+    return out
+
+
+def _cluster(rects: list[pymupdf.Rect], gap: float) -> list[pymupdf.Rect]:
+    """Union of rectangles that overlap or lie within `gap` points of each other."""
+    boxes = np.array([tuple(r) for r in rects if r.is_valid and not r.is_empty], dtype=np.float64)
+    if len(boxes) > 4000:  # NOTE: keep the pairwise matrix small on drawing-heavy pages
+        boxes = boxes[np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:4000]]
+    while len(boxes) > 1:
+        near = (
+            (boxes[:, None, 0] - gap <= boxes[None, :, 2])
+            & (boxes[None, :, 0] <= boxes[:, None, 2] + gap)
+            & (boxes[:, None, 1] - gap <= boxes[None, :, 3])
+            & (boxes[None, :, 1] <= boxes[:, None, 3] + gap)
+        )
+        count, labels = connected_components(csr_matrix(near), directed=False)
+        if count == len(boxes):
+            break
+        merged = np.empty((count, 4))
+        for i in range(count):
+            group = boxes[labels == i]
+            merged[i] = (group[:, 0].min(), group[:, 1].min(), group[:, 2].max(), group[:, 3].max())
+        boxes = merged
+    return [pymupdf.Rect(*b) for b in boxes]
+
+
+def _worth_table_search(page: pymupdf.Page, captions: list[_Text]) -> bool:
+    """Table detection is slow (~0.3 s a page): run it on pages with a 'Table N' caption or a
+    ruled grid (several horizontal and vertical rules, or many horizontal ones, as in filings)."""
+    if any(c.text.lower().startswith("tab") for c in captions):
+        return True
+    horizontal = vertical = 0
+    for d in page.get_cdrawings():
+        x0, y0, x1, y1 = d["rect"]
+        if y1 - y0 <= 2 and x1 - x0 >= 30:
+            horizontal += 1
+        elif x1 - x0 <= 2 and y1 - y0 >= 10:
+            vertical += 1
+    return (horizontal >= 3 and vertical >= 3) or horizontal >= 8
+
+
+def _find_tables(page: pymupdf.Page, matrix: pymupdf.Matrix) -> Iterator[tuple[BBox, str]]:
+    try:
+        found = page.find_tables(use_layout=False)
+    except (RuntimeError, ValueError, IndexError) as exc:  # MuPDF table code on odd pages
+        logger.debug("page %d: table detection failed (%s)", page.number + 1, exc)
+        return
+    for table in found.tables:
+        if table.row_count < 2 or table.col_count < 2:
+            continue
+        try:
+            markdown = table.to_markdown(clean=False).strip()
+        except (RuntimeError, ValueError, IndexError):
+            continue
+        yield _to_display(table.bbox, matrix), markdown
+
+
+def _dedupe_regions(regions: list[tuple[str, BBox]]) -> list[tuple[str, BBox]]:
+    """Drop figure regions that mostly overlap a table (tables win) or another region."""
+    out: list[tuple[str, BBox]] = []
+    for kind, bbox in sorted(regions, key=lambda kr: (kr[0] != "table", -_area(kr[1]))):
+        if all(_overlap(bbox, other) < 0.6 for _, other in out):
+            out.append((kind, bbox))
+    return out
+
+
+def _area(b: BBox) -> float:
+    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+
+
+def _overlap(a: BBox, b: BBox) -> float:
+    """Intersection over the smaller box."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min(_area(a), _area(b))
+    return ix * iy / smaller if smaller > 0 else 0.0
+
+
+def _center_in(inner: BBox, outer: BBox) -> bool:
+    cx, cy = (inner[0] + inner[2]) / 2, (inner[1] + inner[3]) / 2
+    return outer[0] - 1 <= cx <= outer[2] + 1 and outer[1] - 1 <= cy <= outer[3] + 1
+
+
+def _h_overlap(a: BBox, b: BBox) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+
+
+def _nearest_region(cap: _Text, regions: list[tuple[str, BBox]]) -> BBox | None:
+    best, best_gap = None, 1e9
+    for _, bbox in regions:
+        if _h_overlap(cap.bbox, bbox) < 0.3 * min(cap.bbox[2] - cap.bbox[0], bbox[2] - bbox[0]):
+            continue
+        gap = max(bbox[1] - cap.bbox[3], cap.bbox[1] - bbox[3], 0.0)
+        if gap < best_gap and gap <= 60:
+            best, best_gap = bbox, gap
+    return best
+
+
+def _region_above(cap: _Text, texts: list[_Text], page_width: float) -> BBox | None:
+    """The empty band above a caption, up to the previous body text in its column."""
+    x0, x1 = cap.bbox[0], cap.bbox[2]
+    if x1 - x0 < 0.3 * page_width:  # a short caption line: widen to its column
+        x0, x1 = (0.0, page_width / 2) if x1 <= page_width / 2 else (page_width / 2, page_width)
+    top = 0.0
+    for t in texts:
+        if t is cap or t.bbox[3] > cap.bbox[1] or _h_overlap(t.bbox, (x0, 0, x1, 0)) <= 0:
+            continue
+        if t.kind in ("text", "list", "heading", "caption") and len(t.text) > 80:
+            top = max(top, t.bbox[3])
+    if cap.bbox[1] - top < 40:
+        return None
+    return (round(x0, 2), round(top + 2, 2), round(x1, 2), round(cap.bbox[1] - 2, 2))
+
+
+def _reading_order(boxes: list[BBox], page_width: float) -> list[int]:
+    """Indices of `boxes` in reading order; two-column pages read left column, then right.
+
+    Boxes spanning both columns (titles, wide figures) cut the page into bands; within a band
+    the left column is read before the right one.
+    """
+    mid = page_width / 2
+    tol = page_width * 0.04
+    left = [i for i, b in enumerate(boxes) if b[2] <= mid + tol]
+    right = [i for i, b in enumerate(boxes) if b[0] >= mid - tol and i not in left]
+    two_columns = (
+        len(left) >= 2
+        and len(right) >= 2
+        and any(boxes[i][1] < boxes[j][3] and boxes[j][1] < boxes[i][3] for i in left for j in right)
+    )
+    if not two_columns:
+        return sorted(range(len(boxes)), key=lambda i: (round(boxes[i][1] / 4), boxes[i][0]))
+    columned = set(left) | set(right)
+    spanning = sorted((i for i in range(len(boxes)) if i not in columned), key=lambda i: boxes[i][1])
+    order: list[int] = []
+    placed: set[int] = set()
+    for cut in [*spanning, None]:
+        limit = boxes[cut][1] if cut is not None else float("inf")
+        for column in (left, right):
+            band = [i for i in column if i not in placed and boxes[i][1] < limit]
+            band.sort(key=lambda i: (boxes[i][1], boxes[i][0]))
+            order += band
+            placed.update(band)
+        if cut is not None:
+            order.append(cut)
+            placed.add(cut)
+    return order
+
+
+def _link_captions(blocks: list[ParsedBlock]) -> list[ParsedBlock]:
+    """Point each caption at its figure or table (nearest one it overlaps horizontally)."""
+    regions = [b for b in blocks if b.kind in ("figure", "table")]
+    out = []
+    for b in blocks:
+        if b.kind == "caption" and regions:
+            wants = "table" if b.text.lower().startswith("tab") else "figure"
+            fake = _Text(b.bbox, b.text, 0, False, 1)
+            candidates = [(r.kind, r.bbox) for r in regions if r.kind == wants] or [
+                (r.kind, r.bbox) for r in regions
+            ]
+            target = _nearest_region(fake, candidates)
+            if target is not None:
+                owner = next(r for r in regions if r.bbox == target)
+                b = replace(b, caption_of=owner.reading_order)
+        out.append(b)
+    # A figure's text is more useful with its caption in front of it.
+    captions = {b.caption_of: b.text for b in out if b.caption_of is not None}
+    return [
+        replace(b, text=f"{captions[b.reading_order]}\n{b.text}".strip())
+        if b.reading_order in captions
+        else b
+        for b in out
+    ]
+
+
+def _render_figures(
+    page: pymupdf.Page, blocks: list[ParsedBlock], asset_dir: Path, prefix: str, dpi: int
+) -> list[ParsedBlock]:
+    out = []
+    inverse = ~page.rotation_matrix
+    for b in blocks:
+        if b.kind in ("figure", "table"):
+            clip = (pymupdf.Rect(b.bbox) * inverse) & page.rect
+            if not clip.is_empty and clip.width > 4 and clip.height > 4:
+                name = f"p{page.number + 1:04d}-{b.kind}{b.reading_order:03d}.png"
+                page.get_pixmap(dpi=dpi, clip=clip).save(asset_dir / name)
+                b = replace(b, asset=f"{prefix}/{name}" if prefix else name)
+        out.append(b)
+    return out
+
+
+# ------------------------------------------------------------------------------ layout model
+
+_LAYOUT_KIND = {
+    "title": "heading",
+    "section-header": "heading",
+    "caption": "caption",
+    "picture": "figure",
+    "table": "table",
+    "list-item": "list",
+}
+_LAYOUT_SKIP = {"page-header", "page-footer"}
+
+
+def _layout_boxes(path: Path, doc: pymupdf.Document) -> list[list[dict]]:
+    """Boxes of PyMuPDF's layout-analysis model, one list per page (quality mode, ~1 page/s)."""
+    import json
+
+    import pymupdf.layout  # noqa: F401 - activates the layout model inside pymupdf4llm
+    import pymupdf4llm
+
+    try:
+        data = json.loads(pymupdf4llm.to_json(doc, use_ocr=False))
+    except (RuntimeError, ValueError) as exc:
+        raise ParseError(f"{path.name}: layout analysis failed ({exc}); try --parser fast") from exc
+    return [page.get("boxes", []) for page in data["pages"]]
+
+
+def _blocks_from_layout(
+    page: pymupdf.Page, boxes: list[dict], matrix: pymupdf.Matrix
+) -> list[ParsedBlock]:
+    blocks: list[ParsedBlock] = []
+    for box in boxes:
+        cls = box.get("boxclass", "text")
+        if cls in _LAYOUT_SKIP:
+            continue
+        rect = pymupdf.Rect(box["x0"], box["y0"], box["x1"], box["y1"])
+        kind = _LAYOUT_KIND.get(cls, "text")
+        table = box.get("table") or {}
+        if kind == "table" and table.get("markdown"):
+            text = table["markdown"].strip()
+        else:
+            text = re.sub(r"\s+", " ", page.get_textbox(rect)).strip()
+        if kind == "text" and _CAPTION.match(text):
+            kind = "caption"
+        if not text and kind not in ("figure", "table"):
+            continue
+        blocks.append(ParsedBlock(kind, _to_display(rect, matrix), text, len(blocks)))
+    return _link_captions(blocks)

@@ -1,0 +1,148 @@
+"""Retrieval settings: analysers, indexes, fusion and pseudo-relevance feedback.
+
+Defaults were tuned on `../shared/data/ir` (see BENCHMARKS.md, "Retrieval (issue 3)").
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RetrievalMode(enum.StrEnum):
+    """What answers a query; the names are those of `folio search --mode`."""
+
+    BM25 = "bm25"
+    SPLADE = "splade"
+    DENSE = "dense"
+    HYBRID = "hybrid"  # normalised interpolation of every available run
+    HYBRID_PRF = "hybrid-prf"  # interpolate, feed back, run again, interpolate again
+
+
+class Normalization(enum.StrEnum):
+    """How a run's scores are put on a common scale before interpolation."""
+
+    MINMAX = "minmax"
+    ZSCORE = "zscore"
+    RRF = "rrf"  # reciprocal-rank fusion: ranks, not scores
+
+
+class DenseIndexKind(enum.StrEnum):
+    """FAISS index type."""
+
+    AUTO = "auto"  # exact below `hnsw_threshold` items, HNSW from there on
+    FLAT = "flat"
+    HNSW = "hnsw"
+
+
+class BM25Config(BaseModel):
+    """BM25 over analysed words (Lucene's BM25 formula)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k1: float = Field(default=0.9, ge=0.0, description="Term-frequency saturation.")
+    b: float = Field(default=0.4, ge=0.0, le=1.0, description="Document-length normalisation.")
+    stemmer: str | None = Field(
+        default="english",
+        description="Snowball stemmer language (PyStemmer), or None for no stemming.",
+    )
+    stopwords: str | None = Field(
+        default="en", description="Stop-word list: 'en' (Lucene's English set) or None for none."
+    )
+
+
+class SpladeConfig(BaseModel):
+    """Learned-sparse (SPLADE) index."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    doc_max_terms: int = Field(
+        default=256, ge=1, description="Keep at most this many highest-weighted terms per chunk."
+    )
+    query_max_terms: int = Field(
+        default=32, ge=1, description="Keep at most this many highest-weighted terms per query."
+    )
+
+
+class DenseConfig(BaseModel):
+    """Dense embeddings in FAISS (inner product on L2-normalised vectors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: DenseIndexKind = Field(default=DenseIndexKind.AUTO, description="FAISS index type.")
+    hnsw_threshold: int = Field(
+        default=50_000,
+        ge=1,
+        description="With index='auto', switch from exact to HNSW at this size.",
+    )
+    hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree.")
+    hnsw_ef_construction: int = Field(default=80, ge=8, description="HNSW build beam width.")
+    hnsw_ef_search: int = Field(default=128, ge=8, description="HNSW search beam width.")
+
+
+class FusionConfig(BaseModel):
+    """Interpolation of runs: s = sum_i w_i * norm(s_i) (weights need not sum to 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    normalization: Normalization = Field(
+        default=Normalization.ZSCORE, description="Score normalisation before interpolation."
+    )
+    bm25_weight: float = Field(default=0.3, ge=0.0, description="Weight of the BM25 run.")
+    splade_weight: float = Field(
+        default=0.2,
+        ge=0.0,
+        description="Weight of the SPLADE run (ignored without a SPLADE encoder).",
+    )
+    dense_weight: float = Field(default=0.5, ge=0.0, description="Weight of the dense run.")
+    rrf_k: int = Field(default=60, ge=1, description="Rank offset of reciprocal-rank fusion.")
+
+
+class PRFConfig(BaseModel):
+    """Pseudo-relevance feedback from the top of the first fused run (Li et al., SIGIR 2022)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fb_docs: int = Field(
+        default=5, ge=1, description="Feedback depth: top chunks of the fused run."
+    )
+    rm3_terms: int = Field(default=20, ge=1, description="RM3 expansion terms for BM25.")
+    rm3_original_weight: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="RM3 weight of the original query (1 = no expansion).",
+    )
+    rocchio_alpha: float = Field(
+        default=1.0, ge=0.0, description="Dense and SPLADE Rocchio: weight of the original query."
+    )
+    rocchio_beta: float = Field(
+        default=0.5, ge=0.0, description="Dense and SPLADE Rocchio: weight of the feedback mean."
+    )
+    splade_terms: int = Field(
+        default=64, ge=1, description="SPLADE Rocchio keeps this many highest-weighted query terms."
+    )
+    keep_first_pass: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Weight of the first (pre-feedback) fused run in the final interpolation.",
+    )
+
+
+class RetrievalConfig(BaseModel):
+    """Everything retrieval needs; pipeline passes it in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: RetrievalMode = Field(
+        default=RetrievalMode.HYBRID_PRF, description="Default search mode."
+    )
+    depth: int = Field(
+        default=100, ge=1, description="Candidates each run contributes to fusion (per query)."
+    )
+    bm25: BM25Config = Field(default_factory=BM25Config, description="BM25 settings.")
+    splade: SpladeConfig = Field(default_factory=SpladeConfig, description="SPLADE settings.")
+    dense: DenseConfig = Field(default_factory=DenseConfig, description="Dense settings.")
+    fusion: FusionConfig = Field(default_factory=FusionConfig, description="Fusion settings.")
+    prf: PRFConfig = Field(default_factory=PRFConfig, description="Feedback settings.")

@@ -1,0 +1,403 @@
+"""The composed retriever: BM25, SPLADE and dense runs, interpolated before and after feedback.
+
+`hybrid-prf` follows Li et al., "To Interpolate or not to Interpolate: PRF, Dense and Sparse
+Retrievers" (SIGIR 2022): interpolate the first runs, take the top chunks of the fused run as
+feedback for every retriever (RM3 for BM25, Rocchio for SPLADE and dense), run each rewritten
+query, and interpolate again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._io import FORMAT_VERSION
+from ._postings import TermWeights
+from ._types import DenseEncoder, Hit, IndexMismatchError, SparseEncoder
+from .config import RetrievalConfig, RetrievalMode
+from .dense import DenseIndex
+from .fusion import fuse
+from .prf import rm3, rocchio_dense, rocchio_sparse
+from .sparse import BM25Index, SpladeIndex
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EncodedQuery", "HybridRetriever"]
+
+_MANIFEST = "retriever.json"
+
+
+@dataclass(frozen=True)
+class EncodedQuery:
+    """A query as each retriever sees it (None where a retriever is absent or not needed)."""
+
+    text: str
+    bm25: TermWeights | None = None
+    splade: TermWeights | None = None
+    dense: np.ndarray | None = None  # [D]
+
+
+class HybridRetriever:
+    """BM25 always; SPLADE and dense when their encoders are given. Chunks are (id, text) pairs."""
+
+    def __init__(
+        self,
+        *,
+        bm25: BM25Index,
+        splade: SpladeIndex | None = None,
+        dense: DenseIndex | None = None,
+        config: RetrievalConfig | None = None,
+    ) -> None:
+        self._config = config or RetrievalConfig()
+        self._bm25 = bm25
+        self._splade = splade
+        self._dense = dense
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        dense_encoder: DenseEncoder | None = None,
+        sparse_encoder: SparseEncoder | None = None,
+        config: RetrievalConfig | None = None,
+    ) -> HybridRetriever:
+        """An empty retriever.
+
+        Args:
+            dense_encoder: Enables the dense run (e.g. `models.encoders.MiniLMEncoder`).
+            sparse_encoder: Enables the SPLADE run (e.g. `models.encoders.SpladeEncoder`).
+            config: Settings (defaults when None).
+        """
+        config = config or RetrievalConfig()
+        return cls(
+            bm25=BM25Index(config.bm25),
+            splade=SpladeIndex(sparse_encoder, config.splade)
+            if sparse_encoder is not None
+            else None,
+            dense=DenseIndex(dense_encoder, config.dense) if dense_encoder is not None else None,
+            config=config,
+        )
+
+    @property
+    def config(self) -> RetrievalConfig:
+        return self._config
+
+    @property
+    def bm25(self) -> BM25Index:
+        return self._bm25
+
+    @property
+    def splade(self) -> SpladeIndex | None:
+        return self._splade
+
+    @property
+    def dense(self) -> DenseIndex | None:
+        return self._dense
+
+    @property
+    def modes(self) -> list[RetrievalMode]:
+        """Modes this retriever can answer."""
+        modes = [RetrievalMode.BM25]
+        if self._splade is not None:
+            modes.append(RetrievalMode.SPLADE)
+        if self._dense is not None:
+            modes.append(RetrievalMode.DENSE)
+        return [*modes, RetrievalMode.HYBRID, RetrievalMode.HYBRID_PRF]
+
+    def with_config(self, config: RetrievalConfig) -> HybridRetriever:
+        """The same indexes with other query-time settings (fusion, feedback, depth, BM25 k1/b).
+
+        Raises:
+            ValueError: If `config` changes a build-time setting (analyser, SPLADE pruning, FAISS).
+        """
+        old = self._config
+        if (config.bm25.stemmer, config.bm25.stopwords) != (
+            old.bm25.stemmer,
+            old.bm25.stopwords,
+        ) or (config.splade.doc_max_terms != old.splade.doc_max_terms or config.dense != old.dense):
+            raise ValueError(
+                "with_config changes query-time settings only; rebuild for index settings"
+            )
+        bm25 = self._bm25.with_config(config.bm25)
+        splade = self._splade.with_config(config.splade) if self._splade is not None else None
+        return HybridRetriever(bm25=bm25, splade=splade, dense=self._dense, config=config)
+
+    def __len__(self) -> int:
+        return len(self._bm25)
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return chunk_id in self._bm25
+
+    def add(self, items: Iterable[tuple[str, str]]) -> None:
+        """Index (chunk_id, text) pairs in every retriever; an id already present is replaced.
+
+        Args:
+            items: Pairs of chunk id (str) and text.
+        """
+        items = list(items)
+        self._bm25.add(items)
+        if self._splade is not None:
+            self._splade.add(items)
+        if self._dense is not None:
+            self._dense.add(items)
+
+    def delete(self, chunk_ids: Iterable[str]) -> int:
+        """Remove chunks from every retriever; unknown ids are ignored.
+
+        Returns:
+            How many chunks were removed.
+        """
+        ids = set(chunk_ids)
+        removed = self._bm25.delete(ids)
+        for index in (self._splade, self._dense):
+            if index is not None:
+                index.delete(ids)
+        return removed
+
+    def encode(self, query: str, mode: RetrievalMode | str | None = None) -> EncodedQuery:
+        """Encode `query` for every retriever that `mode` uses."""
+        return self.encode_batch([query], mode)[0]
+
+    def encode_batch(
+        self, queries: Sequence[str], mode: RetrievalMode | str | None = None
+    ) -> list[EncodedQuery]:
+        """Encode queries in batches (one encoder call per retriever)."""
+        use = self._uses(self._mode(mode))
+        n = len(queries)
+        bm25 = self._bm25.encode_queries(queries) if "bm25" in use else [None] * n
+        splade = self._splade.encode_queries(queries) if "splade" in use else [None] * n
+        dense = list(self._dense.encode_queries(queries)) if "dense" in use else [None] * n
+        return [
+            EncodedQuery(q, b, s, d)
+            for q, b, s, d in zip(queries, bm25, splade, dense, strict=True)
+        ]
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        mode: RetrievalMode | str | None = None,
+        allowed: Collection[str] | None = None,
+    ) -> list[Hit]:
+        """Best chunks for `query`.
+
+        Args:
+            query: Query text.
+            k: How many hits at most.
+            mode: bm25, splade, dense, hybrid or hybrid-prf (default: the configured mode).
+            allowed: If given, only these chunk ids can be returned (e.g. one document's chunks).
+
+        Returns:
+            Up to k hits, best first. Scores of fused modes are interpolated normalised scores.
+
+        Raises:
+            ValueError: If the mode needs a retriever this one lacks.
+        """
+        mode = self._mode(mode)
+        return self.search_encoded(self.encode(query, mode), k, mode=mode, allowed=allowed)
+
+    def search_encoded(
+        self,
+        query: EncodedQuery,
+        k: int = 10,
+        *,
+        mode: RetrievalMode | str | None = None,
+        allowed: Collection[str] | None = None,
+    ) -> list[Hit]:
+        """Like `search`, for a query from `encode` (with the same mode)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        mode = self._mode(mode)
+        allowed = (
+            set(allowed)
+            if allowed is not None and not isinstance(allowed, set | frozenset)
+            else allowed
+        )
+        depth = max(self._config.depth, k)
+        if mode == RetrievalMode.BM25:
+            return self._bm25.search_encoded(self._need(query.bm25, "bm25"), k, allowed=allowed)
+        if mode == RetrievalMode.SPLADE:
+            return self._splade.search_encoded(
+                self._need(query.splade, "splade"), k, allowed=allowed
+            )
+        if mode == RetrievalMode.DENSE:
+            return self._dense.search_encoded(self._need(query.dense, "dense"), k, allowed=allowed)
+        first = self._runs(query, depth, allowed)
+        fused = self._fuse(first, depth if mode == RetrievalMode.HYBRID_PRF else k)
+        if mode == RetrievalMode.HYBRID:
+            return fused
+        feedback = [h.chunk_id for h in fused[: self._config.prf.fb_docs]]
+        second = self._runs(self._feedback(query, feedback), depth, allowed)
+        runs = list(second.values())
+        weights = [self._weight(name) for name in second]
+        if self._config.prf.keep_first_pass > 0:
+            runs.append(fused)
+            weights.append(self._config.prf.keep_first_pass)
+        return fuse(
+            runs,
+            weights,
+            normalization=self._config.fusion.normalization,
+            k=k,
+            rrf_k=self._config.fusion.rrf_k,
+        )
+
+    def save(self, directory: Path) -> None:
+        """Write every index into `directory`, then `retriever.json` (atomically, last)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        parts = {"bm25": self._bm25}
+        if self._splade is not None:
+            parts["splade"] = self._splade
+        if self._dense is not None:
+            parts["dense"] = self._dense
+        for index in parts.values():
+            index.save(directory)
+        manifest = {"format": FORMAT_VERSION, "chunks": len(self), "parts": sorted(parts)}
+        fd, tmp = tempfile.mkstemp(prefix=f".{_MANIFEST}.", dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / _MANIFEST)
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        *,
+        dense_encoder: DenseEncoder | None = None,
+        sparse_encoder: SparseEncoder | None = None,
+        config: RetrievalConfig | None = None,
+    ) -> HybridRetriever:
+        """Read what `save` wrote; the encoders must be the ones the indexes were built with.
+
+        Raises:
+            FileNotFoundError: If `directory` holds no saved retriever.
+            IndexMismatchError: If an encoder is given whose index was not saved, an index was
+                built with other settings, or the parts disagree on the chunks they hold.
+        """
+        directory = Path(directory)
+        path = directory / _MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved retriever in {directory} ({_MANIFEST} missing)")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        config = config or RetrievalConfig()
+        for name, enc in (("splade", sparse_encoder), ("dense", dense_encoder)):
+            if enc is not None and name not in manifest["parts"]:
+                raise IndexMismatchError(
+                    f"{directory} has no {name} index; rebuild it with that encoder"
+                )
+        bm25 = BM25Index.load(directory, config.bm25)
+        splade = (
+            SpladeIndex.load(directory, sparse_encoder, config.splade)
+            if sparse_encoder is not None
+            else None
+        )
+        dense = (
+            DenseIndex.load(directory, dense_encoder, config.dense)
+            if dense_encoder is not None
+            else None
+        )
+        for name, index in (("splade", splade), ("dense", dense)):
+            if index is not None and len(index) != len(bm25):
+                raise IndexMismatchError(
+                    f"{directory}: {name} holds {len(index)} chunks, bm25 {len(bm25)}; rebuild the index"
+                )
+        return cls(bm25=bm25, splade=splade, dense=dense, config=config)
+
+    def _mode(self, mode: RetrievalMode | str | None) -> RetrievalMode:
+        if mode is None:
+            mode = self._config.mode
+        try:
+            mode = RetrievalMode(mode)
+        except ValueError as exc:
+            raise ValueError(
+                f"unknown mode {mode!r}; use one of {[m.value for m in RetrievalMode]}"
+            ) from exc
+        if mode not in self.modes:
+            need = (
+                "a sparse (SPLADE) encoder" if mode == RetrievalMode.SPLADE else "a dense encoder"
+            )
+            raise ValueError(
+                f"mode {mode.value!r} needs {need}; this retriever has modes {[m.value for m in self.modes]}"
+            )
+        return mode
+
+    def _weight(self, name: str) -> float:
+        f = self._config.fusion
+        return {"bm25": f.bm25_weight, "splade": f.splade_weight, "dense": f.dense_weight}[name]
+
+    def _uses(self, mode: RetrievalMode) -> set[str]:
+        if mode in (RetrievalMode.BM25, RetrievalMode.SPLADE, RetrievalMode.DENSE):
+            return {mode.value}
+        present = (
+            {"bm25"}
+            | ({"splade"} if self._splade else set())
+            | ({"dense"} if self._dense else set())
+        )
+        return {name for name in present if self._weight(name) > 0}
+
+    @staticmethod
+    def _need(value, name: str):
+        if value is None:
+            raise ValueError(f"the query was not encoded for {name}; encode it with the same mode")
+        return value
+
+    def _runs(
+        self, query: EncodedQuery, depth: int, allowed: Collection[str] | None
+    ) -> dict[str, list[Hit]]:
+        """One run per retriever with a positive weight and an encoded query."""
+        runs: dict[str, list[Hit]] = {}
+        if query.bm25 is not None and self._weight("bm25") > 0:
+            runs["bm25"] = self._bm25.search_encoded(query.bm25, depth, allowed=allowed)
+        if query.splade is not None and self._splade is not None and self._weight("splade") > 0:
+            runs["splade"] = self._splade.search_encoded(query.splade, depth, allowed=allowed)
+        if query.dense is not None and self._dense is not None and self._weight("dense") > 0:
+            runs["dense"] = self._dense.search_encoded(query.dense, depth, allowed=allowed)
+        return runs
+
+    def _fuse(self, runs: dict[str, list[Hit]], k: int) -> list[Hit]:
+        f = self._config.fusion
+        return fuse(
+            list(runs.values()),
+            [self._weight(name) for name in runs],
+            normalization=f.normalization,
+            k=k,
+            rrf_k=f.rrf_k,
+        )
+
+    def _feedback(self, query: EncodedQuery, chunk_ids: Sequence[str]) -> EncodedQuery:
+        """The query rewritten by each retriever from the feedback chunks."""
+        p = self._config.prf
+        bm25 = splade = dense = None
+        if query.bm25 is not None:
+            bm25 = rm3(
+                query.bm25,
+                self._bm25.rows(chunk_ids),
+                n_terms=p.rm3_terms,
+                original_weight=p.rm3_original_weight,
+            )
+        if query.splade is not None and self._splade is not None:
+            splade = rocchio_sparse(
+                query.splade,
+                self._splade.rows(chunk_ids),
+                alpha=p.rocchio_alpha,
+                beta=p.rocchio_beta,
+                n_terms=p.splade_terms,
+            )
+        if query.dense is not None and self._dense is not None:
+            dense = rocchio_dense(
+                query.dense,
+                self._dense.vectors(chunk_ids),
+                alpha=p.rocchio_alpha,
+                beta=p.rocchio_beta,
+            )
+        return EncodedQuery(query.text, bm25, splade, dense)

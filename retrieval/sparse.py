@@ -1,0 +1,367 @@
+"""Sparse retrieval: BM25 over analysed words, and learned sparse (SPLADE) over a model's vocabulary.
+
+Both keep an inverted index that grows by segments and forgets deleted chunks at once, so
+documents can come and go without a rebuild; both save to one `.npz` file, written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._io import check_meta, read_npz, write_npz
+from ._postings import Postings, TermWeights
+from ._text import Analyzer
+from ._types import Hit, SparseEncoder
+from .config import BM25Config, SpladeConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BM25Index", "SpladeIndex"]
+
+_BATCH = 2048
+
+
+def _batched(items: Iterable[tuple[str, str]], size: int) -> Iterable[tuple[list[str], list[str]]]:
+    ids: list[str] = []
+    texts: list[str] = []
+    for chunk_id, text in items:
+        if not isinstance(chunk_id, str):
+            raise TypeError(f"chunk ids must be str, got {type(chunk_id).__name__} {chunk_id!r}")
+        ids.append(chunk_id)
+        texts.append(text)
+        if len(ids) == size:
+            yield ids, texts
+            ids, texts = [], []
+    if ids:
+        yield ids, texts
+
+
+class _PostingsIndex:
+    """What BM25 and SPLADE share: chunk bookkeeping, feedback rows, top-k."""
+
+    _postings: Postings
+
+    def __len__(self) -> int:
+        return len(self._postings)
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return chunk_id in self._postings
+
+    def chunk_ids(self) -> list[str]:
+        """Ids of the indexed chunks, in insertion order."""
+        return self._postings.chunk_ids()
+
+    def delete(self, chunk_ids: Iterable[str]) -> int:
+        """Remove chunks; unknown ids are ignored.
+
+        Args:
+            chunk_ids: Ids to remove.
+
+        Returns:
+            How many chunks were removed.
+        """
+        return self._postings.delete(set(chunk_ids))
+
+    def rows(self, chunk_ids: Sequence[str]) -> list[TermWeights]:
+        """Stored term weights of each chunk (raw term frequencies for BM25), for feedback."""
+        slots = self._postings.slots_of(chunk_ids)
+        out = []
+        for slot in slots.tolist():
+            terms, vals = self._postings.row(slot)
+            out.append(TermWeights(terms.astype(np.int64), vals))
+        return out
+
+    def search(
+        self, query: str, k: int = 10, *, allowed: Collection[str] | None = None
+    ) -> list[Hit]:
+        """Best chunks for `query`.
+
+        Args:
+            query: Query text.
+            k: How many hits at most.
+            allowed: If given, only these chunk ids can be returned.
+
+        Returns:
+            Up to k hits, best first; chunks that match no query term are never returned.
+        """
+        return self.search_encoded(self.encode_query(query), k, allowed=allowed)
+
+    def search_encoded(
+        self, query: TermWeights, k: int = 10, *, allowed: Collection[str] | None = None
+    ) -> list[Hit]:
+        """Like `search`, for a query already encoded (or rewritten by feedback)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if len(self._postings) == 0 or len(query.terms) == 0:
+            return []
+        scores = self._postings.accumulate(query, self._scorer())
+        slots = None if allowed is None else self._postings.slots_of(allowed)
+        return [Hit(cid, s) for cid, s in self._postings.top(scores, k, slots)]
+
+    def encode_query(self, query: str) -> TermWeights:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _scorer(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class BM25Index(_PostingsIndex):
+    """BM25 (Lucene's formula) over stemmed words, with incremental add and delete.
+
+    `k1` and `b` apply at query time, so they can change without a rebuild; the analyser
+    (stemmer, stop words) is fixed when the index is built.
+    """
+
+    FILE = "bm25.npz"
+
+    def __init__(self, config: BM25Config | None = None) -> None:
+        self._config = config or BM25Config()
+        self._analyzer = Analyzer(self._config.stemmer, self._config.stopwords)
+        self._vocab: dict[str, int] = {}
+        self._terms: list[str] = []
+        self._postings = Postings()
+        self._norm: tuple[int, np.ndarray] | None = None  # (postings version, k1 * length norm)
+
+    @property
+    def config(self) -> BM25Config:
+        return self._config
+
+    def with_config(self, config: BM25Config) -> BM25Index:
+        """A view on the same data with other query-time settings (k1, b).
+
+        Raises:
+            ValueError: If `config` changes the analyser, which is fixed at build time.
+        """
+        if (config.stemmer, config.stopwords) != (self._config.stemmer, self._config.stopwords):
+            raise ValueError(
+                "the stemmer and stop words are fixed when the index is built; rebuild it"
+            )
+        view = copy.copy(self)
+        view._config = config
+        view._norm = None
+        return view
+
+    def term(self, term_id: int) -> str:
+        """The analysed term behind an id (for debugging feedback queries)."""
+        return self._terms[term_id]
+
+    def add(self, items: Iterable[tuple[str, str]]) -> None:
+        """Index (chunk_id, text) pairs; a chunk id already present is replaced.
+
+        Args:
+            items: Pairs of chunk id (str) and text.
+        """
+        all_ids: list[str] = []
+        row_parts: list[np.ndarray] = []
+        col_parts: list[np.ndarray] = []
+        for ids, texts in _batched(items, _BATCH):
+            docs = self._analyzer.analyze_batch(texts)
+            vocab = self._vocab
+            for doc in docs:
+                for term in doc:
+                    if term not in vocab:
+                        vocab[term] = len(self._terms)
+                        self._terms.append(term)
+            lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+            cols = np.fromiter(
+                (vocab[t] for d in docs for t in d), dtype=np.int64, count=int(lengths.sum())
+            )
+            rows = np.repeat(np.arange(len(all_ids), len(all_ids) + len(ids)), lengths)
+            row_parts.append(rows)
+            col_parts.append(cols)
+            all_ids.extend(ids)
+        if not all_ids:
+            return
+        rows = np.concatenate(row_parts)
+        cols = np.concatenate(col_parts)
+        # coo -> csr sums duplicate (row, term) pairs into term frequencies
+        mat = sp.coo_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, cols)),
+            shape=(len(all_ids), len(self._terms)),
+        ).tocsr()
+        self._postings.add(all_ids, mat)
+
+    def encode_query(self, query: str) -> TermWeights:
+        """Query term counts, over terms the index knows."""
+        counts = Counter(t for t in self._analyzer.analyze(query) if t in self._vocab)
+        return TermWeights.from_dict({self._vocab[t]: float(c) for t, c in counts.items()})
+
+    def encode_queries(self, queries: Sequence[str]) -> list[TermWeights]:
+        """`encode_query` for each query."""
+        return [self.encode_query(q) for q in queries]
+
+    def _scorer(self):
+        post = self._postings
+        n = max(len(post), 1)
+        if self._norm is None or self._norm[0] != post.version:
+            alive = post.alive
+            avgdl = float(post.row_sum[alive].mean()) if alive.any() else 1.0
+            k1, b = self._config.k1, self._config.b
+            self._norm = (
+                post.version,
+                (k1 * (1.0 - b + b * post.row_sum / max(avgdl, 1e-9))).astype(np.float32),
+            )
+        norm = self._norm[1]
+        df = post.df
+
+        def score(term: int, slots: np.ndarray, tf: np.ndarray) -> np.ndarray:
+            d = float(df[term]) if term < len(df) else 0.0
+            idf = math.log(1.0 + (n - d + 0.5) / (d + 0.5))
+            return idf * tf / (tf + norm[slots])
+
+        return score
+
+    def save(self, directory: Path) -> None:
+        """Write `directory/bm25.npz` atomically (compacts the index first)."""
+        arrays = self._postings.state()
+        arrays["vocab"] = np.asarray(self._terms, dtype=str)
+        meta = {
+            "kind": "bm25",
+            "stemmer": self._config.stemmer,
+            "stopwords": self._config.stopwords,
+        }
+        write_npz(Path(directory) / self.FILE, meta, arrays)
+
+    @classmethod
+    def load(cls, directory: Path, config: BM25Config | None = None) -> BM25Index:
+        """Read what `save` wrote.
+
+        Raises:
+            FileNotFoundError: If there is no saved BM25 index in `directory`.
+            IndexMismatchError: If it was built with another stemmer or stop-word list.
+        """
+        path = Path(directory) / cls.FILE
+        meta, arrays = read_npz(path, "bm25")
+        self = cls(config)
+        check_meta(
+            path, meta, {"stemmer": self._config.stemmer, "stopwords": self._config.stopwords}
+        )
+        self._terms = arrays.pop("vocab").tolist()
+        self._vocab = {t: i for i, t in enumerate(self._terms)}
+        self._postings = Postings.from_state(arrays)
+        return self
+
+
+def _prune_rows(mat: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """Keep the n largest entries of each row."""
+    mat = mat.tocsr().astype(np.float32)
+    mat.eliminate_zeros()
+    counts = np.diff(mat.indptr)
+    if counts.max(initial=0) <= n:
+        return mat
+    keep = np.ones(len(mat.data), dtype=bool)
+    for r in np.flatnonzero(counts > n).tolist():
+        a, b = mat.indptr[r], mat.indptr[r + 1]
+        drop = np.argpartition(-mat.data[a:b], n - 1)[n:]
+        keep[a + drop] = False
+    rows = np.repeat(np.arange(mat.shape[0]), counts)[keep]
+    return sp.csr_matrix((mat.data[keep], (rows, mat.indices[keep])), shape=mat.shape)
+
+
+class SpladeIndex(_PostingsIndex):
+    """Learned sparse retrieval: inner product of SPLADE term weights, over an inverted index."""
+
+    FILE = "splade.npz"
+
+    def __init__(self, encoder: SparseEncoder, config: SpladeConfig | None = None) -> None:
+        self._encoder = encoder
+        self._config = config or SpladeConfig()
+        self._postings = Postings()
+
+    @property
+    def config(self) -> SpladeConfig:
+        return self._config
+
+    @property
+    def encoder(self) -> SparseEncoder:
+        return self._encoder
+
+    def with_config(self, config: SpladeConfig) -> SpladeIndex:
+        """A view on the same data with another `query_max_terms`.
+
+        Raises:
+            ValueError: If `config` changes `doc_max_terms`, which is fixed at build time.
+        """
+        if config.doc_max_terms != self._config.doc_max_terms:
+            raise ValueError("doc_max_terms is fixed when the index is built; rebuild it")
+        view = copy.copy(self)
+        view._config = config
+        return view
+
+    def add(self, items: Iterable[tuple[str, str]], *, batch_size: int = 256) -> None:
+        """Encode and index (chunk_id, text) pairs; a chunk id already present is replaced.
+
+        Args:
+            items: Pairs of chunk id (str) and text.
+            batch_size: Texts per encoder call (bounds memory).
+        """
+        ids: list[str] = []
+        parts: list[sp.csr_matrix] = []
+        for batch_ids, texts in _batched(items, batch_size):
+            parts.append(
+                _prune_rows(self._encoder.encode_documents(texts), self._config.doc_max_terms)
+            )
+            ids.extend(batch_ids)
+        if ids:
+            self.add_rows(ids, sp.vstack(parts, format="csr"))
+
+    def add_rows(self, chunk_ids: Sequence[str], rows: sp.csr_matrix) -> None:
+        """Index pre-computed document term weights [N, V] (pruned to `doc_max_terms`)."""
+        if rows.shape[1] != self._encoder.vocab_size:
+            raise ValueError(
+                f"rows have {rows.shape[1]} columns, the encoder {self._encoder.vocab_size}"
+            )
+        self._postings.add(list(chunk_ids), _prune_rows(rows, self._config.doc_max_terms))
+
+    def encode_query(self, query: str) -> TermWeights:
+        """The query's highest-weighted `query_max_terms` terms."""
+        return self.encode_queries([query])[0]
+
+    def encode_queries(self, queries: Sequence[str]) -> list[TermWeights]:
+        """`encode_query` for each query, in one encoder call."""
+        if not queries:
+            return []
+        mat = self._encoder.encode_queries(list(queries)).tocsr()
+        out = []
+        for r in range(mat.shape[0]):
+            a, b = mat.indptr[r], mat.indptr[r + 1]
+            tw = TermWeights(mat.indices[a:b].astype(np.int64), mat.data[a:b].astype(np.float32))
+            out.append(tw.top(self._config.query_max_terms))
+        return out
+
+    def _scorer(self):
+        return None
+
+    def save(self, directory: Path) -> None:
+        """Write `directory/splade.npz` atomically (compacts the index first)."""
+        meta = {
+            "kind": "splade",
+            "encoder": self._encoder.name,
+            "vocab_size": self._encoder.vocab_size,
+        }
+        write_npz(Path(directory) / self.FILE, meta, self._postings.state())
+
+    @classmethod
+    def load(
+        cls, directory: Path, encoder: SparseEncoder, config: SpladeConfig | None = None
+    ) -> SpladeIndex:
+        """Read what `save` wrote.
+
+        Raises:
+            FileNotFoundError: If there is no saved SPLADE index in `directory`.
+            IndexMismatchError: If it was built with another encoder.
+        """
+        path = Path(directory) / cls.FILE
+        meta, arrays = read_npz(path, "splade")
+        check_meta(path, meta, {"encoder": encoder.name, "vocab_size": encoder.vocab_size})
+        self = cls(encoder, config)
+        self._postings = Postings.from_state(arrays)
+        return self

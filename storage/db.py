@@ -1,0 +1,106 @@
+"""Open a library: the database engine (SQLite WAL by default), its schema check, and its folders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.config import StorageConfig
+from storage.models import SCHEMA_VERSION, Base, Meta
+
+logger = logging.getLogger(__name__)
+
+
+class SchemaMismatchError(RuntimeError):
+    """The database was written by another schema version of Folio."""
+
+
+@dataclass(frozen=True)
+class Library:
+    """An open library: engine, session factory and the folders beside the database."""
+
+    root: Path
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @property
+    def assets_dir(self) -> Path:
+        return self.root / "assets"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def asset_path(self, relative: str) -> Path:
+        """Absolute path of an asset stored as a path relative to the library."""
+        return self.root / relative
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI types
+    cursor = dbapi_connection.cursor()
+    # NOTE: WAL lets readers (ask, web) run while an ingest writes; busy_timeout makes a second
+    # writer wait instead of failing with "database is locked".
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def open_library(config: StorageConfig, *, create: bool = True) -> Library:
+    """Open (and by default create) the library described by `config`.
+
+    Raises:
+        SchemaMismatchError: the database holds another schema version.
+        FileNotFoundError: `create` is False and the library does not exist.
+    """
+    root = config.library.expanduser().resolve()
+    url = config.resolved_database_url()
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite and not (root / "folio.db").exists() and not create:
+        raise FileNotFoundError(f"no Folio library at {root}: run `folio ingest` first")
+    root.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas)
+    _ensure_schema(engine, url)
+    library = Library(root=root, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+    library.assets_dir.mkdir(exist_ok=True)
+    return library
+
+
+def _ensure_schema(engine: Engine, url: str) -> None:
+    try:
+        Base.metadata.create_all(engine)
+        with Session(engine) as session:
+            row = session.get(Meta, "schema_version")
+            if row is None:
+                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                session.commit()
+                return
+            found = int(row.value)
+    except OperationalError as exc:
+        raise SchemaMismatchError(f"cannot read the library database at {url}: {exc.orig}") from exc
+    if found != SCHEMA_VERSION:
+        raise SchemaMismatchError(
+            f"library database {url} has schema version {found}, this Folio expects "
+            f"{SCHEMA_VERSION}: use a new library folder or re-ingest into one"
+        )
+
+
+def schema_version(library: Library) -> int:
+    """The schema version stored in the library."""
+    with library.sessions() as session:
+        return int(session.scalar(select(Meta.value).where(Meta.key == "schema_version")))
