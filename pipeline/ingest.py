@@ -146,16 +146,25 @@ def _existing(library: Library, doc_id: str) -> Document | None:
 # ------------------------------------------------------------------------------------ parsing
 
 
+_worker_events = None  # the progress queue, set in each worker process by _init_worker
+
+
+def _init_worker(events) -> None:  # noqa: ANN001 - a multiprocessing queue
+    """NOTE: must be top-level for pickling; the queue is inherited when the worker starts."""
+    global _worker_events
+    _worker_events = events
+    logging.basicConfig(level=logging.WARNING)
+
+
 def _parse_worker(
-    path: str, doc_id: str, config: ParseConfig, asset_dir: str, prefix: str, password: str | None, events
+    path: str, doc_id: str, config: ParseConfig, asset_dir: str, prefix: str, password: str | None
 ) -> ParsedDocument | str:
     """Parse one PDF in a worker process. NOTE: must be top-level for pickling."""
-    logging.basicConfig(level=logging.WARNING)
     source = Path(path)
 
     def on_page(done: int, total: int) -> None:
-        if events is not None:
-            events.put((path, done, total))
+        if _worker_events is not None:
+            _worker_events.put((path, done, total))
 
     try:
         return parse_pdf(
@@ -177,9 +186,9 @@ def _parse_all(todo, library, parse_config, ingest_config, password, notify):
     """Yield (index, path, ParsedDocument | error message) as workers finish."""
     if not todo:
         return
+    # NOTE: spawn, not fork: the parent may hold model threads (API, web app) that fork would copy.
     context = multiprocessing.get_context("spawn")
-    manager = context.Manager()
-    events = manager.Queue()
+    events = context.Queue()
     stop = threading.Event()
 
     def relay() -> None:
@@ -196,13 +205,15 @@ def _parse_all(todo, library, parse_config, ingest_config, password, notify):
     relay_thread.start()
     workers = max(1, min(ingest_config.workers, len(todo), os.cpu_count() or 1))
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(events,)
+        ) as pool:
             futures: list[tuple[int, Path, Future]] = []
             for i, path, doc_id in todo:
                 partial = library.assets_dir / f"{doc_id}.partial"
                 shutil.rmtree(partial, ignore_errors=True)
                 future = pool.submit(
-                    _parse_worker, str(path), doc_id, parse_config, str(partial), f"assets/{doc_id}", password, events
+                    _parse_worker, str(path), doc_id, parse_config, str(partial), f"assets/{doc_id}", password
                 )
                 futures.append((i, path, future))
             for i, path, future in futures:
@@ -214,7 +225,7 @@ def _parse_all(todo, library, parse_config, ingest_config, password, notify):
     finally:
         stop.set()
         relay_thread.join(timeout=2)
-        manager.shutdown()
+        events.close()
 
 
 # ------------------------------------------------------------------------------------ storing

