@@ -98,14 +98,15 @@ class StopTextTracker:
 
     def _safe_prefix(self, text: str) -> str:
         """`text` minus any tail that a later token could still change or cut."""
-        safe = text.rstrip()
-        while safe.endswith("\ufffd"):
-            safe = safe[:-1].rstrip()
-        for stop in self._stops:
-            for length in range(min(len(stop) - 1, len(safe)), 0, -1):
-                if safe.endswith(stop[:length]):
-                    safe = safe[:-length]
-                    break
+        safe, previous = text, None
+        while safe != previous:
+            previous = safe
+            safe = safe.rstrip().removesuffix("\ufffd")
+            for stop in self._stops:
+                for length in range(min(len(stop) - 1, len(safe)), 0, -1):
+                    if safe.endswith(stop[:length]):
+                        safe = safe[:-length]
+                        break
         return safe
 
     def _advance(self, visible: str, *, final: bool = False) -> str:

@@ -122,7 +122,9 @@ def resolve_model_dir(model: str, cache_dir: Path | None) -> Path:
         digest = _sha256_file(path)
         folder = _require_cache(cache_dir, model) / f"{path.stem}-{digest[:12]}"
         if not _is_done(folder):
-            _convert_into(folder, lambda tmp: _convert_gguf(path, tmp), source=str(path), sha=digest)
+            _convert_into(
+                folder, lambda tmp: _convert_gguf(path, tmp), source=str(path), sha=digest
+            )
         return folder
     names = ", ".join(PACKAGED_MODELS)
     raise ValueError(

@@ -26,7 +26,7 @@ class PromptStyle(StrEnum):
 class DeviceChoice(StrEnum):
     """Where the generator runs."""
 
-    AUTO = "auto"  # CUDA when available (spread over all GPUs), else CPU
+    AUTO = "auto"  # CUDA when available, else CPU (the generator spreads a model over all GPUs)
     CPU = "cpu"
     CUDA = "cuda"
 

@@ -270,7 +270,9 @@ class Generator:
         return DynamicCache(config=self.model.config.get_text_config(decoder=True))
 
     @torch.no_grad()
-    def prefill(self, inputs: PromptInputs, *, cache: Any | None = None) -> tuple[torch.Tensor, Any]:
+    def prefill(
+        self, inputs: PromptInputs, *, cache: Any | None = None
+    ) -> tuple[torch.Tensor, Any]:
         """Run the whole prompt and return the next-token logits.
 
         Args:
@@ -377,7 +379,9 @@ class Generator:
         inputs = prompt if isinstance(prompt, PromptInputs) else self.encode(prompt)
         if inputs.num_tokens == 0:
             raise ValueError("the prompt is empty after tokenisation")
-        batch = (inputs.input_ids if inputs.input_ids is not None else inputs.inputs_embeds).shape[0]
+        batch = (inputs.input_ids if inputs.input_ids is not None else inputs.inputs_embeds).shape[
+            0
+        ]
         if batch != 1:
             raise ValueError(f"stream/generate take one prompt (batch 1), got batch {batch}")
         sampler = None
@@ -555,7 +559,9 @@ def _placement(config: GeneratorConfig) -> tuple[str, torch.dtype]:
         raise ValueError('device="cuda" but no CUDA device is available; use "auto" or "cpu"')
     on_cuda = config.device is DeviceChoice.CUDA or (config.device is DeviceChoice.AUTO and cuda)
     # "auto" spreads a large model over every visible GPU (accelerate); "cuda" uses one.
-    device_map = "cpu" if not on_cuda else ("auto" if config.device is DeviceChoice.AUTO else "cuda")
+    device_map = (
+        "cpu" if not on_cuda else ("auto" if config.device is DeviceChoice.AUTO else "cuda")
+    )
     if config.dtype is DTypeChoice.AUTO:
         dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
         if on_cuda and dtype is torch.float32:

@@ -216,7 +216,9 @@ def test_render_uses_the_chat_template_and_completion_without_one(tiny: Generato
     assert tiny.style is PromptStyle.CHAT
     text = tiny.render(PROMPT)
     assert text.startswith("<|im_start|>system\n")
-    assert text.endswith("Question: What was the revenue in 2023?<|im_end|>\n<|im_start|>assistant\n")
+    assert text.endswith(
+        "Question: What was the revenue in 2023?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
     base = Generator(tiny.model, _tokenizer(chat_template=None))
     assert base.style is PromptStyle.COMPLETION
@@ -291,7 +293,9 @@ def test_inputs_embeds_prefill_equals_input_ids_prefill(tiny: Generator) -> None
     by_ids, _ = tiny.prefill(inputs)
     by_embeds, _ = tiny.prefill(embeds)
     torch.testing.assert_close(by_embeds, by_ids, atol=1e-6, rtol=1e-6)
-    assert tiny.generate(embeds, max_new_tokens=6).text == tiny.generate(inputs, max_new_tokens=6).text
+    assert (
+        tiny.generate(embeds, max_new_tokens=6).text == tiny.generate(inputs, max_new_tokens=6).text
+    )
 
 
 def test_max_new_tokens_bounds_the_answer(tiny: Generator) -> None:
@@ -483,7 +487,9 @@ def _fake_parts(root: Path, contents: list[bytes], version: str = "0.9.0") -> No
         (info / "METADATA").write_text(
             f"Metadata-Version: 2.1\nName: fake-part{index}\nVersion: {version}\n"
         )
-        (info / "RECORD").write_text(f"{package}/data/part{index:02d}.bin,,\n{info.name}/RECORD,,\n")
+        (info / "RECORD").write_text(
+            f"{package}/data/part{index:02d}.bin,,\n{info.name}/RECORD,,\n"
+        )
 
 
 def _fake_entry(sha256: str, parts: int = 2) -> _packaged.PackagedModel:
@@ -546,7 +552,9 @@ def test_a_part_of_another_version_is_refused(
 ) -> None:
     _fake_parts(tmp_path / "site", [b"one"], version="1.0.0")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    with pytest.raises(ModelSourceError, match=r"wrong versions \(fake-part1 1\.0\.0; pinned 0\.9\.0\)"):
+    with pytest.raises(
+        ModelSourceError, match=r"wrong versions \(fake-part1 1\.0\.0; pinned 0\.9\.0\)"
+    ):
         _packaged.locate_parts(_fake_entry("0" * 64, parts=1))
 
 
