@@ -1,1 +1,38 @@
-"""kernels."""
+"""kernels: tensors in, tensors out, no project imports.
+
+Each op has a plain PyTorch reference (the spec), a Triton kernel, a fast PyTorch/CPU path and
+one dispatcher (STYLE.md B5):
+
+- ``block_sparse_attn``: block-sparse causal attention for long prefills, with the block-table
+  builders (MInference vertical-slash, FlexPrefill, HISA two-stage, sliding window, dense).
+"""
+
+from ._utils import Backend
+from .block_sparse_attn import (
+    BLOCK_SIZE,
+    BlockIndex,
+    attention_mass_kept,
+    block_mask_to_index,
+    block_sparse_attn,
+    build_dense_index,
+    build_flexprefill_index,
+    build_hisa_index,
+    build_vertical_slash_index,
+    build_window_index,
+    dense_mask,
+)
+
+__all__ = [
+    "BLOCK_SIZE",
+    "Backend",
+    "BlockIndex",
+    "attention_mass_kept",
+    "block_mask_to_index",
+    "block_sparse_attn",
+    "build_dense_index",
+    "build_flexprefill_index",
+    "build_hisa_index",
+    "build_vertical_slash_index",
+    "build_window_index",
+    "dense_mask",
+]
