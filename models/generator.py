@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jinja2.exceptions import TemplateError
 
 from models._decoding import StopReason, StopTextTracker, select_next_token
 from models._packaged import PACKAGED_MODELS, ModelSourceError, resolve_model_dir
@@ -207,7 +208,7 @@ class Generator:
                 tokenize=False,
                 add_generation_prompt=True,
             )
-        except Exception as exc:  # noqa: BLE001 - jinja raises TemplateError or plain exceptions
+        except TemplateError as exc:
             if "system" not in str(exc).lower():
                 raise
             # NOTE: some templates (Gemma 2, Mistral) reject a system turn; fold it into the user's.
@@ -379,6 +380,17 @@ class Generator:
         inputs = prompt if isinstance(prompt, PromptInputs) else self.encode(prompt)
         if inputs.num_tokens == 0:
             raise ValueError("the prompt is empty after tokenisation")
+        limit = getattr(
+            self.model.config.get_text_config(decoder=True), "max_position_embeddings", 0
+        )
+        if limit and inputs.num_tokens + max_new_tokens > limit:
+            logger.warning(
+                "prompt of %d tokens + %d new exceeds the model's %d positions; expect degraded "
+                "answers (cut the evidence budget)",
+                inputs.num_tokens,
+                max_new_tokens,
+                limit,
+            )
         batch = (inputs.input_ids if inputs.input_ids is not None else inputs.inputs_embeds).shape[
             0
         ]

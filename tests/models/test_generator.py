@@ -227,6 +227,21 @@ def test_render_uses_the_chat_template_and_completion_without_one(tiny: Generato
         Generator(tiny.model, _tokenizer(None), GeneratorConfig(prompt_style=PromptStyle.CHAT))
 
 
+def test_a_template_without_system_role_gets_the_instructions_in_the_user_turn(
+    tiny: Generator,
+) -> None:
+    strict = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}" + CHATML
+    )
+    generator = Generator(tiny.model, _tokenizer(chat_template=strict))
+    prompt = build_prompt("Q?", ["e"], instructions="Be brief.")
+    assert generator.render(prompt) == (
+        "<|im_start|>user\nBe brief.\n\nEvidence:\n[1] e\n\nQuestion: Q?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
 def test_end_of_turn_tokens_count_as_eos_in_chat_style(tiny_dir: Path) -> None:
     generator = load_generator(GeneratorConfig(model=str(tiny_dir), device="cpu"))
     assert generator.tokenizer.convert_tokens_to_ids("<|im_end|>") in generator.eos_token_ids
