@@ -131,3 +131,15 @@ class EncoderConfig(BaseModel):
         "the vocabulary at a time, never all at once.",
     )
     image_size: int = Field(default=224, ge=32, le=1024, description="Images are resized to this square.")
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="Torch threads while encoding documents and images; 0 leaves torch's setting. "
+        "(torch's thread count is process-wide: it is set for the call and restored after.)",
+    )
+    query_threads: int = Field(
+        default=1,
+        ge=0,
+        description="Torch threads while encoding a few queries; 0 leaves torch's setting. One "
+        "thread is as fast for a short text and far faster when other processes share the cores.",
+    )

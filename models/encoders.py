@@ -10,10 +10,11 @@ log1p and max over tokens without materialising the logits) can replace it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,27 @@ def _packaged_dir(distribution: str, relative: str, install: str) -> Path:
             f"{path} not found in {distribution}; reinstall with: {install} --force-reinstall"
         )
     return path
+
+
+_FEW_QUERIES = 8
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run with n torch threads (0: unchanged), restoring the previous count after."""
+    if n <= 0 or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _threads_for(config: EncoderConfig, n_texts: int, query: bool) -> int:
+    return config.query_threads if query and n_texts <= _FEW_QUERIES else config.threads
 
 
 def _length_order(texts: Sequence[str]) -> np.ndarray:
@@ -136,11 +158,13 @@ class MiniLMEncoder:
         Returns:
             float32 [N, D], rows L2-normalised.
         """
-        return self._encode(texts)
+        with _torch_threads(_threads_for(self._config, len(texts), query=True)):
+            return self._encode(texts)
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of documents; same shape and normalisation as `encode_queries`."""
-        return self._encode(texts)
+        with _torch_threads(self._config.threads):
+            return self._encode(texts)
 
     @torch.inference_mode()
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -242,11 +266,13 @@ class SpladeEncoder:
         Returns:
             float32 CSR [N, V] of non-negative weights.
         """
-        return self._encode(texts)
+        with _torch_threads(_threads_for(self._config, len(texts), query=True)):
+            return self._encode(texts)
 
     def encode_documents(self, texts: Sequence[str]) -> sp.csr_matrix:
         """Term weights of documents; same form as `encode_queries`."""
-        return self._encode(texts)
+        with _torch_threads(self._config.threads):
+            return self._encode(texts)
 
     @torch.inference_mode()
     def _encode(self, texts: Sequence[str]) -> sp.csr_matrix:
@@ -345,7 +371,6 @@ class EfficientNetImageEncoder:
         arr = np.asarray(rgb, dtype=np.float32) / 255.0  # [S, S, 3]
         return ((arr - _IMAGENET_MEAN) / _IMAGENET_STD).transpose(2, 0, 1)
 
-    @torch.inference_mode()
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         """Features of images (the whole image, resized to a square; no crop).
 
@@ -355,6 +380,10 @@ class EfficientNetImageEncoder:
         Returns:
             float32 [N, 1280], rows L2-normalised.
         """
+        with _torch_threads(self._config.threads), torch.inference_mode():
+            return self._encode(images)
+
+    def _encode(self, images: Sequence[Any]) -> np.ndarray:
         model = self._get()
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         bs = self._config.batch_size

@@ -41,7 +41,9 @@ def _parse_modes(modes: Sequence[str | RetrievalMode] | None) -> list[RetrievalM
         try:
             out.append(RetrievalMode(m))
         except ValueError as exc:
-            raise ValueError(f"unknown mode {m!r}; use any of {[x.value for x in ALL_MODES]}") from exc
+            raise ValueError(
+                f"unknown mode {m!r}; use any of {[x.value for x in ALL_MODES]}"
+            ) from exc
     return out
 
 
@@ -56,8 +58,12 @@ def make_encoders(
     """
     encoder_config = encoder_config or EncoderConfig()
     fused = any(m in (RetrievalMode.HYBRID, RetrievalMode.HYBRID_PRF) for m in modes)
-    need_dense = RetrievalMode.DENSE in modes or (fused and retrieval_config.fusion.dense_weight > 0)
-    need_splade = RetrievalMode.SPLADE in modes or (fused and retrieval_config.fusion.splade_weight > 0)
+    need_dense = RetrievalMode.DENSE in modes or (
+        fused and retrieval_config.fusion.dense_weight > 0
+    )
+    need_splade = RetrievalMode.SPLADE in modes or (
+        fused and retrieval_config.fusion.splade_weight > 0
+    )
     return (
         MiniLMEncoder(encoder_config) if need_dense else None,
         SpladeEncoder(encoder_config) if need_splade else None,
@@ -88,11 +94,16 @@ def build_retriever(
                 c.dense.model_dump_json(),
             ]
         )
-        folder = Path(cache_dir) / f"{collection.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        folder = (
+            Path(cache_dir) / f"{collection.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        )
         if (folder / "retriever.json").is_file():
             logger.info("loading cached index %s", folder)
             return HybridRetriever.load(
-                folder, dense_encoder=dense_encoder, sparse_encoder=sparse_encoder, config=retrieval_config
+                folder,
+                dense_encoder=dense_encoder,
+                sparse_encoder=sparse_encoder,
+                config=retrieval_config,
             )
     start = time.perf_counter()
     retriever = HybridRetriever.create(
