@@ -244,7 +244,7 @@ class Generator:
             )
         else:
             batch = self.tokenizer(text, return_tensors="pt", add_special_tokens=add_special)
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = {k: self._to_model(v) for k, v in batch.items()}
         input_ids = batch.pop("input_ids")
         attention_mask = batch.pop("attention_mask", None)
         if attention_mask is not None and bool(attention_mask.all()):
@@ -479,6 +479,14 @@ class Generator:
         if not ids:
             logger.warning("the model defines no end-of-sequence token; answers end by budget")
         return frozenset(ids)
+
+    def _to_model(self, value: Any) -> Any:
+        """Move a tensor to the model's device; float inputs (pixels) also take its dtype."""
+        if not torch.is_tensor(value):
+            return value
+        if value.is_floating_point():
+            return value.to(self.device, dtype=self.model.dtype)
+        return value.to(self.device)
 
     def _fit_image(self, image: Any) -> Any:
         """Downscale a PIL image to at most `config.max_image_pixels` pixels."""
