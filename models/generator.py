@@ -84,8 +84,16 @@ class PromptInputs:
     @property
     def num_tokens(self) -> int:
         """Prompt length T (image tokens included)."""
-        source = self.input_ids if self.input_ids is not None else self.inputs_embeds
-        return int(source.shape[1])
+        return int(self._source.shape[1])
+
+    @property
+    def batch_size(self) -> int:
+        """Batch size B."""
+        return int(self._source.shape[0])
+
+    @property
+    def _source(self) -> torch.Tensor:
+        return self.input_ids if self.input_ids is not None else self.inputs_embeds
 
 
 @dataclass(frozen=True)
@@ -272,13 +280,16 @@ class Generator:
 
     @torch.no_grad()
     def prefill(
-        self, inputs: PromptInputs, *, cache: Any | None = None
+        self, inputs: PromptInputs, *, cache: Any | None = None, **forward_kwargs: Any
     ) -> tuple[torch.Tensor, Any]:
         """Run the whole prompt and return the next-token logits.
 
         Args:
             inputs: From `encode`, or built from embeddings (`PromptInputs(inputs_embeds=...)`).
-            cache: A KV cache to fill; a fresh `new_cache()` when None.
+            cache: A KV cache to fill (e.g. a compressing `Cache` subclass); a fresh
+                `new_cache()` when None.
+            **forward_kwargs: Passed to the model's forward for this prefill only; an attention
+                backend such as "folio_sparse" reads its options from them.
 
         Returns:
             `([B, V]` logits of the last position, the filled cache). Only the last position
@@ -294,6 +305,7 @@ class Generator:
             use_cache=True,
             logits_to_keep=1,
             **inputs.model_kwargs,
+            **forward_kwargs,
         )
         # logits: [B, 1, V]
         return out.logits[:, -1, :], out.cache
@@ -330,6 +342,8 @@ class Generator:
         stop_strings: tuple[str, ...] | None = None,
         stop_at_newline: bool | None = None,
         temperature: float | None = None,
+        cache: Any | None = None,
+        prefill_kwargs: Mapping[str, Any] | None = None,
     ) -> GenerationStream:
         """Generate an answer as a stream of text deltas.
 
@@ -339,6 +353,8 @@ class Generator:
             stop_strings: Strings that end the answer (default: config).
             stop_at_newline: End at the first newline after the answer starts (default: config).
             temperature: 0 for greedy (default: config, which is greedy).
+            cache: The KV cache to use (default: a fresh `new_cache()`).
+            prefill_kwargs: Extra forward kwargs for the prefill (see `prefill`).
 
         Returns:
             A `GenerationStream`: iterate for deltas, then read `.result`. Nothing runs until
@@ -355,12 +371,32 @@ class Generator:
                 stop_strings=cfg.stop_strings if stop_strings is None else tuple(stop_strings),
                 stop_at_newline=cfg.stop_at_newline if stop_at_newline is None else stop_at_newline,
                 temperature=cfg.temperature if temperature is None else temperature,
+                cache=cache,
+                prefill_kwargs=dict(prefill_kwargs or {}),
             )
         )
 
-    def generate(self, prompt: Prompt | str | PromptInputs, **options: Any) -> Generation:
-        """`stream` consumed to the end; takes the same keyword options."""
-        stream = self.stream(prompt, **options)
+    def generate(
+        self,
+        prompt: Prompt | str | PromptInputs,
+        *,
+        max_new_tokens: int | None = None,
+        stop_strings: tuple[str, ...] | None = None,
+        stop_at_newline: bool | None = None,
+        temperature: float | None = None,
+        cache: Any | None = None,
+        prefill_kwargs: Mapping[str, Any] | None = None,
+    ) -> Generation:
+        """`stream` consumed to the end: the same arguments, the finished `Generation`."""
+        stream = self.stream(
+            prompt,
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
+            stop_at_newline=stop_at_newline,
+            temperature=temperature,
+            cache=cache,
+            prefill_kwargs=prefill_kwargs,
+        )
         for _ in stream:
             pass
         return stream.result
@@ -374,6 +410,8 @@ class Generator:
         stop_strings: tuple[str, ...],
         stop_at_newline: bool,
         temperature: float,
+        cache: Any | None,
+        prefill_kwargs: dict[str, Any],
     ) -> Iterator[str]:
         """The decode loop behind `stream`: yields deltas, returns the `Generation`."""
         start = time.perf_counter()
@@ -391,18 +429,17 @@ class Generator:
                 max_new_tokens,
                 limit,
             )
-        batch = (inputs.input_ids if inputs.input_ids is not None else inputs.inputs_embeds).shape[
-            0
-        ]
-        if batch != 1:
-            raise ValueError(f"stream/generate take one prompt (batch 1), got batch {batch}")
+        if inputs.batch_size != 1:
+            raise ValueError(f"stream/generate take one prompt (batch 1), got {inputs.batch_size}")
         sampler = None
         if temperature > 0:
             sampler = torch.Generator(device="cpu").manual_seed(self.config.seed)
         tracker = StopTextTracker(stop_strings, stop_at_newline=stop_at_newline)
 
         t0 = time.perf_counter()
-        logits, cache = self.prefill(inputs)
+        logits, cache = self.prefill(inputs, cache=cache, **prefill_kwargs)
+        if logits.is_cuda:
+            torch.cuda.synchronize(logits.device)  # kernels run async: time the real prefill
         prefill_s = time.perf_counter() - t0
         tokens: list[int] = []
         reason: StopReason | None = None

@@ -313,6 +313,25 @@ def test_inputs_embeds_prefill_equals_input_ids_prefill(tiny: Generator) -> None
     )
 
 
+def test_stream_fills_the_cache_it_is_given_and_forwards_prefill_kwargs(tiny: Generator) -> None:
+    from transformers import DynamicCache
+
+    class CountingCache(DynamicCache):
+        updates = 0
+
+        def update(self, *args, **kwargs):
+            CountingCache.updates += 1
+            return super().update(*args, **kwargs)
+
+    cache = CountingCache(config=tiny.model.config)
+    result = tiny.generate(
+        PROMPT, max_new_tokens=3, cache=cache, prefill_kwargs={"output_hidden_states": True}
+    )
+    assert CountingCache.updates == 2 * 3  # 2 layers x (prefill + 2 decode steps)
+    assert cache.get_seq_length() == result.prompt_tokens + 2
+    assert result.text == tiny.generate(PROMPT, max_new_tokens=3).text
+
+
 def test_max_new_tokens_bounds_the_answer(tiny: Generator) -> None:
     result = tiny.generate(PROMPT, max_new_tokens=3)
     assert result.new_tokens == 3
