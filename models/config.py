@@ -24,7 +24,7 @@ class PromptStyle(StrEnum):
 
 
 class DeviceChoice(StrEnum):
-    """Where the generator runs."""
+    """Where a model runs."""
 
     AUTO = "auto"  # CUDA when available, else CPU (the generator spreads a model over all GPUs)
     CPU = "cpu"

@@ -595,7 +595,11 @@ def load_generator(
             )
             model = AutoModelForCausalLM.from_pretrained(folder, **common)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelSourceError(f"could not load model from {folder}: {exc}") from exc
+        hint = ""
+        if cache_dir is not None and Path(cache_dir) in folder.parents:
+            hint = f" (a converted copy: delete {folder} to convert it again)"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(f"could not load model from {folder}: {first_line}{hint}") from exc
     generator = Generator(model, tokenizer, config, processor=processor)
     logger.info(
         "loaded %s from %s in %.1f s (%s, %s, %s prompts)",

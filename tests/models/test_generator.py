@@ -605,6 +605,19 @@ def test_a_failed_conversion_leaves_no_folder(tmp_path: Path) -> None:
     assert _packaged._is_done(tmp_path / "m-123")
 
 
+def test_a_broken_converted_copy_says_how_to_rebuild_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = _fake_entry("ab" * 32)
+    monkeypatch.setitem(_packaged.PACKAGED_MODELS, "fake", entry)
+    folder = tmp_path / f"fake-{entry.sha256[:12]}"
+    folder.mkdir()
+    (folder / "folio-source.json").write_text("{}")  # converted, then its files went missing
+    with pytest.raises(ModelSourceError, match=f"delete {folder} to convert it again") as info:
+        load_generator(GeneratorConfig(model="fake", device="cpu"), cache_dir=tmp_path)
+    assert "\n" not in str(info.value)
+
+
 def test_unknown_models_and_missing_cache_dir_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a packaged model .*qwen2.5-coder-0.5b"):
         load_generator(GeneratorConfig(model=str(tmp_path / "nope")))
