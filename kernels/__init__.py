@@ -11,6 +11,7 @@ from ._utils import Backend
 from .block_sparse_attn import (
     BLOCK_SIZE,
     BlockIndex,
+    attention_block_mass,
     attention_mass_kept,
     block_mask_to_index,
     block_sparse_attn,
@@ -26,6 +27,7 @@ __all__ = [
     "BLOCK_SIZE",
     "Backend",
     "BlockIndex",
+    "attention_block_mass",
     "attention_mass_kept",
     "block_mask_to_index",
     "block_sparse_attn",

@@ -3,6 +3,7 @@
 from .index import (
     BLOCK_SIZE,
     BlockIndex,
+    attention_block_mass,
     attention_mass_kept,
     block_mask_to_index,
     build_dense_index,
@@ -17,6 +18,7 @@ from .op import block_sparse_attn
 __all__ = [
     "BLOCK_SIZE",
     "BlockIndex",
+    "attention_block_mass",
     "attention_mass_kept",
     "block_mask_to_index",
     "block_sparse_attn",

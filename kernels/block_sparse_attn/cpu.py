@@ -63,7 +63,7 @@ def block_sparse_attn_cpu(
     *,
     scale: float,
     window: int | None = None,
-    chunk_bytes: int = 1 << 26,
+    chunk_bytes: int = 1 << 23,
 ) -> torch.Tensor:
     """Block-sparse causal attention that reads only the selected blocks (inputs already validated).
 
@@ -127,7 +127,14 @@ def block_sparse_attn_cpu(
         out_p = torch.zeros_like(out)
         lse_p = torch.full_like(lse, float("-inf"))
 
-    bytes_per_block = 2 * bs * d * torch.finfo(cd).bits // 8
+    # NOTE: reused workspaces, filled with index_select(out=...): fresh multi-MB tensors are
+    # page-faulted on every call, which on a small VM costs more than the attention itself.
+    elem = torch.finfo(cd).bits // 8
+    ws_blocks = max(chunk_bytes // (2 * bs * d * elem), maxb)
+    ws_rows = max(chunk_bytes // (g * bs * d * elem), 1)
+    k_ws = torch.empty(ws_blocks, bs, d, dtype=cd, device=dev)
+    v_ws = torch.empty_like(k_ws)
+    q_ws = torch.empty(min(ws_rows, rows), g * bs, d, dtype=cd, device=dev)
     tok = torch.arange(bs, device=dev)
     qoff = tok.repeat(g)  # [g * bs] query offsets inside the row's block
     tokens = index.token_mask.reshape(rows, maxb) if index.token_mask is not None else None
@@ -142,18 +149,20 @@ def block_sparse_attn_cpu(
             if c == 0:
                 continue
             group = (n_sel == c).nonzero().squeeze(1)
-            step = max(1, chunk_bytes // (c * bytes_per_block))
+            step = max(1, min(ws_blocks // c, q_ws.shape[0]))
             for i0 in range(0, group.numel(), step):
                 sel = group[i0 : i0 + step]
+                n = sel.numel()
                 slots = order[sel, :c]  # [Rc, c]
                 ids = bidx[sel].gather(1, slots)  # [Rc, c] key block ids
-                gid = base[sel, None] + ids
-                kk = kb[gid].flatten(1, 2)  # [Rc, c * bs, D]
-                vv = vb[gid].flatten(1, 2)
-                qq = qr[sel]  # [Rc, g * bs, D]
+                gid = (base[sel, None] + ids).flatten()
+                kk = torch.index_select(kb, 0, gid, out=k_ws[: n * c]).view(n, c * bs, d)
+                vv = torch.index_select(vb, 0, gid, out=v_ws[: n * c]).view(n, c * bs, d)
+                qq = torch.index_select(qr, 0, sel, out=q_ws[:n])  # [Rc, g * bs, D]
                 if kind == "full":
                     o, l_ = _attend(qq, kk, vv, scale, None)
-                    out[sel], lse[sel] = o, l_
+                    out.index_copy_(0, sel, o)
+                    lse.index_copy_(0, sel, l_)
                     continue
                 kpos = (ids[..., None] * bs + tok).flatten(1)  # [Rc, c * bs]
                 qpos = q_first[sel, None] + qoff  # [Rc, g * bs]
@@ -165,7 +174,8 @@ def block_sparse_attn_cpu(
                     keep = ((bits[..., None] >> tok) & 1).bool().flatten(1)
                     vis &= keep[:, None, :]
                 o, l_ = _attend(qq, kk, vv, scale, vis)
-                out_p[sel], lse_p[sel] = o, l_
+                out_p.index_copy_(0, sel, o)
+                lse_p.index_copy_(0, sel, l_)
 
     if has_partial:
         total = torch.logaddexp(lse, lse_p)

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BLOCK_SIZE",
     "BlockIndex",
+    "attention_block_mass",
     "attention_mass_kept",
     "block_mask_to_index",
     "build_dense_index",
@@ -380,6 +381,55 @@ def dense_mask(index: BlockIndex, *, window: int | None = None) -> torch.Tensor:
     return keep & visible
 
 
+def attention_block_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    block_size: int = BLOCK_SIZE,
+    scale: float | None = None,
+    window: int | None = None,
+    chunk_elems: int = 1 << 25,
+) -> torch.Tensor:
+    """Dense causal attention probabilities summed over the queries of each query block.
+
+    One dense pass (in query chunks, reading only the causal prefix of the keys) whose result
+    scores any number of indexes with ``attention_mass_kept(..., block_mass=...)``. Rows of a
+    longer prefix are valid for a shorter one: ``mass[..., :NQ', :S']`` for ``T' = S' <= T = S``
+    when ``T'`` is a multiple of ``block_size``.
+
+    Args:
+        q: ``[B, H, T, D]``.
+        k: ``[B, H_kv, S, D]``.
+        block_size: query rows per block.
+        scale: softmax scale, default ``D ** -0.5``.
+        window: optional sliding window of the dense attention.
+        chunk_elems: score elements per chunk (memory bound).
+
+    Returns:
+        ``[B, H, NQ, S]`` fp32; each query block's row sums to its number of queries.
+    """
+    b, h, hkv, t, s = _check_qk(q, k, block_size)
+    sc = _scale(scale, q.shape[-1])
+    bs = block_size
+    nq = -(-t // bs)
+    out = torch.zeros(b, h, nq, s, device=q.device)
+    rows = max(bs, (chunk_elems // max(h * s * b, 1)) // bs * bs)
+    for start in range(0, t, rows):
+        stop = min(start + rows, t)
+        keys = s - t + stop  # causal prefix of the keys these queries can see
+        logits = _grouped_logits(q[:, :, start:stop], k[:, :, :keys], sc)  # [B, H, c, keys]
+        qpos = torch.arange(s - t + start, s - t + stop, device=q.device)[:, None]
+        kpos = torch.arange(keys, device=q.device)[None, :]
+        visible = kpos <= qpos
+        if window is not None:
+            visible &= qpos - kpos < window
+        p = logits.masked_fill(~visible, float("-inf")).softmax(-1)
+        pad = -(stop - start) % bs
+        p = F.pad(p, (0, 0, 0, pad)).reshape(b, h, -1, bs, keys).sum(-2)
+        out[:, :, start // bs : start // bs + p.shape[2], :keys] += p
+    return out
+
+
 def attention_mass_kept(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -387,11 +437,9 @@ def attention_mass_kept(
     *,
     scale: float | None = None,
     window: int | None = None,
-    chunk_elems: int = 1 << 25,
+    block_mass: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fraction of the dense causal attention mass that the index keeps, averaged over queries.
-
-    Computed in query chunks, so memory stays bounded at long lengths (the cost is one dense pass).
 
     Args:
         q: ``[B, H, T, D]``.
@@ -399,35 +447,22 @@ def attention_mass_kept(
         index: the block table to score.
         scale: softmax scale, default ``D ** -0.5``.
         window: optional sliding window of the dense attention.
-        chunk_elems: score elements per chunk (memory bound).
+        block_mass: ``attention_block_mass(q, k, ...)`` when already computed (``[B, H, >=NQ, >=S]``,
+            sliced to this index); otherwise it is computed here (one dense pass).
 
     Returns:
         ``[B, H]`` fp32 in ``[0, 1]``.
     """
     b, h, hkv, t, s = _check_qk(q, k, index.block_size)
-    sc = _scale(scale, q.shape[-1])
-    bs = index.block_size
-    groups = h // index.num_heads
+    bs, nq = index.block_size, index.num_q_blocks
+    if block_mass is None:
+        block_mass = attention_block_mass(q, k, block_size=bs, scale=scale, window=window)
+    mass = block_mass[:, :, :nq, :s]
     bits = index.to_token_bits()  # [B, Hi, NQ, NK]
-    shifts = torch.arange(bs, device=q.device, dtype=torch.int64)
-    rows = max(bs, (chunk_elems // max(h * s * b, 1)) // bs * bs)
-    kept = torch.zeros(b, h, device=q.device)
-    for start in range(0, t, rows):
-        stop = min(start + rows, t)
-        logits = _grouped_logits(q[:, :, start:stop], k, sc)  # [B, H, c, S]
-        qpos = torch.arange(s - t + start, s - t + stop, device=q.device)[:, None]
-        kpos = torch.arange(s, device=q.device)[None, :]
-        visible = kpos <= qpos
-        if window is not None:
-            visible &= qpos - kpos < window
-        p = logits.masked_fill(~visible, float("-inf")).softmax(-1)
-        nb = torch.arange(start, stop, device=q.device) // bs
-        keep = (
-            ((bits[:, :, nb, :, None] >> shifts) & 1).bool().flatten(-2)[..., :s]
-        )  # [B, Hi, c, S]
-        keep = keep.repeat_interleave(groups, dim=1)
-        kept += (p * keep).sum(-1).sum(-1)
-    return kept / t
+    shifts = torch.arange(bs, device=bits.device, dtype=torch.int64)
+    keep = ((bits[..., None] >> shifts) & 1).bool().flatten(-2)[..., :s]  # [B, Hi, NQ, S]
+    keep = keep.repeat_interleave(h // index.num_heads, dim=1)
+    return (mass * keep).sum((-1, -2)) / t
 
 
 # --------------------------------------------------------------------------------------------
