@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +116,27 @@ def dense_encoder() -> FakeDenseEncoder:
 @pytest.fixture
 def sparse_encoder() -> FakeSparseEncoder:
     return FakeSparseEncoder()
+
+
+def _write_beir(folder: Path) -> Path:
+    """A three-document BEIR folder with two judged queries and one unjudged."""
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = [
+        {"_id": "d1", "title": "Wing lift", "text": "The wing of the aircraft produces lift."},
+        {"_id": "d2", "title": "", "text": "Boundary layers on flat plates."},
+        {"_id": "d3", "title": "Retrieval", "text": "Ranking documents for a query with BM25."},
+    ]
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    queries = [
+        {"_id": "1", "text": "lift of a wing"},
+        {"_id": "2", "text": "document ranking"},
+        {"_id": "3", "text": "unjudged"},
+    ]
+    (folder / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n1\td1\t2\n2\td3\t1\n")
+    return folder
+
+
+@pytest.fixture
+def write_beir() -> Callable[[Path], Path]:
+    return _write_beir

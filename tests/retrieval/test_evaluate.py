@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -53,25 +52,7 @@ def test_latency_summary() -> None:
     assert out["p95_ms"] == pytest.approx(95.05)
 
 
-def write_beir(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    docs = [
-        {"_id": "d1", "title": "Wing lift", "text": "The wing of the aircraft produces lift."},
-        {"_id": "d2", "title": "", "text": "Boundary layers on flat plates."},
-        {"_id": "d3", "title": "Retrieval", "text": "Ranking documents for a query with BM25."},
-    ]
-    (folder / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
-    queries = [
-        {"_id": "1", "text": "lift of a wing"},
-        {"_id": "2", "text": "document ranking"},
-        {"_id": "3", "text": "unjudged"},
-    ]
-    (folder / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
-    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n1\td1\t2\n2\td3\t1\n")
-    return folder
-
-
-def test_load_beir(tmp_path: Path) -> None:
+def test_load_beir(tmp_path: Path, write_beir) -> None:
     col = load_beir(write_beir(tmp_path / "tiny"))
     assert col.name == "tiny"
     assert col.corpus["d1"] == "Wing lift The wing of the aircraft produces lift."
