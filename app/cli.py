@@ -25,7 +25,6 @@ from rich.progress import (
 from rich.table import Table
 
 from app.api import Folio
-from app.settings import Settings
 from pipeline.config import OcrMode, ParserKind
 from pipeline.ingest import Progress as IngestProgress
 from pipeline.ingest import count_pages, find_pdfs

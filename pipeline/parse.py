@@ -6,12 +6,15 @@ directly on a rendering of the page. Pages are 1-based.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -220,6 +223,7 @@ class _Text:
     bold: bool
     lines: int
     kind: str = "text"
+    spans: tuple[tuple[BBox, str], ...] = ()  # (bbox, text) of each span, for table rows
 
 
 def _parse_page(
@@ -238,9 +242,10 @@ def _parse_page(
     if want_ocr and _page_has_ink(page) and tesseract_available():
         _upright_for_ocr(page)
         try:
-            textpage = page.get_textpage_ocr(
-                flags=_TEXT_FLAGS, language=config.ocr_language, dpi=config.ocr_dpi, full=True
-            )
+            with _quiet_stderr():
+                textpage = page.get_textpage_ocr(
+                    flags=_TEXT_FLAGS, language=config.ocr_language, dpi=config.ocr_dpi, full=True
+                )
             ocr_used = True
         except RuntimeError as exc:
             logger.warning("page %d: OCR failed (%s); using the text layer", number, exc)
@@ -270,6 +275,20 @@ def _parse_page(
         thumbnail=thumbnail,
         blocks=tuple(blocks),
     )
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence Tesseract's C-level chatter ("Image too small to scale!!") on file descriptor 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _page_has_ink(page: pymupdf.Page) -> bool:
@@ -321,10 +340,10 @@ def _blocks_from_spans(
     page_area = page.rect.width * page.rect.height
     regions: list[tuple[str, BBox]] = []  # ("figure" | "table", bbox)
     if textpage is None:  # on an OCR'd scan the whole page is one image: no figure regions
-        regions += [("figure", r) for r in _figure_regions(page, matrix, page_area)]
+        regions += _graphic_regions(page, matrix, page_area)
     captions = [t for t in texts if t.kind == "caption"]
     table_md: dict[BBox, str] = {}
-    if config.tables and textpage is None and _worth_table_search(page, captions):
+    if config.table_finder and textpage is None and _worth_table_search(page, captions):
         for bbox, markdown in _find_tables(page, matrix):
             regions.append(("table", bbox))
             table_md[bbox] = markdown
@@ -351,7 +370,10 @@ def _blocks_from_spans(
     items: list[tuple[str, BBox, str, _Text | None]] = [(t.kind, t.bbox, t.text, t) for t in body]
     for kind, bbox in regions:
         inner = sorted(region_text[bbox], key=lambda t: (t.bbox[1], t.bbox[0]))
-        text = table_md.get(bbox) or " ".join(t.text for t in inner)
+        if kind == "table":
+            text = table_md.get(bbox) or _rows_markdown(inner)
+        else:
+            text = " ".join(t.text for t in inner)
         items.append((kind, bbox, text, None))
     ordered = _reading_order([it[1] for it in items], page.rect.width)
     items = [items[i] for i in ordered]
@@ -362,6 +384,7 @@ def _blocks_from_spans(
 
 def _text_block(block: dict, matrix: pymupdf.Matrix) -> _Text | None:
     lines_text: list[str] = []
+    span_boxes: list[tuple[BBox, str]] = []
     sizes: dict[float, int] = {}
     bold_chars = 0
     total = 0
@@ -372,6 +395,8 @@ def _text_block(block: dict, matrix: pymupdf.Matrix) -> _Text | None:
             continue
         lines_text.append(text)
         for s in spans:
+            if s["text"].strip():
+                span_boxes.append((_to_display(s["bbox"], matrix), s["text"].strip()))
             n = len(s["text"].strip())
             total += n
             sizes[round(s["size"], 1)] = sizes.get(round(s["size"], 1), 0) + n
@@ -381,7 +406,8 @@ def _text_block(block: dict, matrix: pymupdf.Matrix) -> _Text | None:
         return None
     text = _join_lines(lines_text)
     size = max(sizes, key=sizes.get)
-    return _Text(_to_display(block["bbox"], matrix), text, size, bold_chars >= 0.8 * total, len(lines_text))
+    bold = bold_chars >= 0.8 * total
+    return _Text(_to_display(block["bbox"], matrix), text, size, bold, len(lines_text), spans=tuple(span_boxes))
 
 
 def _join_lines(lines: list[str]) -> str:
@@ -414,23 +440,56 @@ def _classify(t: _Text, body_size: float) -> str:
     return "text"
 
 
-def _figure_regions(page: pymupdf.Page, matrix: pymupdf.Matrix, page_area: float) -> list[BBox]:
-    """Images and clusters of vector drawings large enough to be figures."""
-    rects: list[pymupdf.Rect] = []
+def _graphic_regions(
+    page: pymupdf.Page, matrix: pymupdf.Matrix, page_area: float
+) -> list[tuple[str, BBox]]:
+    """Figures (images, clusters of vector drawings) and ruled tables (clusters of rules)."""
+    images: list[pymupdf.Rect] = []
     for info in page.get_image_info():
         r = pymupdf.Rect(info["bbox"]) & page.rect
         if not r.is_empty:
-            rects.append(r)
-    drawings = page.get_cdrawings()
-    if 0 < len(drawings) <= 5000:
-        rects += _cluster([pymupdf.Rect(d["rect"]) for d in drawings], gap=12)
-    out = []
-    for r in _cluster(rects, gap=4):
+            images.append(r)
+    drawings = [pymupdf.Rect(d["rect"]) for d in page.get_cdrawings()][:5000]
+    out: list[tuple[str, BBox]] = []
+    for r in _cluster(images + _cluster(drawings, gap=12), gap=4):
         area = r.width * r.height
-        # Ignore specks, rules (tables draw those) and full-page backgrounds.
-        if r.width >= 48 and r.height >= 36 and 0.012 * page_area <= area <= 0.85 * page_area:
-            out.append(_to_display(r, matrix))
+        # Ignore specks, single rules and full-page backgrounds.
+        if not (r.width >= 48 and r.height >= 24 and 0.01 * page_area <= area <= 0.85 * page_area):
+            continue
+        inside = [d for d in drawings if r.contains(d)]
+        rules = sum(1 for d in inside if d.height <= 2 or d.width <= 2)
+        has_image = any(r.contains(i) for i in images)
+        kind = "table" if not has_image and rules >= 3 and rules >= 0.8 * len(inside) else "figure"
+        out.append((kind, _to_display(r, matrix)))
     return out
+
+
+def _rows_markdown(texts: list[_Text]) -> str:
+    """A Markdown table from the spans inside a table region: rows by baseline, cells by gaps."""
+    spans = sorted((box, text) for t in texts for box, text in t.spans)
+    rows: list[list[tuple[BBox, str]]] = []
+    for box, text in sorted(spans, key=lambda bt: ((bt[0][1] + bt[0][3]) / 2, bt[0][0])):
+        middle = (box[1] + box[3]) / 2
+        if rows and abs(middle - (rows[-1][0][0][1] + rows[-1][0][0][3]) / 2) <= 3:
+            rows[-1].append((box, text))
+        else:
+            rows.append([(box, text)])
+    lines = []
+    for row in rows:
+        row.sort(key=lambda bt: bt[0][0])
+        cells: list[str] = []
+        last_x1 = None
+        for box, text in row:
+            if last_x1 is not None and box[0] - last_x1 < 6:
+                cells[-1] = f"{cells[-1]} {text}"
+            else:
+                cells.append(text)
+            last_x1 = box[2]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(lines) > 1:
+        width = max(line.count(" | ") + 1 for line in lines)
+        lines.insert(1, "|" + "---|" * width)
+    return "\n".join(lines)
 
 
 def _cluster(rects: list[pymupdf.Rect], gap: float) -> list[pymupdf.Rect]:

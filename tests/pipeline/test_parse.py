@@ -39,7 +39,7 @@ def test_sample_guide_two_columns_headings_figure_and_table(sample_pdf: Path, tm
     assert captions[table.reading_order].startswith("Table 1:")
     # Text drawn inside the figure belongs to it; the table is Markdown.
     assert "Retrieve" in figure.text and "Generate" in figure.text
-    assert "|Chunk size|160|tokens|" in table.text
+    assert "| Chunk size | 160 | tokens |" in table.text
     assert figure.asset == f"assets/x/p0002-figure{figure.reading_order:03d}.png"
     assert (tmp_path / Path(figure.asset).name).is_file()
     assert (tmp_path / "p0001.png").is_file() and first.thumbnail == "assets/x/p0001.png"
@@ -156,3 +156,15 @@ def test_rotated_scan_is_turned_upright_and_ocrd(robustness_dir: Path) -> None:
 def test_ocr_never_leaves_scans_empty(robustness_dir: Path) -> None:
     doc = parse_pdf(robustness_dir / "docling__ocr_test_rotated_90.pdf", FAST)
     assert not doc.pages[0].ocr_used and doc.pages[0].text == ""
+
+
+def test_missing_tesseract_warns_once_and_keeps_going(robustness_dir: Path, monkeypatch, caplog) -> None:
+    from pipeline import parse
+
+    monkeypatch.setattr(parse.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(parse, "_TESSERACT_WARNED", False)
+    with caplog.at_level("WARNING"):
+        doc = parse_pdf(robustness_dir / "pymupdf__test_3863_imageonly_8pp.pdf", ParseConfig(ocr=OcrMode.AUTO))
+    assert doc.page_count == 8 and not any(p.ocr_used for p in doc.pages)
+    warnings = [r for r in caplog.records if "Tesseract not found" in r.message]
+    assert len(warnings) == 1
