@@ -5,6 +5,8 @@ one dispatcher (STYLE.md B5):
 
 - ``block_sparse_attn``: block-sparse causal attention for long prefills, with the block-table
   builders (MInference vertical-slash, FlexPrefill, HISA two-stage, sliding window, dense).
+- ``sparse_decode`` / ``select_decode_tokens``: TidalDecode-style sparse decode step.
+- ``sparse_lm_head``: Sparton-style fused ``max_t log1p(relu(h W^T + b))`` for SPLADE encoders.
 """
 
 from ._utils import Backend
@@ -22,6 +24,8 @@ from .block_sparse_attn import (
     build_window_index,
     dense_mask,
 )
+from .sparse_decode import select_decode_tokens, sparse_decode
+from .sparse_lm_head import sparse_lm_head
 
 __all__ = [
     "BLOCK_SIZE",
@@ -37,4 +41,7 @@ __all__ = [
     "build_vertical_slash_index",
     "build_window_index",
     "dense_mask",
+    "select_decode_tokens",
+    "sparse_decode",
+    "sparse_lm_head",
 ]
