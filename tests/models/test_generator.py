@@ -605,6 +605,26 @@ def test_a_failed_conversion_leaves_no_folder(tmp_path: Path) -> None:
     assert _packaged._is_done(tmp_path / "m-123")
 
 
+def test_a_gguf_path_is_converted_once_into_a_folder_named_by_its_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake_convert(gguf: Path, out: Path) -> None:
+        calls.append(gguf)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(_packaged, "_convert_gguf", fake_convert)
+    gguf = tmp_path / "my-model.gguf"
+    gguf.write_bytes(b"GGUF weights")
+    digest = hashlib.sha256(b"GGUF weights").hexdigest()
+    cache = tmp_path / "cache"
+    first = _packaged.resolve_model_dir(str(gguf), cache)
+    assert first == cache / f"my-model-{digest[:12]}"
+    assert _packaged.resolve_model_dir(str(gguf), cache) == first
+    assert calls == [gguf]  # the second call found the converted folder
+
+
 def test_a_broken_converted_copy_says_how_to_rebuild_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
