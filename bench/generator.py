@@ -77,6 +77,7 @@ def _child_run(model: str, cache_dir: Path, prompt_paragraphs: int, new_tokens: 
     from models.generator import build_prompt, load_generator
 
     torch.manual_seed(0)
+    load_at_start = os.getloadavg()[0]
     start = time.perf_counter()
     config = GeneratorConfig(model=model, device="cpu", stop_at_newline=False)
     generator = load_generator(config, cache_dir=cache_dir)
@@ -106,6 +107,7 @@ def _child_run(model: str, cache_dir: Path, prompt_paragraphs: int, new_tokens: 
         "decode_tok_s": result.decode_tokens_per_s,
         "peak_rss_mb": _peak_rss_mb(),
         "threads": torch.get_num_threads(),
+        "load_avg": load_at_start,
     }
 
 
@@ -135,14 +137,15 @@ def _table(rows: list[dict], command: str) -> str:
         "",
         f"Machine: {os.cpu_count()} cores, CPU only, fp32, torch threads = {rows[0]['threads']}; "
         f"load average when finished {load1:.1f} / {load5:.1f} (1 / 5 min; the CPU is shared, "
-        "so treat speeds as lower bounds). Prefill: best of 2 runs of one synthetic QA prompt, "
+        'so treat speeds as lower bounds; "load avg" is the 1-minute load when the speed '
+        "run started). Prefill: best of 2 runs of one synthetic QA prompt, "
         "`logits_to_keep=1`. Decode: greedy, EOS disabled, 32 tokens. Cold load: join + sha256 "
         "check + GGUF dequantisation + safetensors save + load, in a fresh process; cached "
         "load: `load_generator` on the converted folder.",
         "",
         "| model | cold load s | cold peak RSS MB | cached load s | prompt tokens | prefill s "
-        "| prefill tok/s | TTFT s | decode tok/s | peak RSS MB (cached run) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| prefill tok/s | TTFT s | decode tok/s | peak RSS MB (cached run) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cold = f"{row['cold_load_s']:.1f}" if "cold_load_s" in row else "-"
@@ -150,7 +153,8 @@ def _table(rows: list[dict], command: str) -> str:
         lines.append(
             f"| {row['model']} | {cold} | {cold_rss} | {row['load_s']:.1f} | {row['prompt_tokens']} "
             f"| {row['prefill_s']:.2f} | {row['prefill_tok_s']:.0f} | {row['ttft_s']:.2f} "
-            f"| {row['decode_tok_s']:.1f} | {row['peak_rss_mb']:.0f} |"
+            f"| {row['decode_tok_s']:.1f} | {row['peak_rss_mb']:.0f} "
+            f"| {row['load_avg']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
