@@ -45,12 +45,6 @@ import torch
 import torch.nn.functional as F
 
 from kernels import attention_block_mass, attention_mass_kept, block_sparse_attn
-from models.attention import (
-    SparseAttentionConfig,
-    build_layer_index,
-    register_sparse_attention,
-    sparse_attention_forward,
-)
 
 logger = logging.getLogger("bench.attention")
 
@@ -158,7 +152,11 @@ def cmd_capture(args: argparse.Namespace) -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    from models.attention import sparse_attention_mask
+    from models.attention import (
+        SparseAttentionConfig,
+        sparse_attention_forward,
+        sparse_attention_mask,
+    )
 
     model, tok = _load_gemma(args.cache_dir)
     types = model.config.layer_types
@@ -204,6 +202,8 @@ def cmd_capture(args: argparse.Namespace) -> None:
 
 
 def cmd_kernel(args: argparse.Namespace) -> None:
+    from models.attention import SparseAttentionConfig, build_layer_index
+
     data = torch.load(args.qkv)
     layers = {li: t for li, t in data["layers"].items() if not args.layers or li in args.layers}
     sweep = {name: SWEEP[name] for name in (args.configs or SWEEP)}
@@ -323,10 +323,12 @@ def _greedy(model: Any, tok: Any, cache: Any, prompt: str, steps: int, opts: Any
 
 
 def cmd_e2e(args: argparse.Namespace) -> None:
+    from models.attention import SparseAttentionConfig, register_sparse_attention
+
     register_sparse_attention()
     model, tok = _load_gemma(args.cache_dir)
     text = _document_text(args.document)
-    modes: dict[str, tuple[str, SparseAttentionConfig | None]] = {
+    modes: dict[str, tuple[str, Any]] = {
         "sdpa (stock)": ("sdpa", None),
         "folio_sparse dense (windows + all blocks)": (
             "folio_sparse",

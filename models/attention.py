@@ -15,6 +15,10 @@ exact window blocks, full-attention layers through the configured pattern (verti
 FlexPrefill, HISA, or every causal block). Shorter prefills, decoding, padded batches, custom
 masks, training with dropout, soft-capping and attention sinks go to the stock SDPA function.
 
+Decoding is stock SDPA unless the caller opts into TidalDecode by passing a per-request
+``SparseDecodeState`` as ``sparse_decode=`` on each decode step: selection layers then pick the
+positions that later full-attention layers attend to.
+
 The mask function registered under the same name returns ``None`` exactly when the mask is plain
 causal (or sliding-window causal) attention aligned to the last key, with no padding; the backend
 then applies causality and the window itself. Every other case gets the full SDPA boolean mask.
@@ -39,14 +43,18 @@ from kernels import (
     build_hisa_index,
     build_vertical_slash_index,
     build_window_index,
+    select_decode_tokens,
+    sparse_decode,
 )
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKEND_NAME",
+    "DECODE_KWARG",
     "OPTIONS_KWARG",
     "SparseAttentionConfig",
+    "SparseDecodeState",
     "SparseMethod",
     "build_layer_index",
     "register_sparse_attention",
@@ -56,6 +64,7 @@ __all__ = [
 
 BACKEND_NAME = "folio_sparse"
 OPTIONS_KWARG = "sparse_attention"
+DECODE_KWARG = "sparse_decode"
 
 
 class SparseMethod(StrEnum):
@@ -120,6 +129,50 @@ class SparseAttentionConfig(BaseModel):
 
 
 _DEFAULT_CONFIG = SparseAttentionConfig()
+
+
+class SparseDecodeState:
+    """Opt-in TidalDecode for decode steps: one object per request, passed as ``sparse_decode=``.
+
+    Full-attention layers before the first selection layer decode densely; a selection layer
+    decodes densely and keeps the ``budget`` positions its queries attend to most (per key head);
+    the full-attention layers after it attend to those positions only, until the next selection
+    layer re-selects. Sliding-window layers stay dense (their window is already small). The
+    positions chosen in the current step live here (``token_idx``), owned by the caller.
+
+    Args:
+        selection_layers: indices of the full-attention layers that select (TidalDecode: an early
+            layer and one in the middle).
+        budget: positions kept per key head.
+        sink_tokens: first positions always kept.
+        local_tokens: most recent positions always kept.
+        backend: kernel backend for the sparse steps.
+    """
+
+    def __init__(
+        self,
+        selection_layers: tuple[int, ...],
+        *,
+        budget: int = 256,
+        sink_tokens: int = 4,
+        local_tokens: int = 64,
+        backend: str = "auto",
+    ) -> None:
+        if not selection_layers:
+            raise ValueError("selection_layers must name at least one layer")
+        if budget <= sink_tokens + local_tokens:
+            raise ValueError(
+                f"budget {budget} must exceed sink_tokens + local_tokens = {sink_tokens + local_tokens}"
+            )
+        self.selection_layers = tuple(sorted(selection_layers))
+        self.budget = budget
+        self.sink_tokens = sink_tokens
+        self.local_tokens = local_tokens
+        self.backend = backend
+        self.token_idx: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"SparseDecodeState(selection_layers={self.selection_layers}, budget={self.budget})"
 
 
 def build_layer_index(
@@ -251,6 +304,12 @@ def sparse_attention_forward(
         sliding_window if sliding_window is not None else getattr(module, "sliding_window", None)
     )
     q_len = query.shape[2]
+    decode_state = kwargs.pop(DECODE_KWARG, None)
+    if decode_state is not None and q_len == 1 and attention_mask is None and window is None:
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        out = _tidal_decode(module, query, key, value, decode_state, scale)
+        if out is not None:
+            return out.transpose(1, 2).contiguous(), None
     sparse = (
         attention_mask is None
         and q_len >= config.min_length
@@ -288,6 +347,37 @@ def sparse_attention_forward(
         query, key, value, index, scale=scale, window=window, backend=config.backend
     )
     return out.transpose(1, 2).contiguous(), None
+
+
+def _tidal_decode(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    state: SparseDecodeState,
+    scale: float,
+) -> torch.Tensor | None:
+    """One TidalDecode step of a full-attention layer: ``[B, H, 1, D]``, or None to decode densely."""
+    if not isinstance(state, SparseDecodeState):
+        raise TypeError(f"{DECODE_KWARG}= must be a SparseDecodeState, got {type(state).__name__}")
+    layer = getattr(module, "layer_idx", None)
+    s = key.shape[2]
+    if layer is None or layer < state.selection_layers[0] or s <= state.budget:
+        return None
+    if layer in state.selection_layers:
+        state.token_idx = select_decode_tokens(
+            query,
+            key,
+            budget=state.budget,
+            sink_tokens=state.sink_tokens,
+            local_tokens=state.local_tokens,
+            scale=scale,
+        )
+        return None
+    idx = state.token_idx
+    if idx is None or idx.shape[:2] != key.shape[:2] or int(idx.max()) >= s:
+        return None
+    return sparse_decode(query, key, value, idx, scale=scale, backend=state.backend)
 
 
 def sparse_attention_mask(

@@ -37,13 +37,13 @@ def _gemma_config():
     )
 
 
-def _qwen_config():
+def _qwen_config(layers: int = 2):
     # Qwen2.5-Coder-0.5B's attention geometry: 14 query heads, 2 key heads, head_dim 64.
     return transformers.Qwen2Config(
         vocab_size=256,
         hidden_size=896,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=14,
         num_key_value_heads=2,
         max_position_embeddings=1024,
@@ -232,3 +232,33 @@ def test_real_gemma3_270m_dense_equals_sdpa_and_sparse_stays_close(tmp_path_fact
     agree = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
     print(f"mean KL {kl.mean().item():.4f}, top-1 agreement {agree:.3f}")
     assert kl.mean() < 0.1 and agree > 0.9
+
+
+@torch.no_grad()
+def test_tidal_decode_reuses_the_selection_of_the_selection_layer(monkeypatch):
+    """Layers after the selection layer attend to the selected positions; earlier ones stay dense."""
+    register_sparse_attention()
+    cfg = _qwen_config(layers=4)
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM._from_config(cfg, attn_implementation=BACKEND_NAME).eval()
+    ids = torch.randint(0, 256, (1, 120))
+    prefill = model(ids, use_cache=True)
+    seen = []
+    real = attention.sparse_decode
+    monkeypatch.setattr(
+        attention, "sparse_decode", lambda q, *a, **k: seen.append(q.shape) or real(q, *a, **k)
+    )
+    step = torch.tensor([[7]])
+    dense = model(step, cache=copy.deepcopy(prefill.past_key_values)).logits
+    state = attention.SparseDecodeState(
+        (1,), budget=100, sink_tokens=4, local_tokens=16, backend="torch"
+    )
+    got = model(step, cache=copy.deepcopy(prefill.past_key_values), sparse_decode=state).logits
+    assert len(seen) == 2, "layers 2 and 3 reuse layer 1's selection"
+    assert state.token_idx.shape == (1, 2, 100)
+    assert torch.isfinite(got).all()
+    assert (got - dense).abs().max() < 0.5  # 100 of 121 positions kept
+    wide = attention.SparseDecodeState((1,), budget=200, backend="torch")  # budget >= cache: dense
+    torch.testing.assert_close(
+        model(step, cache=copy.deepcopy(prefill.past_key_values), sparse_decode=wide).logits, dense
+    )
