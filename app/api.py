@@ -17,6 +17,7 @@ from typing import Any
 from app.settings import Settings
 from pipeline.ingest import IngestResult, Progress, delete_document, find_pdfs, ingest
 from pipeline.library import DocumentInfo, Library, list_documents, open_library
+from pipeline.search import LibraryIndex, SearchHit
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Folio:
     def __init__(self, settings: Settings | None = None, *, config: str | Path | None = None, **overrides: Any):
         self.settings = settings or Settings.load(config, **overrides)
         self._library: Library | None = None
+        self._index: LibraryIndex | None = None
 
     @property
     def library(self) -> Library:
@@ -40,6 +42,13 @@ class Folio:
         if self._library is None:
             self._library = open_library(self.settings.storage)
         return self._library
+
+    @property
+    def index(self) -> LibraryIndex:
+        """The library's search index (models load on first use)."""
+        if self._index is None:
+            self._index = LibraryIndex(self.library, self.settings.retrieval, self.settings.encoders)
+        return self._index
 
     def ingest(
         self,
@@ -64,6 +73,7 @@ class Folio:
             parse_config=s.parse,
             chunk_config=s.chunk,
             ingest_config=s.ingest,
+            index=self.index,
             reindex=reindex,
             password=password,
             on_progress=on_progress,
@@ -79,11 +89,21 @@ class Folio:
         Raises:
             LookupError: no document, or several, match.
         """
-        removed = delete_document(self.library, doc_id)
+        removed = delete_document(self.library, doc_id, self.index)
         return DocumentInfo(
             removed.id, removed.file_name, removed.title, removed.page_count, 0,
             str(removed.status), removed.error, removed.created,
         )
+
+    def search(
+        self, query: str, *, k: int = 10, mode: str | None = None, doc_ids: list[str] | None = None
+    ) -> list[SearchHit]:
+        """The best chunks for `query` (mode: bm25, splade, dense, hybrid, hybrid-prf).
+
+        Example:
+            >>> [(h.file_name, h.page) for h in folio.search("dense retrieval", k=3)]
+        """
+        return self.index.search(query, k=k, mode=mode, doc_ids=doc_ids)
 
     def close(self) -> None:
         if self._library is not None:

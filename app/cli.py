@@ -5,6 +5,7 @@ User errors print one line and exit 1 (never a traceback); Typer's usage errors 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -25,9 +26,11 @@ from rich.progress import (
 from rich.table import Table
 
 from app.api import Folio
+from app.cli_eval import eval_app
 from pipeline.config import OcrMode, ParserKind
 from pipeline.ingest import Progress as IngestProgress
 from pipeline.ingest import count_pages, find_pdfs
+from retrieval.config import RetrievalMode
 
 app = typer.Typer(
     name="folio",
@@ -36,6 +39,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(eval_app, name="eval")
 console = Console()
 err = Console(stderr=True)
 
@@ -100,16 +104,7 @@ def ingest_command(
     if not files:
         raise _fail("no PDF files found (give files, or folders holding *.pdf; --recursive for sub-folders)")
     total_pages = count_pages(files)
-    columns = (
-        TextColumn("{task.description:<9}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-    )
+    columns = _bar_columns()
     results = []
     pages_seen: dict[Path, int] = {}
     with Progress(*columns, console=err, transient=False) as bar:
@@ -146,6 +141,31 @@ def ingest_command(
         raise typer.Exit(1)
 
 
+@app.command("search")
+def search_command(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    doc: Annotated[list[str] | None, typer.Option("--doc", help="Only in this document (id or prefix); repeatable.")] = None,
+    mode: Annotated[RetrievalMode | None, typer.Option(help="Retriever (default: the configured one).")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many chunks.")] = 10,
+) -> None:
+    """Rank the library's chunks for a query, with document, page and score."""
+    folio = _folio()
+    try:
+        hits = folio.search(query, k=k, mode=mode, doc_ids=doc)
+    except (ValueError, LookupError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        folio.close()
+    if not hits:
+        console.print("No matching chunks.")
+        return
+    table = Table("#", "score", "document", "page", "kind", "text", show_lines=False)
+    for rank, hit in enumerate(hits, 1):
+        snippet = " ".join(hit.text.split())[:160]
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.file_name, str(hit.page), hit.kind, snippet)
+    console.print(table)
+
+
 @app.command("docs")
 def docs_command() -> None:
     """List the documents of the library."""
@@ -173,6 +193,64 @@ def delete_command(doc: Annotated[str, typer.Argument(help="Document id or uniqu
     finally:
         folio.close()
     console.print(f"deleted {removed.doc_id[:12]} {removed.file_name}")
+
+
+@eval_app.command("pages")
+def eval_pages_command(
+    file: Annotated[Path, typer.Argument(help="MMLongBench-style questions (JSON list or JSONL).")],
+    docs: Annotated[Path | None, typer.Option(help="Folder of the PDFs named by doc_id (default: FILE's folder/documents).")] = None,
+    modes: Annotated[list[RetrievalMode] | None, typer.Option("--mode", help="Modes to compare (default: all the library keeps).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+) -> None:
+    """Recall@1/5/10 and nDCG@5 of evidence pages, ranking pages within each question's document."""
+    from pipeline.eval_pages import documents_by_name, evaluate_pages, load_questions
+
+    try:
+        questions = load_questions(file)
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    questions = questions[:limit] if limit else questions
+    docs_dir = docs or file.parent / "documents"
+    if not docs_dir.is_dir():
+        raise _fail(f"{docs_dir}: no such folder of documents (use --docs DIR)")
+    folio = _folio()
+    needed = sorted({q.doc_id for q in questions})
+    files = [docs_dir / n for n in needed if (docs_dir / n).is_file()]
+    err.print(f"ingesting {len(files)} documents (already stored ones are skipped)")
+    folio.ingest(files)
+    chosen = modes or [RetrievalMode(m) for m in folio.index.retriever.modes]
+    doc_chunks = documents_by_name(folio.index, needed, docs_dir)
+    answerable = sum(bool(q.evidence_pages) for q in questions)
+    with Progress(*_bar_columns(), console=err) as bar:
+        task = bar.add_task("questions", total=answerable * len(chosen), rate="")
+        report = evaluate_pages(questions, folio.index, doc_chunks, chosen, lambda: bar.advance(task))
+    folio.close()
+    table = Table("mode", "R@1", "R@5", "R@10", "nDCG@5", title=f"evidence pages ({report['questions']} questions)")
+    for mode, row in report["modes"].items():
+        table.add_row(mode, *(f"{row[m]:.3f}" for m in ("recall@1", "recall@5", "recall@10", "ndcg@5")))
+    console.print(table)
+    sources = Table("mode", "source", "questions", "R@5", title="recall@5 by evidence source")
+    for mode, row in report["modes"].items():
+        for source, values in row["by_source"].items():
+            sources.add_row(mode, source, str(values["questions"]), f"{values['recall@5']:.3f}")
+    console.print(sources)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+def _bar_columns() -> tuple:
+    return (
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
 
 
 def main() -> None:

@@ -9,7 +9,9 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.config import EncoderConfig
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
+from retrieval.config import RetrievalConfig
 from storage.config import StorageConfig
 
 PRESETS = Path(__file__).parent / "presets"
@@ -29,6 +31,8 @@ class Settings(BaseSettings):
     parse: ParseConfig = Field(default_factory=ParseConfig)
     chunk: ChunkConfig = Field(default_factory=ChunkConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    encoders: EncoderConfig = Field(default_factory=EncoderConfig)
 
     @property
     def storage(self) -> StorageConfig:

@@ -40,6 +40,9 @@ class ChunkIndex(Protocol):
     def remove(self, chunk_ids: Sequence[str]) -> None:
         """Remove items by chunk id (unknown ids are ignored)."""
 
+    def flush(self) -> None:
+        """Persist what changed."""
+
 
 @dataclass(frozen=True)
 class IngestResult:
@@ -121,14 +124,20 @@ def ingest(
             continue
         todo.append((i, path, doc_id))
 
-    for i, path, outcome in _parse_all(todo, library, parse_config, ingest_config, password, notify):
-        if isinstance(outcome, ParsedDocument):
-            results[i] = _store(outcome, path, library, chunk_config, ingest_config, index)
-        else:
-            doc_id = next(d for j, _, d in todo if j == i)
-            results[i] = _record_failure(library, doc_id, path, outcome, parser_version, index)
-            logger.info("%s", outcome)
-        notify(Progress("document", path, result=results[i]))
+    try:
+        for i, path, outcome in _parse_all(todo, library, parse_config, ingest_config, password, notify):
+            if isinstance(outcome, ParsedDocument):
+                results[i] = _store(outcome, path, library, chunk_config, ingest_config, index)
+            else:
+                doc_id = next(d for j, _, d in todo if j == i)
+                results[i] = _record_failure(library, doc_id, path, outcome, parser_version)
+                logger.info("%s", outcome)
+            notify(Progress("document", path, result=results[i]))
+    finally:
+        # NOTE: saved once per run, not per document; a crash before this is repaired when the
+        # index is next opened (LibraryIndex reconciles it with the stored chunks).
+        if index is not None:
+            index.flush()
     return [results[i] for i in range(len(paths))]
 
 
@@ -338,9 +347,7 @@ def _chunk_row(doc_id: str, draft: ChunkDraft) -> dict:
     }
 
 
-def _record_failure(
-    library: Library, doc_id: str, path: Path, error: str, parser_version: str, index: ChunkIndex | None
-) -> IngestResult:
+def _record_failure(library: Library, doc_id: str, path: Path, error: str, parser_version: str) -> IngestResult:
     """Record a failed document (replacing an earlier attempt) so `folio docs` shows why."""
     shutil.rmtree(library.assets_dir / f"{doc_id}.partial", ignore_errors=True)
     with library.sessions() as session, session.begin():
@@ -381,6 +388,7 @@ def delete_document(library: Library, doc_id: str, index: ChunkIndex | None = No
         session.execute(delete(Document).where(Document.id == document.id))
     if index is not None and chunk_ids:
         index.remove(chunk_ids)
+        index.flush()
     shutil.rmtree(library.assets_dir / document.id, ignore_errors=True)
     return document
 

@@ -16,6 +16,7 @@ PARSE = ParseConfig(ocr=OcrMode.NEVER)
 class RecordingIndex:
     def __init__(self) -> None:
         self.items: dict[str, str] = {}
+        self.flushes = 0
 
     def add(self, chunks):
         self.items.update(dict(chunks))
@@ -23,6 +24,9 @@ class RecordingIndex:
     def remove(self, chunk_ids):
         for cid in chunk_ids:
             self.items.pop(cid, None)
+
+    def flush(self):
+        self.flushes += 1
 
 
 def _run(paths, library, index=None, **kwargs):
