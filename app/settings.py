@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.config import EncoderConfig
+from models.config import EncoderConfig, GeneratorConfig
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
 from retrieval.config import RetrievalConfig
 from storage.config import StorageConfig
@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     encoders: EncoderConfig = Field(default_factory=EncoderConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
 
     @property
     def storage(self) -> StorageConfig:
