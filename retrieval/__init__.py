@@ -28,7 +28,7 @@ from .evaluate import (
     recall_at_k,
     reciprocal_rank,
 )
-from .fusion import fuse, fuse_rrf, normalize
+from .fusion import fuse, fuse_arrays, fuse_rrf, normalize
 from .hybrid import EncodedQuery, HybridRetriever
 from .prf import rm3, rocchio_dense, rocchio_sparse
 from .sparse import BM25Index, SpladeIndex
@@ -56,6 +56,7 @@ __all__ = [
     "average_precision",
     "evaluate_run",
     "fuse",
+    "fuse_arrays",
     "fuse_rrf",
     "latency_summary",
     "load_beir",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +18,6 @@ logger = logging.getLogger(__name__)
 
 _MAX_SEGMENTS = 8
 _MAX_DEAD_FRACTION = 0.25
-
-# term, slots [P], values [P] -> contributions [P]
-TermScorer = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,29 +177,49 @@ class Postings:
         a, b = seg.fw_ptr[local], seg.fw_ptr[local + 1]
         return seg.fw_terms[a:b], seg.fw_vals[a:b]
 
-    def accumulate(self, query: TermWeights, scorer: TermScorer | None = None) -> np.ndarray:
-        """Scores [n_slots] float32: sum over query terms of weight * scorer(term, postings)."""
-        scores = np.zeros(len(self._ids), dtype=np.float32)
-        for term, weight in zip(query.terms.tolist(), query.weights.tolist(), strict=True):
-            if weight == 0.0:
+    def accumulate(
+        self, query: TermWeights, seg_values: Sequence[np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Scores [n_slots] float32: `sum_t weight_t * value(t, slot)` over the query terms.
+
+        Args:
+            query: Term ids and weights.
+            seg_values: Per segment, values aligned with its postings to use instead of the
+                stored ones (BM25 passes its length-normalised term frequencies).
+        """
+        n = len(self._ids)
+        keep = query.weights != 0
+        terms, weights = query.terms[keep], query.weights[keep].astype(np.float32)
+        slot_parts: list[np.ndarray] = []
+        val_parts: list[np.ndarray] = []
+        for si, seg in enumerate(self._segments):
+            ptr = seg.inv_ptr
+            inside = terms < len(ptr) - 1
+            if not inside.any():
                 continue
-            for seg in self._segments:
-                if term + 1 >= len(seg.inv_ptr):
-                    continue
-                a, b = seg.inv_ptr[term], seg.inv_ptr[term + 1]
-                if a == b:
-                    continue
-                slots = seg.inv_slots[a:b]
-                vals = seg.inv_vals[a:b]
-                contrib = vals if scorer is None else scorer(term, slots, vals)
-                # NOTE: a term's postings hold each slot once, so fancy-index += is exact.
-                scores[slots] += weight * contrib
-        return scores
+            t_in, w_in = terms[inside], weights[inside]
+            starts, ends = ptr[t_in], ptr[t_in + 1]
+            values = seg.inv_vals if seg_values is None else seg_values[si]
+            for a, b, w in zip(starts.tolist(), ends.tolist(), w_in.tolist(), strict=True):
+                if a < b:
+                    slot_parts.append(seg.inv_slots[a:b])
+                    val_parts.append(values[a:b] * w)
+        if not slot_parts:
+            return np.zeros(n, dtype=np.float32)
+        # NOTE: one bincount over all postings is several times faster than `scores[slots] += ...`
+        # term by term.
+        return np.bincount(
+            np.concatenate(slot_parts), weights=np.concatenate(val_parts), minlength=n
+        ).astype(np.float32)
 
     def top(
         self, scores: np.ndarray, k: int, allowed: np.ndarray | None = None
-    ) -> list[tuple[str, float]]:
-        """The k best live slots with a positive score, best first (ties: earlier slot first)."""
+    ) -> tuple[list[str], np.ndarray]:
+        """The k best live slots with a positive score, best first (ties: earlier slot first).
+
+        Returns:
+            Chunk ids and their scores [<= k] float32.
+        """
         mask = (scores > 0) & self._alive
         if allowed is not None:
             keep = np.zeros(len(scores), dtype=bool)
@@ -212,9 +229,14 @@ class Postings:
         if len(cand) > k:
             part = np.argpartition(-scores[cand], k - 1)[:k]
             cand = cand[part]
-        order = np.lexsort((cand, -scores[cand]))
-        cand = cand[order]
-        return [(self._ids[s], float(scores[s])) for s in cand.tolist()]
+        cand = cand[np.lexsort((cand, -scores[cand]))]
+        ids = self._ids
+        return [ids[s] for s in cand.tolist()], scores[cand]
+
+    @property
+    def segments(self) -> list[_Segment]:
+        """The term-major segments (read-only use)."""
+        return self._segments
 
     def compact(self) -> None:
         """Merge all segments into one and drop dead slots."""

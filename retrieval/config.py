@@ -141,6 +141,10 @@ class RetrievalConfig(BaseModel):
     depth: int = Field(
         default=100, ge=1, description="Candidates each run contributes to fusion (per query)."
     )
+    parallel_encoding: bool = Field(
+        default=True,
+        description="Encode a query for SPLADE and the dense model at the same time (two threads).",
+    )
     bm25: BM25Config = Field(default_factory=BM25Config, description="BM25 settings.")
     splade: SpladeConfig = Field(default_factory=SpladeConfig, description="SPLADE settings.")
     dense: DenseConfig = Field(default_factory=DenseConfig, description="Dense settings.")

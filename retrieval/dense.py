@@ -161,36 +161,38 @@ class DenseIndex:
         self, vector: np.ndarray, k: int = 10, *, allowed: Collection[str] | None = None
     ) -> list[Hit]:
         """Like `search`, for a query vector [D] (possibly rewritten by feedback)."""
+        ids, scores = self.search_arrays(vector, k, allowed=allowed)
+        return [Hit(c, s) for c, s in zip(ids, scores.tolist(), strict=True)]
+
+    def search_arrays(
+        self, vector: np.ndarray, k: int, *, allowed: Collection[str] | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """`search_encoded` as chunk ids and a float32 score array (no Hit objects)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        empty = ([], np.zeros(0, dtype=np.float32))
         if len(self) == 0:
-            return []
+            return empty
         q = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self._dim)  # [1, D]
         if allowed is not None:
             slots = np.asarray(
                 sorted({self._slot[c] for c in allowed if c in self._slot}), dtype=np.int64
             )
             if len(slots) == 0:
-                return []
+                return empty
             if len(slots) <= _EXACT_ALLOWED:
                 vecs = self._index.reconstruct_batch(slots)  # [n, D]
-                scores = vecs @ q[0]
+                scores = vecs @ q[0]  # [n]
                 top = np.lexsort((slots, -scores))[:k]
-                return [
-                    Hit(self._ids[s], float(scores[i]))
-                    for i, s in zip(top.tolist(), slots[top].tolist(), strict=True)
-                ]
+                return [self._ids[s] for s in slots[top].tolist()], scores[top].astype(np.float32)
             mask = np.zeros(len(self._ids), dtype=bool)
             mask[slots] = True
         else:
             mask = self._alive if self._n_dead else None
         k_eff = min(k, len(self) if allowed is None else int(mask.sum()))
         scores, labels = self._search(q, k_eff, mask)
-        return [
-            Hit(self._ids[s], float(d))
-            for d, s in zip(scores[0].tolist(), labels[0].tolist(), strict=True)
-            if s >= 0
-        ]
+        found = labels[0] >= 0
+        return [self._ids[s] for s in labels[0][found].tolist()], scores[0][found]
 
     def search_many(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Batched `search_encoded` for query vectors [N, D] (no `allowed` filter)."""

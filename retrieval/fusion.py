@@ -9,6 +9,7 @@ by chunk id, so fusion is deterministic.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Sequence
 
@@ -19,7 +20,24 @@ from .config import Normalization
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fuse", "fuse_rrf", "normalize"]
+__all__ = ["fuse", "fuse_arrays", "fuse_rrf", "normalize"]
+
+
+Run = tuple[Sequence[str], np.ndarray]  # chunk ids [n] and their scores [n]
+
+
+def _normalized(scores: np.ndarray, method: Normalization) -> tuple[np.ndarray, float]:
+    """Normalised scores [n] float64 and the floor for chunks the run lacks."""
+    scores = np.asarray(scores, dtype=np.float64)
+    lo, hi = float(scores.min()), float(scores.max())
+    if not np.isfinite(scores).all():
+        raise ValueError(f"run has non-finite scores (min {lo}, max {hi})")
+    if hi - lo <= 1e-12 * max(abs(hi), abs(lo), 1.0):
+        return np.ones_like(scores), 0.0
+    if method == Normalization.MINMAX:
+        return (scores - lo) / (hi - lo), 0.0
+    norm = (scores - scores.mean()) / scores.std()
+    return norm, float(norm.min())
 
 
 def normalize(
@@ -35,25 +53,14 @@ def normalize(
         The normalised hits in the same order, and the floor value for chunks the run lacks.
 
     Raises:
-        ValueError: For RRF, which works on ranks (use `fuse_rrf`).
+        ValueError: For RRF, which works on ranks (use `fuse_rrf`), or non-finite scores.
     """
     if method == Normalization.RRF:
         raise ValueError("RRF has no score normalisation; call fuse_rrf")
     if not run:
         return [], 0.0
-    scores = np.fromiter((h.score for h in run), dtype=np.float64, count=len(run))
-    lo, hi = float(scores.min()), float(scores.max())
-    if not np.isfinite(scores).all():
-        raise ValueError(f"run has non-finite scores (min {lo}, max {hi})")
-    if hi - lo <= 1e-12 * max(abs(hi), abs(lo), 1.0):
-        return [Hit(h.chunk_id, 1.0) for h in run], 0.0
-    if method == Normalization.MINMAX:
-        norm = (scores - lo) / (hi - lo)
-        floor = 0.0
-    else:
-        norm = (scores - scores.mean()) / scores.std()
-        floor = float(norm.min())
-    return [Hit(h.chunk_id, float(s)) for h, s in zip(run, norm.tolist(), strict=True)], floor
+    norm, floor = _normalized(np.fromiter((h.score for h in run), np.float64, len(run)), method)
+    return [Hit(h.chunk_id, s) for h, s in zip(run, norm.tolist(), strict=True)], floor
 
 
 def fuse(
@@ -79,31 +86,12 @@ def fuse(
     Raises:
         ValueError: If weights and runs differ in number, or a weight is negative.
     """
-    weights = _check_weights(runs, weights)
-    if normalization == Normalization.RRF:
-        return fuse_rrf(runs, weights, k=k, rrf_k=rrf_k)
-    acc: dict[str, float] = {}
-    floors = 0.0
-    seen: list[dict[str, float]] = []
-    used: list[tuple[float, float]] = []
-    for run, w in zip(runs, weights, strict=True):
-        if not run or w == 0.0:
-            continue
-        hits, floor = normalize(run, normalization)
-        table = {h.chunk_id: h.score for h in hits}
-        seen.append(table)
-        used.append((w, floor))
-        floors += w * floor
-    if not seen:
-        return []
-    if len(seen) == 1:
-        (w, _), table = used[0], seen[0]
-        return _top(((cid, w * s) for cid, s in table.items()), k)
-    for table, (w, floor) in zip(seen, used, strict=True):
-        for cid, s in table.items():
-            # every chunk starts at the sum of floors; a run that has it replaces its floor
-            acc[cid] = acc.get(cid, floors) + w * (s - floor)
-    return _top(acc.items(), k)
+    arrays = [
+        ([h.chunk_id for h in run], np.fromiter((h.score for h in run), np.float64, len(run)))
+        for run in runs
+    ]
+    ids, scores = fuse_arrays(arrays, weights, normalization=normalization, k=k, rrf_k=rrf_k)
+    return [Hit(c, s) for c, s in zip(ids, scores.tolist(), strict=True)]
 
 
 def fuse_rrf(
@@ -121,18 +109,50 @@ def fuse_rrf(
     Returns:
         Fused hits, best first; ties broken by chunk id.
     """
+    return fuse(runs, weights, normalization=Normalization.RRF, k=k, rrf_k=rrf_k)
+
+
+def fuse_arrays(
+    runs: Sequence[Run],
+    weights: Sequence[float] | None = None,
+    *,
+    normalization: Normalization = Normalization.MINMAX,
+    k: int | None = None,
+    rrf_k: int = 60,
+) -> tuple[list[str], np.ndarray]:
+    """`fuse` over runs given as (chunk ids, scores) pairs; returns fused ids and scores.
+
+    The hybrid retriever's fast path: no Hit objects until the final top k.
+    """
     weights = _check_weights(runs, weights)
     acc: dict[str, float] = {}
-    for run, w in zip(runs, weights, strict=True):
-        if not run or w == 0.0:
+    base = 0.0  # every chunk starts at the sum of the floors; a run that has it adds (s - floor)
+    for (ids, scores), w in zip(runs, weights, strict=True):
+        if len(ids) == 0 or w == 0.0:
             continue
-        ranked = sorted(run, key=lambda h: (-h.score, h.chunk_id))
-        for rank, h in enumerate(ranked, start=1):
-            acc[h.chunk_id] = acc.get(h.chunk_id, 0.0) + w / (rrf_k + rank)
-    return _top(acc.items(), k)
+        if normalization == Normalization.RRF:
+            order = sorted(range(len(ids)), key=lambda i: (-float(scores[i]), ids[i]))
+            contrib = np.empty(len(ids), dtype=np.float64)
+            contrib[order] = w / (rrf_k + np.arange(1, len(ids) + 1, dtype=np.float64))
+        else:
+            norm, floor = _normalized(scores, normalization)
+            contrib = w * (norm - floor)
+            base += w * floor
+        get = acc.get
+        for cid, v in zip(ids, contrib.tolist(), strict=True):
+            acc[cid] = get(cid, 0.0) + v
+
+    def key(kv: tuple[str, float]) -> tuple[float, str]:
+        return (-kv[1], kv[0])
+
+    if k is not None and k < len(acc) // 4:
+        ranked = heapq.nsmallest(k, acc.items(), key=key)
+    else:
+        ranked = sorted(acc.items(), key=key)[:k]
+    return [c for c, _ in ranked], np.asarray([v + base for _, v in ranked], dtype=np.float64)
 
 
-def _check_weights(runs: Sequence[Sequence[Hit]], weights: Sequence[float] | None) -> list[float]:
+def _check_weights(runs: Sequence, weights: Sequence[float] | None) -> list[float]:
     if weights is None:
         return [1.0] * len(runs)
     if len(weights) != len(runs):
@@ -140,10 +160,3 @@ def _check_weights(runs: Sequence[Sequence[Hit]], weights: Sequence[float] | Non
     if any(w < 0 for w in weights):
         raise ValueError(f"weights must be non-negative, got {list(weights)}")
     return [float(w) for w in weights]
-
-
-def _top(items, k: int | None) -> list[Hit]:
-    ranked = sorted(items, key=lambda kv: (-kv[1], kv[0]))
-    if k is not None:
-        ranked = ranked[:k]
-    return [Hit(cid, float(s)) for cid, s in ranked]

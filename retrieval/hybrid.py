@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from ._postings import TermWeights
 from ._types import DenseEncoder, Hit, IndexMismatchError, SparseEncoder
 from .config import RetrievalConfig, RetrievalMode
 from .dense import DenseIndex
-from .fusion import fuse
+from .fusion import Run, fuse_arrays
 from .prf import rm3, rocchio_dense, rocchio_sparse
 from .sparse import BM25Index, SpladeIndex
 
@@ -59,6 +61,8 @@ class HybridRetriever:
         self._bm25 = bm25
         self._splade = splade
         self._dense = dense
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def create(
@@ -171,9 +175,16 @@ class HybridRetriever:
         """Encode queries in batches (one encoder call per retriever)."""
         use = self._uses(self._mode(mode))
         n = len(queries)
+        pending = None
+        if "splade" in use and "dense" in use and self._config.parallel_encoding:
+            # NOTE: torch releases the GIL inside ops, so the two encoders overlap on two cores.
+            pending = self._executor().submit(self._splade.encode_queries, queries)
         bm25 = self._bm25.encode_queries(queries) if "bm25" in use else [None] * n
-        splade = self._splade.encode_queries(queries) if "splade" in use else [None] * n
         dense = list(self._dense.encode_queries(queries)) if "dense" in use else [None] * n
+        if pending is not None:
+            splade = pending.result()
+        else:
+            splade = self._splade.encode_queries(queries) if "splade" in use else [None] * n
         return [
             EncodedQuery(q, b, s, d)
             for q, b, s, d in zip(queries, bm25, splade, dense, strict=True)
@@ -232,22 +243,14 @@ class HybridRetriever:
             return self._dense.search_encoded(self._need(query.dense, "dense"), k, allowed=allowed)
         first = self._runs(query, depth, allowed)
         fused = self._fuse(first, depth if mode == RetrievalMode.HYBRID_PRF else k)
-        if mode == RetrievalMode.HYBRID:
-            return fused
-        feedback = [h.chunk_id for h in fused[: self._config.prf.fb_docs]]
-        second = self._runs(self._feedback(query, feedback), depth, allowed)
-        runs = list(second.values())
-        weights = [self._weight(name) for name in second]
-        if self._config.prf.keep_first_pass > 0:
-            runs.append(fused)
-            weights.append(self._config.prf.keep_first_pass)
-        return fuse(
-            runs,
-            weights,
-            normalization=self._config.fusion.normalization,
-            k=k,
-            rrf_k=self._config.fusion.rrf_k,
-        )
+        if mode == RetrievalMode.HYBRID_PRF:
+            feedback = fused[0][: self._config.prf.fb_docs]
+            second = self._runs(self._feedback(query, feedback), depth, allowed)
+            if self._config.prf.keep_first_pass > 0:
+                second["first"] = fused
+            fused = self._fuse(second, k)
+        ids, scores = fused
+        return [Hit(c, s) for c, s in zip(ids[:k], scores[:k].tolist(), strict=True)]
 
     def save(self, directory: Path) -> None:
         """Write every index into `directory`, then `retriever.json` (atomically, last)."""
@@ -313,6 +316,19 @@ class HybridRetriever:
                 )
         return cls(bm25=bm25, splade=splade, dense=dense, config=config)
 
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="folio-encode")
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the encoding thread (if one was started); the retriever stays usable."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
     def _mode(self, mode: RetrievalMode | str | None) -> RetrievalMode:
         if mode is None:
             mode = self._config.mode
@@ -333,6 +349,8 @@ class HybridRetriever:
 
     def _weight(self, name: str) -> float:
         f = self._config.fusion
+        if name == "first":
+            return self._config.prf.keep_first_pass
         return {"bm25": f.bm25_weight, "splade": f.splade_weight, "dense": f.dense_weight}[name]
 
     def _uses(self, mode: RetrievalMode) -> set[str]:
@@ -353,20 +371,20 @@ class HybridRetriever:
 
     def _runs(
         self, query: EncodedQuery, depth: int, allowed: Collection[str] | None
-    ) -> dict[str, list[Hit]]:
+    ) -> dict[str, Run]:
         """One run per retriever with a positive weight and an encoded query."""
-        runs: dict[str, list[Hit]] = {}
+        runs: dict[str, Run] = {}
         if query.bm25 is not None and self._weight("bm25") > 0:
-            runs["bm25"] = self._bm25.search_encoded(query.bm25, depth, allowed=allowed)
+            runs["bm25"] = self._bm25.search_arrays(query.bm25, depth, allowed=allowed)
         if query.splade is not None and self._splade is not None and self._weight("splade") > 0:
-            runs["splade"] = self._splade.search_encoded(query.splade, depth, allowed=allowed)
+            runs["splade"] = self._splade.search_arrays(query.splade, depth, allowed=allowed)
         if query.dense is not None and self._dense is not None and self._weight("dense") > 0:
-            runs["dense"] = self._dense.search_encoded(query.dense, depth, allowed=allowed)
+            runs["dense"] = self._dense.search_arrays(query.dense, depth, allowed=allowed)
         return runs
 
-    def _fuse(self, runs: dict[str, list[Hit]], k: int) -> list[Hit]:
+    def _fuse(self, runs: dict[str, Run], k: int) -> Run:
         f = self._config.fusion
-        return fuse(
+        return fuse_arrays(
             list(runs.values()),
             [self._weight(name) for name in runs],
             normalization=f.normalization,

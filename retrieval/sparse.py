@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -98,19 +97,27 @@ class _PostingsIndex:
         self, query: TermWeights, k: int = 10, *, allowed: Collection[str] | None = None
     ) -> list[Hit]:
         """Like `search`, for a query already encoded (or rewritten by feedback)."""
+        ids, scores = self.search_arrays(query, k, allowed=allowed)
+        return [Hit(c, s) for c, s in zip(ids, scores.tolist(), strict=True)]
+
+    def search_arrays(
+        self, query: TermWeights, k: int, *, allowed: Collection[str] | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """`search_encoded` as chunk ids and a float32 score array (no Hit objects)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if len(self._postings) == 0 or len(query.terms) == 0:
-            return []
-        scores = self._postings.accumulate(query, self._scorer())
+            return [], np.zeros(0, dtype=np.float32)
+        scores = self._scores(query)
         slots = None if allowed is None else self._postings.slots_of(allowed)
-        return [Hit(cid, s) for cid, s in self._postings.top(scores, k, slots)]
+        return self._postings.top(scores, k, slots)
 
     def encode_query(self, query: str) -> TermWeights:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _scorer(self):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _scores(self, query: TermWeights) -> np.ndarray:
+        """[n_slots] float32 scores of every slot."""
+        return self._postings.accumulate(query)
 
 
 class BM25Index(_PostingsIndex):
@@ -128,7 +135,7 @@ class BM25Index(_PostingsIndex):
         self._vocab: dict[str, int] = {}
         self._terms: list[str] = []
         self._postings = Postings()
-        self._norm: tuple[int, np.ndarray] | None = None  # (postings version, k1 * length norm)
+        self._norm: tuple[tuple, list[np.ndarray]] | None = None  # (key, per-segment tf norm)
 
     @property
     def config(self) -> BM25Config:
@@ -198,26 +205,32 @@ class BM25Index(_PostingsIndex):
         """`encode_query` for each query."""
         return [self.encode_query(q) for q in queries]
 
-    def _scorer(self):
+    def _scores(self, query: TermWeights) -> np.ndarray:
         post = self._postings
         n = max(len(post), 1)
-        if self._norm is None or self._norm[0] != post.version:
+        df = np.zeros(len(query.terms), dtype=np.float64)
+        known = query.terms < len(post.df)
+        df[known] = post.df[query.terms[known]]
+        idf = np.log1p((n - df + 0.5) / (df + 0.5))
+        weighted = TermWeights(query.terms, (query.weights * idf).astype(np.float32))
+        return post.accumulate(weighted, self._tf_norm())
+
+    def _tf_norm(self) -> list[np.ndarray]:
+        """Per segment, `tf / (tf + k1 * (1 - b + b * len / avglen))` of each posting.
+
+        Recomputed after the chunks change (avglen moves) or k1 and b do; so queries cost one
+        multiply per posting.
+        """
+        post = self._postings
+        key = (post.version, self._config.k1, self._config.b)
+        if self._norm is None or self._norm[0] != key:
             alive = post.alive
             avgdl = float(post.row_sum[alive].mean()) if alive.any() else 1.0
             k1, b = self._config.k1, self._config.b
-            self._norm = (
-                post.version,
-                (k1 * (1.0 - b + b * post.row_sum / max(avgdl, 1e-9))).astype(np.float32),
-            )
-        norm = self._norm[1]
-        df = post.df
-
-        def score(term: int, slots: np.ndarray, tf: np.ndarray) -> np.ndarray:
-            d = float(df[term]) if term < len(df) else 0.0
-            idf = math.log(1.0 + (n - d + 0.5) / (d + 0.5))
-            return idf * tf / (tf + norm[slots])
-
-        return score
+            length = (k1 * (1.0 - b + b * post.row_sum / max(avgdl, 1e-9))).astype(np.float32)
+            tfn = [seg.inv_vals / (seg.inv_vals + length[seg.inv_slots]) for seg in post.segments]
+            self._norm = (key, tfn)
+        return self._norm[1]
 
     def save(self, directory: Path) -> None:
         """Write `directory/bm25.npz` atomically (compacts the index first)."""
@@ -336,9 +349,6 @@ class SpladeIndex(_PostingsIndex):
             tw = TermWeights(mat.indices[a:b].astype(np.int64), mat.data[a:b].astype(np.float32))
             out.append(tw.top(self._config.query_max_terms))
         return out
-
-    def _scorer(self):
-        return None
 
     def save(self, directory: Path) -> None:
         """Write `directory/splade.npz` atomically (compacts the index first)."""
