@@ -28,8 +28,8 @@ eval_app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err = Console(stderr=True)
+_console = Console()
+_err = Console(stderr=True)
 
 
 @eval_app.callback()
@@ -70,7 +70,7 @@ def _table(result: dict[str, Any]) -> Table:
 
 
 @eval_app.command("retrieval")
-def retrieval_command(
+def _retrieval_command(
     directory: Annotated[Path, typer.Argument(help="BEIR folder, or a folder of BEIR folders.")],
     modes: Annotated[
         str,
@@ -98,12 +98,15 @@ def retrieval_command(
     valid = {m.value for m in RetrievalMode}
     bad = [m for m in mode_list if m not in valid]
     if bad or not mode_list:
-        err.print(f"[red]error:[/red] unknown mode(s) {bad or modes!r}; use any of {sorted(valid)}", soft_wrap=True)
+        _err.print(
+            f"[red]error:[/red] unknown mode(s) {bad or modes!r}; use any of {sorted(valid)}",
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
     try:
         folders = _collections(directory)
     except (ValueError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        _err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     results = []
     for folder in folders:
@@ -117,12 +120,12 @@ def retrieval_command(
                 k=k,
             )
         except (ValueError, FileNotFoundError) as exc:
-            err.print(f"[red]error:[/red] {folder}: {exc}", highlight=False, soft_wrap=True)
+            _err.print(f"[red]error:[/red] {folder}: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        console.print(_table(result))
+        _console.print(_table(result))
         results.append(result)
     if json_out is not None:
         payload = results[0] if len(results) == 1 else results
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        console.print(f"wrote {json_out}")
+        _console.print(f"wrote {json_out}")

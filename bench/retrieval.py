@@ -290,48 +290,53 @@ def latency(chunks: int, n_queries: int, dense_index: str, threads: int) -> dict
 
 
 def _grid() -> list[RetrievalConfig]:
-    """Candidate settings for tuning (fusion first, then feedback around the best fusion)."""
+    """Fusion candidates: normalisation x run weights (bm25, splade, dense)."""
+    weights = [
+        (0.5, 0.0, 0.5),  # the plain hybrid of SOURCES.md (with min-max)
+        (0.3, 0.0, 0.7),
+        (0.4, 0.2, 0.4),
+        (0.3, 0.2, 0.5),
+        (0.2, 0.3, 0.5),
+        (0.2, 0.2, 0.6),
+        (0.1, 0.3, 0.6),
+        (0.15, 0.25, 0.6),
+        (0.2, 0.4, 0.4),
+    ]
     configs = []
-    for norm in (Normalization.MINMAX, Normalization.ZSCORE):
-        for wb, ws, wd in [
-            (0.5, 0.0, 0.5),
-            (0.3, 0.0, 0.7),
-            (0.4, 0.2, 0.4),
-            (0.3, 0.2, 0.5),
-            (0.3, 0.3, 0.4),
-            (0.2, 0.3, 0.5),
-            (0.2, 0.2, 0.6),
-            (0.25, 0.25, 0.5),
-        ]:
-            configs.append(
-                RetrievalConfig(
-                    depth=1000,
-                    fusion=FusionConfig(
-                        normalization=norm, bm25_weight=wb, splade_weight=ws, dense_weight=wd
-                    ),
-                )
+    for norm in (Normalization.MINMAX, Normalization.ZSCORE, Normalization.RRF):
+        for wb, ws, wd in weights:
+            fusion = FusionConfig(
+                normalization=norm, bm25_weight=wb, splade_weight=ws, dense_weight=wd
             )
+            configs.append(RetrievalConfig(depth=1000, fusion=fusion))
     return configs
 
 
 def _prf_grid(base: RetrievalConfig) -> list[RetrievalConfig]:
+    """Feedback candidates around the best fusion."""
     out = []
     for fb, terms, ow, beta, keep in itertools.product(
-        (3, 5, 10), (10, 20), (0.5, 0.7), (0.5, 1.0), (0.0, 0.5)
+        (3, 5), (10, 20), (0.5, 0.7), (0.5, 1.0), (0.0, 0.5, 1.0)
     ):
-        out.append(
-            base.model_copy(
-                update={
-                    "prf": PRFConfig(
-                        fb_docs=fb,
-                        rm3_terms=terms,
-                        rm3_original_weight=ow,
-                        rocchio_beta=beta,
-                        keep_first_pass=keep,
-                    )
-                }
-            )
+        prf = PRFConfig(
+            fb_docs=fb,
+            rm3_terms=terms,
+            rm3_original_weight=ow,
+            rocchio_beta=beta,
+            keep_first_pass=keep,
         )
+        out.append(base.model_copy(update={"prf": prf}))
+    return out
+
+
+def _loco(entries: list[dict[str, Any]], names: list[str]) -> dict[str, float]:
+    """Leave one collection out: the setting best on the others, scored on the one left out."""
+    out = {}
+    for held in names:
+        others = [n for n in names if n != held]
+        best = max(entries, key=lambda e: float(np.mean([e["ndcg@10"][n] for n in others])))
+        out[held] = best["ndcg@10"][held]
+    out["mean"] = round(float(np.mean([out[n] for n in names])), 4)
     return out
 
 
@@ -371,6 +376,7 @@ def tune(cache: Path, collections: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {"single": {}, "hybrid": [], "prf": []}
     for mode in (RetrievalMode.BM25, RetrievalMode.SPLADE, RetrievalMode.DENSE):
         result["single"][mode.value] = score(RetrievalConfig(depth=1000), mode)
+        logger.info("%s -> %s", mode.value, result["single"][mode.value])
     for cfg in _grid():
         s = score(cfg, RetrievalMode.HYBRID)
         result["hybrid"].append({"fusion": cfg.fusion.model_dump(mode="json"), "ndcg@10": s})
@@ -383,6 +389,8 @@ def tune(cache: Path, collections: list[str]) -> dict[str, Any]:
         logger.info("prf %s -> %s", cfg.prf.model_dump(mode="json"), s)
     result["best_hybrid"] = best
     result["best_prf"] = max(result["prf"], key=lambda x: x["ndcg@10"]["mean"])
+    result["loco_hybrid"] = _loco(result["hybrid"], collections)
+    result["loco_prf"] = _loco(result["prf"], collections)
     return result
 
 

@@ -26,7 +26,13 @@ from .config import DeviceChoice, EncoderConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EfficientNetImageEncoder", "MiniLMEncoder", "SpladeEncoder", "splade_pool"]
+__all__ = [
+    "EfficientNetImageEncoder",
+    "EncoderLoadError",
+    "MiniLMEncoder",
+    "SpladeEncoder",
+    "splade_pool",
+]
 
 # NOTE: ImageNet statistics, as in efficientnet_lite_pytorch's own example.
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

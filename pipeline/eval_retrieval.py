@@ -30,19 +30,19 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["build_retriever", "evaluate_retrieval", "make_encoders"]
 
-ALL_MODES: tuple[RetrievalMode, ...] = tuple(RetrievalMode)
+_ALL_MODES: tuple[RetrievalMode, ...] = tuple(RetrievalMode)
 
 
 def _parse_modes(modes: Sequence[str | RetrievalMode] | None) -> list[RetrievalMode]:
     if not modes:
-        return list(ALL_MODES)
+        return list(_ALL_MODES)
     out = []
     for m in modes:
         try:
             out.append(RetrievalMode(m))
         except ValueError as exc:
             raise ValueError(
-                f"unknown mode {m!r}; use any of {[x.value for x in ALL_MODES]}"
+                f"unknown mode {m!r}; use any of {[x.value for x in _ALL_MODES]}"
             ) from exc
     return out
 

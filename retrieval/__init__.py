@@ -5,6 +5,7 @@ pseudo-relevance feedback (`prf`), their composition (`hybrid`), and metrics (`e
 Encoders come in from `models` through the `DenseEncoder` / `SparseEncoder` protocols.
 """
 
+from ._postings import TermWeights
 from ._types import DenseEncoder, Hit, IndexMismatchError, SparseEncoder
 from .config import (
     BM25Config,
@@ -53,6 +54,7 @@ __all__ = [
     "SparseEncoder",
     "SpladeConfig",
     "SpladeIndex",
+    "TermWeights",
     "average_precision",
     "evaluate_run",
     "fuse",
