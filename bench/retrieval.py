@@ -260,12 +260,13 @@ def latency(chunks: int, n_queries: int, dense_index: str, threads: int) -> dict
 
     def timed(name: str, fn) -> None:
         fn(queries[0])
-        ms = []
+        ms, cpu = [], []
         for q in queries:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn(q)
             ms.append((time.perf_counter() - t0) * 1000)
-        lat[name] = _pct(ms)
+            cpu.append((time.process_time() - c0) * 1000)
+        lat[name] = {**_pct(ms), "cpu_p50_ms": round(float(np.percentile(cpu, 50)), 2)}
         logger.info("%s: %s", name, lat[name])
 
     timed("encode_query_minilm", lambda q: minilm.encode_queries([q]))

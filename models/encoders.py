@@ -70,45 +70,22 @@ def _packaged_dir(distribution: str, relative: str, install: str) -> Path:
 _FEW_QUERIES = 8
 
 
-class _ThreadBudget:
-    """Torch's intra-op thread count, set for a call and restored after.
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run with n torch threads (0: unchanged), restoring the previous count after.
 
-    NOTE: the count is process-wide, so concurrent callers (a retriever encoding a query for
-    SPLADE and MiniLM in two threads) share one setting: the first caller in sets it, the last
-    one out restores it.
+    NOTE: torch's intra-op thread count is per OS thread (OpenMP's nthreads ICV), so a
+    retriever encoding for SPLADE and MiniLM in two threads sets each thread's own count.
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved = 0
-
-    @contextlib.contextmanager
-    def use(self, n: int) -> Iterator[None]:
-        if n <= 0:
-            yield
-            return
-        with self._lock:
-            if self._depth == 0:
-                self._saved = torch.get_num_threads()
-                if self._saved != n:
-                    torch.set_num_threads(n)
-            self._depth += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0 and torch.get_num_threads() != self._saved:
-                    torch.set_num_threads(self._saved)
-
-
-_THREADS = _ThreadBudget()
-
-
-def _torch_threads(n: int) -> contextlib.AbstractContextManager[None]:
-    """Run with n torch threads (0: unchanged), restoring the previous count after."""
-    return _THREADS.use(n)
+    before = torch.get_num_threads()
+    if n <= 0 or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _threads_for(config: EncoderConfig, n_texts: int, query: bool) -> int:

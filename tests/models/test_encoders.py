@@ -93,3 +93,24 @@ def test_efficientnet_features() -> None:
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
     with pytest.raises(TypeError, match="PIL image"):
         enc.encode_images(["not an image"])
+
+
+def test_thread_setting_is_restored_and_per_thread() -> None:
+    import threading
+
+    from models.encoders import _torch_threads
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def worker() -> None:
+        with _torch_threads(1):
+            seen.append(torch.get_num_threads())
+
+    with _torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [1] and torch.get_num_threads() == before
