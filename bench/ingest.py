@@ -1,7 +1,7 @@
 """Ingestion throughput: Folio's full pipeline against raw PyMuPDF text extraction, same files.
 
 Usage:
-    python bench/ingest.py [--data ../shared/data] [--workers 1 2] [--layout] [--out bench/results/ingest.json]
+    python bench/ingest.py [--data ../shared/data] [--workers 1 2] [--index none bm25 hybrid] [--layout] [--out bench/results/ingest.json]
 
 Reports pages/s for born-digital and OCR pages separately, with raw `page.get_text()` over the
 same pages measured in the same run, and the peak memory of the main and worker processes.
@@ -23,9 +23,12 @@ import pymupdf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models.config import EncoderConfig  # noqa: E402
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig, ParserKind  # noqa: E402
 from pipeline.ingest import ingest  # noqa: E402
 from pipeline.parse import parse_pdf  # noqa: E402
+from pipeline.search import LibraryIndex  # noqa: E402
+from retrieval.config import FusionConfig, RetrievalConfig  # noqa: E402
 from storage import StorageConfig, open_library  # noqa: E402
 
 BORN_DIGITAL = [
@@ -55,9 +58,21 @@ def _raw_rate(files: list[Path]) -> tuple[int, float]:
     return pages, pages / (time.perf_counter() - start)
 
 
-def _folio_rate(files: list[Path], workers: int) -> tuple[int, float]:
+def _index(library, kind: str) -> LibraryIndex | None:
+    if kind == "none":
+        return None
+    retrieval = RetrievalConfig()
+    if kind == "bm25":
+        retrieval = RetrievalConfig(mode="bm25", fusion=FusionConfig(dense_weight=0, splade_weight=0))
+    index = LibraryIndex(library, retrieval, EncoderConfig())
+    index.retriever  # noqa: B018 - load the encoders before the clock starts
+    return index
+
+
+def _folio_rate(files: list[Path], workers: int, index_kind: str) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         library = open_library(StorageConfig(library=Path(tmp)))
+        index = _index(library, index_kind)
         start = time.perf_counter()
         results = ingest(
             files,
@@ -65,6 +80,7 @@ def _folio_rate(files: list[Path], workers: int) -> tuple[int, float]:
             parse_config=ParseConfig(),
             chunk_config=ChunkConfig(),
             ingest_config=IngestConfig(workers=workers),
+            index=index,
         )
         elapsed = time.perf_counter() - start
         library.close()
@@ -113,13 +129,14 @@ def main() -> None:
     for label, names in (("born-digital", BORN_DIGITAL), ("ocr", SCANNED)):
         files = [args.data / n for n in names if (args.data / n).exists()]
         raw_pages, raw_rate = _raw_rate(files)
-        for workers in args.workers:
-            pages, rate = _folio_rate(files, workers)
+        for workers, index_kind in [(w, i) for i in args.index for w in args.workers]:
+            pages, rate = _folio_rate(files, workers, index_kind)
             row = {
                 "set": label,
                 "files": len(files),
                 "pages": pages,
                 "workers": workers,
+                "index": index_kind,
                 "folio_pages_per_s": round(rate, 2),
                 "raw_get_text_pages_per_s": round(raw_rate, 1),
                 "raw_over_folio": round(raw_rate / rate, 1),

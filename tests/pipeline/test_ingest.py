@@ -143,3 +143,28 @@ def test_robustness_set_outcomes(library, robustness_dir: Path) -> None:
     }
     (unlocked,) = _run([robustness_dir / "pypdf__password.pdf"], library, password="openpassword")
     assert unlocked.status == "added"
+
+
+@pytest.mark.slow
+def test_every_robustness_file_gets_its_outcome(library, robustness_dir: Path) -> None:
+    expected_failures = {
+        "pdfplumber__empty.pdf": "empty file",
+        "pdfplumber__password-example.pdf": "encrypted",
+        "pypdf__password.pdf": "encrypted",
+        "pypdf__unreadablemetadata.pdf": "no pages",
+    }
+    files = sorted(robustness_dir.glob("*.pdf"))
+    results = {r.path.name: r for r in ingest(
+        files, library, parse_config=ParseConfig(), chunk_config=ChunkConfig(), ingest_config=IngestConfig(workers=2)
+    )}
+    assert len(results) == len(files) == 12
+    for name, result in results.items():
+        if name in expected_failures:
+            assert result.status == "failed" and expected_failures[name] in result.error, name
+        else:
+            assert result.status == "added" and result.chunks > 0, name
+    assert results["unstructured__DA-619p.pdf"].pages == 619
+    assert results["pypdf__GeoTopo_117pp_CC-BY-SA.pdf"].pages == 117
+    with library.sessions() as s:
+        scanned = s.scalars(select(Page).where(Page.ocr_used)).all()
+    assert len(scanned) >= 13  # 8 image-only pages, 3 scanned, 1 rotated scan, 1 malformed
