@@ -28,13 +28,22 @@ class Folio:
     Args:
         settings: a Settings object; when None, built from `config` and `overrides`.
         config: a preset name or JSON file (see `Settings.load`).
+        on_status: told about slow one-off work (loading models, building the search index).
         **overrides: settings fields, e.g. `library="lib"`, `parse={"ocr": "never"}`.
     """
 
-    def __init__(self, settings: Settings | None = None, *, config: str | Path | None = None, **overrides: Any):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        config: str | Path | None = None,
+        on_status: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ):
         self.settings = settings or Settings.load(config, **overrides)
         self._library: Library | None = None
         self._index: LibraryIndex | None = None
+        self._on_status = on_status or (lambda message: logger.info("%s", message))
 
     @property
     def library(self) -> Library:
@@ -47,7 +56,9 @@ class Folio:
     def index(self) -> LibraryIndex:
         """The library's search index (models load on first use)."""
         if self._index is None:
-            self._index = LibraryIndex(self.library, self.settings.retrieval, self.settings.encoders)
+            self._index = LibraryIndex(
+                self.library, self.settings.retrieval, self.settings.encoders, on_status=self._on_status
+            )
         return self._index
 
     def ingest(

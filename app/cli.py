@@ -58,7 +58,7 @@ def _folio(**overrides) -> Folio:
     if _State.library is not None:
         overrides["library"] = _State.library
     try:
-        return Folio(config=_State.config, **overrides)
+        return Folio(config=_State.config, on_status=lambda m: err.print(f"[dim]{m}[/dim]"), **overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

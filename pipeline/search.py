@@ -139,10 +139,12 @@ class LibraryIndex:
         if extra:
             retriever.delete(extra)
         if missing:
-            self._status(f"indexing {len(missing)} chunks")
             with self._library.sessions() as session:
-                rows = session.execute(select(Chunk.id, Chunk.text).where(Chunk.id.in_(missing)))
-                retriever.add([(cid, text) for cid, text in rows])
+                rows = list(session.execute(select(Chunk.id, Chunk.text).where(Chunk.id.in_(missing))))
+            step = 512
+            for start in range(0, len(rows), step):
+                self._status(f"indexing chunks {start + 1}-{min(start + step, len(rows))} of {len(rows)}")
+                retriever.add([(cid, text) for cid, text in rows[start : start + step]])
         if missing or extra:
             self._dirty = True
             self.flush()
