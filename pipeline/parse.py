@@ -234,9 +234,8 @@ def _parse_page(
     layout_boxes: list[dict] | None,
 ) -> ParsedPage:
     number = page.number + 1
-    raw_text = page.get_text("text", flags=_TEXT_FLAGS)
-    has_text_layer = len(raw_text.strip()) >= config.min_text_chars
-    textpage = None
+    textpage = page.get_textpage(flags=_TEXT_FLAGS)  # extracted once, read twice
+    has_text_layer = len(textpage.extractText().strip()) >= config.min_text_chars
     ocr_used = False
     want_ocr = config.ocr == OcrMode.ALWAYS or (config.ocr == OcrMode.AUTO and not has_text_layer)
     if want_ocr and _page_has_ink(page) and tesseract_available():
@@ -252,10 +251,10 @@ def _parse_page(
     matrix = page.rotation_matrix  # unrotated page space -> displayed page space
     width, height = page.rect.width, page.rect.height
 
-    if layout_boxes is not None and textpage is None:
+    if layout_boxes is not None and not ocr_used:
         blocks = _blocks_from_layout(page, layout_boxes, matrix)
     else:
-        blocks = _blocks_from_spans(page, textpage, matrix, config)
+        blocks = _blocks_from_spans(page, textpage, matrix, config, ocr_used)
 
     thumbnail = None
     if asset_dir is not None:
@@ -318,7 +317,13 @@ def _upright_for_ocr(page: pymupdf.Page) -> None:
         page.set_rotation((page.rotation + int(rotate.group(1))) % 360)
 
 
+_IDENTITY = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+
+
 def _to_display(rect: pymupdf.Rect | tuple, matrix: pymupdf.Matrix) -> BBox:
+    if tuple(matrix) == _IDENTITY:  # unrotated page: skip PyMuPDF's (slow, Python-level) Rect math
+        x0, y0, x1, y1 = rect
+        return (round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2))
     r = pymupdf.Rect(rect) * matrix
     r.normalize()
     return (round(r.x0, 2), round(r.y0, 2), round(r.x1, 2), round(r.y1, 2))
@@ -326,9 +331,10 @@ def _to_display(rect: pymupdf.Rect | tuple, matrix: pymupdf.Matrix) -> BBox:
 
 def _blocks_from_spans(
     page: pymupdf.Page,
-    textpage: pymupdf.TextPage | None,
+    textpage: pymupdf.TextPage,
     matrix: pymupdf.Matrix,
     config: ParseConfig,
+    ocr_used: bool,
 ) -> list[ParsedBlock]:
     """The fast parser: PyMuPDF's text blocks, classified and put in reading order."""
     data = page.get_text("dict", flags=_TEXT_FLAGS, textpage=textpage, sort=False)
@@ -339,11 +345,11 @@ def _blocks_from_spans(
 
     page_area = page.rect.width * page.rect.height
     regions: list[tuple[str, BBox]] = []  # ("figure" | "table", bbox)
-    if textpage is None:  # on an OCR'd scan the whole page is one image: no figure regions
+    if not ocr_used:  # on an OCR'd scan the whole page is one image: no figure regions
         regions += _graphic_regions(page, matrix, page_area)
     captions = [t for t in texts if t.kind == "caption"]
     table_md: dict[BBox, str] = {}
-    if config.table_finder and textpage is None and _worth_table_search(page, captions):
+    if config.table_finder and not ocr_used and _worth_table_search(page, captions):
         for bbox, markdown in _find_tables(page, matrix):
             regions.append(("table", bbox))
             table_md[bbox] = markdown
