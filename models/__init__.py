@@ -1,6 +1,6 @@
 """Everything with weights: encoders, the generator, attention backends."""
 
-from models.config import EncoderConfig, GeneratorConfig
+from models.config import EncoderConfig, GeneratorConfig, SamplerConfig
 from models.generator import (
     PACKAGED_GENERATORS,
     Evidence,
@@ -14,11 +14,14 @@ from models.generator import (
     build_prompt,
     load_generator,
 )
+from models.sampler import Candidate, EvidenceSampler, SampleResult
 
 __all__ = [
     "PACKAGED_GENERATORS",
+    "Candidate",
     "EncoderConfig",
     "Evidence",
+    "EvidenceSampler",
     "Generation",
     "GenerationStream",
     "Generator",
@@ -26,6 +29,8 @@ __all__ = [
     "ModelSourceError",
     "Prompt",
     "PromptInputs",
+    "SampleResult",
+    "SamplerConfig",
     "StopReason",
     "build_prompt",
     "load_generator",

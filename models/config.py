@@ -143,3 +143,44 @@ class EncoderConfig(BaseModel):
         description="Torch threads while encoding a few queries; 0 leaves torch's setting. One "
         "thread is as fast for a short text and far faster when other processes share the cores.",
     )
+
+
+class SamplerConfig(BaseModel):
+    """PDF-WuKong sparse sampling: which paragraphs and figures reach the prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k_text: int = Field(
+        default=8, ge=0, description="Most paragraphs (text, heading, list, caption blocks) kept."
+    )
+    k_image: int = Field(default=2, ge=0, description="Most figures and tables kept.")
+    min_chars: int = Field(
+        default=12,
+        ge=0,
+        description="Paragraphs shorter than this (page numbers, stray labels) are never kept.",
+    )
+    min_item_tokens: int = Field(
+        default=32,
+        ge=1,
+        description="An item that does not fit the rest of the budget is cut to fit when at "
+        "least this many tokens remain; otherwise it is dropped.",
+    )
+    image_features: bool = Field(
+        default=True,
+        description="Compare figure images (EfficientNet-Lite0 features) to drop near-duplicate "
+        "figures (logos, repeated slide art). Never used to match the question: the image "
+        "encoder has no text side.",
+    )
+    duplicate_image_similarity: float = Field(
+        default=0.97,
+        ge=0.0,
+        le=1.0,
+        description="Two figures whose image features have at least this cosine similarity "
+        "count as the same figure; the lower-scored one is dropped.",
+    )
+    image_token_cost: int = Field(
+        default=256,
+        ge=0,
+        description="Budget tokens charged for a figure sent as an image to a vision-language "
+        "model (on top of its caption).",
+    )

@@ -51,3 +51,174 @@ def mmlb_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def ir_dir(shared_data: Path) -> Path:
     return _need(shared_data / "ir")
+
+
+# ------------------------------------------------ tiny random models and a fake text encoder
+# Shared by the answering tests (tests/pipeline/test_answer.py, tests/app/test_api_answer.py):
+# mechanics only, no weights; real models are exercised by the tests marked slow.
+
+_TINY_SENTENCES = [
+    "The revenue in 2023 was 4.2 billion dollars, up from 3.9 billion in 2022.",
+    "Figure 1 shows the path of a question through Folio. Table 1 lists the default settings.",
+    "Question: how many pages does the parser process per second? Answer: ten pages.",
+    "Evidence: the sampler keeps the most relevant paragraphs and figures under a token budget.",
+]
+_TINY_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<start_of_image>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_TINY_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<bos>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer with a ChatML template, trained offline on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=_TINY_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(_TINY_SENTENCES * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<bos>",
+        extra_special_tokens={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
+    )
+    tokenizer.chat_template = _TINY_CHATML
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2 causal LM (2 layers, hidden 64) saved with its tokenizer."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-qwen2-answer")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Gemma 3 vision-language model with its processor (28x28 images, 4 tokens)."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3 import Gemma3ImageProcessorPil
+
+    tokenizer = tiny_tokenizer()
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in _TINY_SPECIALS}
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessorPil(size={"height": 28, "width": 28}),
+        tokenizer=tokenizer,
+        chat_template=_TINY_CHATML,
+        image_seq_length=4,
+    )
+    config = Gemma3Config(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 8192,
+            "sliding_window": 16,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 28,
+            "patch_size": 14,
+        },
+        mm_tokens_per_image=4,
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration(config)
+    folder = tmp_path_factory.mktemp("tiny-gemma3-vl-answer")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+class BagOfWordsEncoder:
+    """A fake dense text encoder: hashed bag of lower-cased words, L2-normalised (64-d).
+
+    Deterministic and instant, so sampler and citation tests do not depend on MiniLM.
+    """
+
+    dim = 64
+    name = "bag-of-words-64"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _vectors(self, texts):
+        import re
+        import zlib
+
+        import numpy as np
+
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                out[i, zlib.crc32(word.encode()) % self.dim] += 1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-9)
+
+    def encode_queries(self, texts):
+        return self._vectors(list(texts))
+
+    def encode_documents(self, texts):
+        return self._vectors(list(texts))
+
+
+@pytest.fixture
+def bow_encoder() -> BagOfWordsEncoder:
+    return BagOfWordsEncoder()
