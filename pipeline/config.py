@@ -6,6 +6,9 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.config import SamplerConfig
+from retrieval.config import RetrievalMode
+
 
 class OcrMode(enum.StrEnum):
     AUTO = "auto"  # OCR pages that have no text layer
@@ -58,3 +61,56 @@ class IngestConfig(BaseModel):
     keep_source: bool = Field(
         default=True, description="Keep a copy of each PDF in the library (page viewer, --reindex)."
     )
+
+
+class ContextMode(enum.StrEnum):
+    """Where an answer's evidence comes from."""
+
+    RETRIEVED = "retrieved"  # the hybrid retriever's best chunks (then the sampler, if on)
+    FIRST_PAGES = "first-pages"  # the document from page 1, cut to the token budget
+    NONE = "none"  # no evidence: the model answers from the question alone
+
+
+class AnswerConfig(BaseModel):
+    """How a question becomes an answer: evidence, sampling, budget, citations."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    context: ContextMode = Field(
+        default=ContextMode.RETRIEVED,
+        description="Evidence source: retrieved (search), first-pages (no retrieval), none.",
+    )
+    use_sampler: bool = Field(
+        default=True,
+        description="WuKong sampling of the retrieved chunks' blocks; off: the chunks' text in "
+        "rank order under the same budget.",
+    )
+    k: int = Field(default=12, ge=1, le=200, description="Chunks retrieved per question.")
+    retrieval_mode: RetrievalMode | None = Field(
+        default=None, description="Retriever (None: the configured retrieval mode)."
+    )
+    token_budget: int = Field(
+        default=1000,
+        ge=0,
+        description="Most evidence tokens in the prompt (the model's tokens), in every context mode.",
+    )
+    neighbours: int = Field(
+        default=1,
+        ge=0,
+        description="Blocks before and after each retrieved block on its page also compete in "
+        "the sampler.",
+    )
+    page_figures: bool = Field(
+        default=True,
+        description="Figures and tables of every retrieved page also compete in the sampler.",
+    )
+    ask_citations: bool = Field(
+        default=False,
+        description="Ask the model to end its answer with the evidence number, e.g. '42 [3]'. "
+        "Small models answer worse when asked; answers without [n] are attributed to the "
+        "most similar evidence instead.",
+    )
+    max_new_tokens: int = Field(
+        default=48, ge=1, description="Most tokens of one answer (short answers)."
+    )
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)

@@ -1,0 +1,1117 @@
+"""The question flow: retrieve -> candidate blocks -> sample -> prompt -> generate -> cite.
+
+`Answerer.stream(question)` yields the answer's text deltas as the model writes them, then one
+`Answer`: the text, its citations (document, page, region, quote), the evidence the model read
+and, per stage, what was kept of what and what it cost.
+
+Stages (each switchable per request through `AnswerConfig`):
+1. Evidence. `retrieved`: the library index's best `k` chunks (within `doc_ids` when given);
+   with the sampler on, their blocks, the blocks next to them and the figures and tables of their
+   pages become candidates for `models.sampler` (PDF-WuKong), which keeps the top paragraphs and
+   figures under the token budget in reading order; with it off, the chunks' text goes in rank
+   order under the same budget. `first-pages`: the document from page 1, cut to the budget.
+   `none`: no evidence.
+2. Prompt: numbered evidence `[n] (page p) text` (figures as images for a vision-language model).
+3. Generate (streamed).
+4. Cite: `[n]` in the answer cites evidence item n. An answer that cites nothing is attributed:
+   to the best-ranked item holding a short answer verbatim, else to the item most similar to the
+   question and answer (dense encoder). Within an item, the cited region is the block holding the
+   answer, else the most similar block. "Not answerable" (when the model declines, or no evidence
+   was found) cites nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import and_, func, or_, select
+
+from models.config import EncoderConfig, GeneratorConfig, SamplerConfig
+from models.generator import Evidence, Generator, build_prompt, load_generator
+from models.sampler import Candidate, EvidenceSampler, SampleResult
+from pipeline.config import AnswerConfig, ContextMode
+from pipeline.scoring import NOT_ANSWERABLE, is_not_answerable
+from pipeline.search import LibraryIndex, SearchHit
+from storage import Block, Chunk, Document, DocumentStatus, Library
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CITE_INSTRUCTION",
+    "Answer",
+    "AnswerStats",
+    "Answerer",
+    "Citation",
+    "EvidenceRef",
+    "StageStats",
+    "resolve_options",
+]
+
+CITE_INSTRUCTION = (
+    "Answer the question using only the numbered evidence. "
+    "Reply with only the answer (a number, a short phrase, or a list), then the number of the "
+    "evidence it comes from in brackets, for example: 42 [3]. "
+    'If the evidence does not contain the answer, reply "Not answerable".'
+)
+_MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+_WORD = re.compile(r"\w+")
+_FIGURES = frozenset({"figure", "table"})
+_SHORT_FIGURE_TEXT = 40
+_QUOTE_CHARS = 300
+_BARE_WORDS = 8
+
+
+# ------------------------------------------------------------------------------ public data
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A region of a page that supports an answer.
+
+    Attributes:
+        doc_id: Document id (SHA-256 of the PDF).
+        file_name: The PDF's file name.
+        page: 1-based page number.
+        bbox: (x0, y0, x1, y1) in PDF points of the displayed (rotated) page.
+        quote: The supporting text (a sentence of the block, at most ~300 characters).
+        block_id: The stored block.
+        evidence: The evidence number `[n]` in the prompt.
+        how: "cited" (the model wrote `[n]`) or "attributed" (matched after the fact).
+    """
+
+    doc_id: str
+    file_name: str
+    page: int
+    bbox: tuple[float, float, float, float]
+    quote: str
+    block_id: int
+    evidence: int = 0
+    how: str = "cited"
+
+
+@dataclass(frozen=True)
+class EvidenceRef:
+    """One numbered evidence item the model read.
+
+    Attributes:
+        number: Its number `[n]` in the prompt.
+        doc_id: Document id.
+        file_name: The PDF's file name.
+        page: 1-based page.
+        block_ids: The stored blocks it is made of.
+        kind: text, figure or table.
+        score: Sampler similarity, or retrieval score without the sampler (0 for first pages).
+        tokens: Its tokens in the prompt (the model's tokenizer).
+        text: The text the model read.
+        image: Path of the figure image sent to a vision-language model, if any.
+    """
+
+    number: int
+    doc_id: str
+    file_name: str
+    page: int
+    block_ids: tuple[int, ...]
+    kind: str
+    score: float
+    tokens: int
+    text: str
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """What one stage kept of what it was given, and its time.
+
+    Tokens are the answering model's tokens, except for `retrieve`, which counts the chunker's
+    estimate (words and punctuation) of the chunks searched and retrieved. `prompt` keeps the
+    evidence tokens of the whole prompt's tokens; `generate` the tokens generated of the most
+    allowed.
+    """
+
+    name: str
+    kept_items: int
+    total_items: int
+    kept_tokens: int
+    total_tokens: int
+    ms: float
+
+
+@dataclass(frozen=True)
+class AnswerStats:
+    """What an answer cost.
+
+    Attributes:
+        stages: Per-stage stats in order (retrieve, candidates, sample | budget | first-pages,
+            prompt, generate).
+        prompt_tokens: Tokens of the rendered prompt.
+        new_tokens: Tokens generated.
+        ttft_ms: From the question to the first answer text (retrieval, sampling and prefill).
+        prefill_ms: The model's prefill alone.
+        decode_ms: Decode steps after the first token.
+        tokens_per_s: Decode speed (tokens after the first per second of decoding).
+        total_ms: The whole question.
+        model: The generator (`GeneratorConfig.model`).
+        context: The evidence source (retrieved, first-pages, none).
+        sampler: Whether the WuKong sampler chose the evidence.
+        stop_reason: Why generation ended ("" when nothing was generated).
+    """
+
+    stages: tuple[StageStats, ...] = ()
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_ms: float = 0.0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    tokens_per_s: float = 0.0
+    total_ms: float = 0.0
+    model: str = ""
+    context: str = ""
+    sampler: bool = False
+    stop_reason: str = ""
+
+    def stage(self, name: str) -> StageStats | None:
+        """The stats of the named stage, or None."""
+        return next((s for s in self.stages if s.name == name), None)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer with its citations, evidence and costs; or the error that prevented it.
+
+    Attributes:
+        question: The question as asked.
+        text: The answer as generated (with any `[n]` markers), or "Not answerable".
+        citations: Supporting regions, first the best.
+        stats: Costs per stage (None when the question failed before answering).
+        error: Why the question failed (batch runs record failures here), else None.
+        not_answerable: The system declined (model said so, or no evidence was found).
+        evidence: The numbered evidence the model read.
+        doc_ids: The documents the question was restricted to (empty: the whole library).
+        id: The caller's question id (batch input), if any.
+    """
+
+    question: str
+    text: str
+    citations: tuple[Citation, ...] = ()
+    stats: AnswerStats | None = None
+    error: str | None = None
+    not_answerable: bool = False
+    evidence: tuple[EvidenceRef, ...] = ()
+    doc_ids: tuple[str, ...] = ()
+    id: str | None = None
+
+    @property
+    def plain(self) -> str:
+        """The answer without citation markers."""
+        return re.sub(r"\s+", " ", _MARKER.sub("", self.text)).strip()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the question was answered (possibly with "Not answerable")."""
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (`from_dict` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Answer:
+        """The inverse of `to_dict`.
+
+        Raises:
+            ValueError: `data` is not an answer written by `to_dict`.
+        """
+        try:
+            stats = data.get("stats")
+            return cls(
+                question=data["question"],
+                text=data["text"],
+                citations=tuple(
+                    Citation(**{**c, "bbox": tuple(c["bbox"])}) for c in data.get("citations", ())
+                ),
+                stats=None
+                if stats is None
+                else AnswerStats(
+                    **{
+                        **stats,
+                        "stages": tuple(StageStats(**s) for s in stats.get("stages", ())),
+                    }
+                ),
+                error=data.get("error"),
+                not_answerable=bool(data.get("not_answerable", False)),
+                evidence=tuple(
+                    EvidenceRef(**{**e, "block_ids": tuple(e["block_ids"])})
+                    for e in data.get("evidence", ())
+                ),
+                doc_ids=tuple(data.get("doc_ids", ())),
+                id=data.get("id"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an answer record ({type(exc).__name__}: {exc})") from exc
+
+    @classmethod
+    def failed(
+        cls, question: str, error: str, *, doc_ids: Sequence[str] = (), id: str | None = None
+    ) -> Answer:
+        """An answer that records a failure."""
+        return cls(question=question, text="", error=error, doc_ids=tuple(doc_ids), id=id)
+
+
+# ------------------------------------------------------------------------------- options
+
+_ALIASES = {"budget": "token_budget", "sampler": "use_sampler", "mode": "retrieval_mode"}
+_SAMPLER_FIELDS = set(SamplerConfig.model_fields)
+
+
+def resolve_options(
+    answer: AnswerConfig, generator: GeneratorConfig, **overrides: Any
+) -> tuple[AnswerConfig, GeneratorConfig]:
+    """Apply per-request overrides to the answer and generator settings.
+
+    Args:
+        answer: The configured answer settings.
+        generator: The configured generator.
+        **overrides: `AnswerConfig` fields (`k`, `token_budget`, `context`, `use_sampler`, ...),
+            `SamplerConfig` fields (`k_text`, `k_image`, ...), `model` (a generator name or
+            path), and the short forms `retrieval=False` (context "first-pages"),
+            `sampler=False`, `budget=N`, `mode=NAME`.
+
+    Returns:
+        The (answer, generator) settings for this request.
+
+    Raises:
+        TypeError: An unknown option.
+        pydantic.ValidationError: A value out of range.
+    """
+    changes: dict[str, Any] = {}
+    sampler_changes: dict[str, Any] = {}
+    generator_changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "retrieval":
+            if not value:
+                changes["context"] = ContextMode.FIRST_PAGES
+            elif answer.context is not ContextMode.RETRIEVED:
+                changes["context"] = ContextMode.RETRIEVED
+        elif key == "model":
+            generator_changes["model"] = str(value)
+        elif key in _SAMPLER_FIELDS and key not in AnswerConfig.model_fields:
+            sampler_changes[key] = value
+        elif _ALIASES.get(key, key) in AnswerConfig.model_fields:
+            changes[_ALIASES.get(key, key)] = value
+        else:
+            known = sorted(
+                {*AnswerConfig.model_fields, *_SAMPLER_FIELDS, *_ALIASES, "retrieval", "model"}
+            )
+            raise TypeError(f"unknown answer option {key!r}; use one of: {', '.join(known)}")
+    if sampler_changes:
+        changes["sampler"] = answer.sampler.model_copy(update=sampler_changes)
+    if changes:
+        answer = AnswerConfig.model_validate({**answer.model_dump(), **changes})
+    if generator_changes:
+        generator = GeneratorConfig.model_validate({**generator.model_dump(), **generator_changes})
+    return answer, generator
+
+
+# ------------------------------------------------------------------------------ internals
+
+
+@dataclass(frozen=True)
+class _BlockRow:
+    """A stored block as plain data."""
+
+    id: int
+    doc_id: str
+    page: int
+    kind: str
+    bbox: tuple[float, float, float, float]
+    text: str
+    reading_order: int
+    asset: Path | None
+    caption_of: int | None
+
+
+@dataclass
+class _Item:
+    """An evidence item being assembled (blocks of one page)."""
+
+    doc_id: str
+    page: int
+    kind: str
+    blocks: list[_BlockRow]
+    text: str
+    score: float
+    rank: int = 0
+    tokens: int = 0
+    image: Path | None = None
+    positions: list[int] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- the answerer
+
+
+class Answerer:
+    """Answers questions over a library; loads its models once and keeps them.
+
+    Args:
+        library: The open library.
+        index: Its search index.
+        config: Default answer settings (per request: `resolve_options`).
+        generator_config: The default generator.
+        encoder_config: Encoders (the sampler's text encoder is the index's dense encoder when
+            the index has one, else a new one from this config).
+        model_cache: Folder for converted packaged models (default: the library's `models/`).
+        load: Loads a generator (tests pass a fake).
+        text_encoder: The sampler's text encoder, instead of the index's (tests pass a fake).
+        image_encoder: The sampler's image encoder, instead of EfficientNet-Lite0.
+
+    Example:
+        >>> answerer = Answerer(library, index, AnswerConfig(), GeneratorConfig(), EncoderConfig())
+        >>> answer = answerer.ask("What is the default chunk size?")
+        >>> answer.text, [(c.file_name, c.page) for c in answer.citations]
+    """
+
+    def __init__(
+        self,
+        library: Library,
+        index: LibraryIndex,
+        config: AnswerConfig | None = None,
+        generator_config: GeneratorConfig | None = None,
+        encoder_config: EncoderConfig | None = None,
+        *,
+        model_cache: Path | None = None,
+        load: Callable[..., Generator] = load_generator,
+        text_encoder: Any | None = None,
+        image_encoder: Any | None = None,
+    ) -> None:
+        self.library = library
+        self.index = index
+        self.config = config or AnswerConfig()
+        self.generator_config = generator_config or GeneratorConfig()
+        self.encoder_config = encoder_config or EncoderConfig()
+        self.model_cache = model_cache or library.models_dir
+        self._load = load
+        self._generators: dict[GeneratorConfig, Generator] = {}
+        self._text_encoder: Any | None = text_encoder
+        self._image_encoder: Any | None = image_encoder
+        self._samplers: dict[tuple[SamplerConfig, int], EvidenceSampler] = {}
+
+    # ------------------------------------------------------------------------- resources
+
+    def generator(self, config: GeneratorConfig | None = None) -> Generator:
+        """The loaded generator for `config` (loaded on first use; the last two are kept)."""
+        config = config or self.generator_config
+        if config not in self._generators:
+            if len(self._generators) >= 2:
+                oldest = next(iter(self._generators))
+                del self._generators[oldest]
+            self._generators[config] = self._load(config, cache_dir=self.model_cache)
+        return self._generators[config]
+
+    def sampler(self, config: SamplerConfig, generator: Generator) -> EvidenceSampler:
+        """The sampler for `config`, counting tokens with `generator`'s tokenizer."""
+        key = (config, id(generator))
+        if key not in self._samplers:
+            if self._text_encoder is None:
+                dense = self.index.retriever.dense
+                if dense is not None:
+                    self._text_encoder = dense.encoder
+                else:
+                    from models.encoders import MiniLMEncoder
+
+                    self._text_encoder = MiniLMEncoder(self.encoder_config)
+            if self._image_encoder is None and config.image_features:
+                from models.encoders import EfficientNetImageEncoder
+
+                self._image_encoder = EfficientNetImageEncoder(self.encoder_config)
+            shared = next(iter(self._samplers.values()), None)
+            sampler = EvidenceSampler(
+                config,
+                self._text_encoder,
+                self._image_encoder if config.image_features else None,
+                count_tokens=_token_counter(generator),
+            )
+            if shared is not None:
+                # NOTE: samplers share their embedding caches (same encoder, same texts).
+                sampler._text_cache = shared._text_cache
+                sampler._image_cache = shared._image_cache
+            self._samplers[key] = sampler
+        return self._samplers[key]
+
+    # ------------------------------------------------------------------------------ asking
+
+    def ask(
+        self,
+        question: str,
+        *,
+        doc_ids: Collection[str] | None = None,
+        config: AnswerConfig | None = None,
+        generator_config: GeneratorConfig | None = None,
+        id: str | None = None,
+    ) -> Answer:
+        """Answer one question (see `stream`); returns the final `Answer`."""
+        answer = None
+        for part in self.stream(
+            question, doc_ids=doc_ids, config=config, generator_config=generator_config, id=id
+        ):
+            if isinstance(part, Answer):
+                answer = part
+        assert answer is not None  # stream always ends with the Answer
+        return answer
+
+    def stream(
+        self,
+        question: str,
+        *,
+        doc_ids: Collection[str] | None = None,
+        config: AnswerConfig | None = None,
+        generator_config: GeneratorConfig | None = None,
+        id: str | None = None,
+    ) -> Iterator[str | Answer]:
+        """Answer one question, streaming.
+
+        Args:
+            question: The question.
+            doc_ids: Only these documents (ids, unique id prefixes or file names); None: all.
+            config: Answer settings for this request (default: the answerer's).
+            generator_config: The generator for this request (default: the answerer's).
+            id: A question id carried into the `Answer`.
+
+        Yields:
+            Text deltas of the answer as generated, then the final `Answer`.
+
+        Raises:
+            ValueError: A blank question, or first-pages context without a document.
+            LookupError: A document that is not in the library.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"question must be non-empty text, got {question!r}")
+        cfg = config or self.config
+        gen_cfg = generator_config or self.generator_config
+        start = time.perf_counter()
+        docs = self._resolve_docs(doc_ids) if doc_ids else None
+        generator = self.generator(gen_cfg)
+        count = _token_counter(generator)
+        stages: list[StageStats] = []
+
+        if cfg.context is ContextMode.RETRIEVED:
+            items = self._retrieved(question, docs, cfg, generator, stages)
+        elif cfg.context is ContextMode.FIRST_PAGES:
+            items = self._first_pages(docs, cfg, count, stages)
+        else:
+            items = []
+        names = self._file_names({i.doc_id for i in items})
+        several_docs = len({i.doc_id for i in items}) > 1
+        refs = tuple(
+            EvidenceRef(
+                number=n,
+                doc_id=item.doc_id,
+                file_name=names.get(item.doc_id, ""),
+                page=item.page,
+                block_ids=tuple(b.id for b in item.blocks),
+                kind=item.kind,
+                score=round(float(item.score), 4),
+                tokens=item.tokens,
+                text=item.text,
+                image=str(item.image) if item.image is not None else None,
+            )
+            for n, item in enumerate(items, start=1)
+        )
+        common = {
+            "question": question,
+            "evidence": refs,
+            "doc_ids": tuple(docs or ()),
+            "id": id,
+        }
+        if cfg.context is not ContextMode.NONE and not items:
+            stats = AnswerStats(
+                stages=tuple(stages),
+                ttft_ms=(time.perf_counter() - start) * 1000,
+                total_ms=(time.perf_counter() - start) * 1000,
+                model=gen_cfg.model,
+                context=str(cfg.context),
+                sampler=cfg.use_sampler and cfg.context is ContextMode.RETRIEVED,
+            )
+            yield NOT_ANSWERABLE
+            yield Answer(text=NOT_ANSWERABLE, stats=stats, not_answerable=True, **common)
+            return
+
+        evidence = [
+            Evidence(
+                text=_label(item, names, several_docs) + item.text,
+                image=item.image if generator.is_multimodal else None,
+            )
+            for item in items
+        ]
+        instructions = CITE_INSTRUCTION if cfg.ask_citations else generator.config.instructions
+        prompt = build_prompt(question, evidence, instructions=instructions)
+        t_prompt = time.perf_counter()
+        stream = generator.stream(prompt, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True)
+        ttft: float | None = None
+        for delta in stream:
+            if ttft is None:
+                ttft = time.perf_counter()
+            yield delta
+        result = stream.result
+        end = time.perf_counter()
+        evidence_tokens = sum(item.tokens for item in items)
+        stages.append(
+            StageStats("prompt", len(items), len(items), evidence_tokens, result.prompt_tokens, 0.0)
+        )
+        stages.append(
+            StageStats(
+                "generate", 1, 1, result.new_tokens, cfg.max_new_tokens, (end - t_prompt) * 1000
+            )
+        )
+
+        raw = result.text.strip()
+        declined = is_not_answerable(_MARKER.sub("", raw))
+        citations: tuple[Citation, ...] = ()
+        if not declined:
+            sampler = self.sampler(cfg.sampler, generator)
+            citations = _cite(question, raw, items, names, sampler)
+        stats = AnswerStats(
+            stages=tuple(stages),
+            prompt_tokens=result.prompt_tokens,
+            new_tokens=result.new_tokens,
+            ttft_ms=((ttft or end) - start) * 1000,
+            prefill_ms=result.prefill_s * 1000,
+            decode_ms=result.decode_s * 1000,
+            tokens_per_s=result.decode_tokens_per_s,
+            total_ms=(time.perf_counter() - start) * 1000,
+            model=gen_cfg.model,
+            context=str(cfg.context),
+            sampler=cfg.use_sampler and cfg.context is ContextMode.RETRIEVED,
+            stop_reason=str(result.stop_reason),
+        )
+        yield Answer(
+            text=NOT_ANSWERABLE if declined else raw,
+            citations=citations,
+            stats=stats,
+            not_answerable=declined,
+            **common,
+        )
+
+    # --------------------------------------------------------------------------- evidence
+
+    def _retrieved(
+        self,
+        question: str,
+        docs: list[str] | None,
+        cfg: AnswerConfig,
+        generator: Generator,
+        stages: list[StageStats],
+    ) -> list[_Item]:
+        """Retrieve, then sample (or take the chunks in rank order) under the budget."""
+        t0 = time.perf_counter()
+        hits = self.index.search(question, k=cfg.k, mode=cfg.retrieval_mode, doc_ids=docs)
+        scope_items, scope_tokens = self._scope_size(docs)
+        stages.append(
+            StageStats(
+                "retrieve", len(hits), scope_items, sum(_chunk_tokens(h) for h in hits),
+                scope_tokens, (time.perf_counter() - t0) * 1000,
+            )
+        )  # fmt: skip
+        if not hits:
+            return []
+        count = _token_counter(generator)
+        if not cfg.use_sampler:
+            return self._ranked_chunks(hits, cfg, count, generator.is_multimodal, stages)
+
+        t1 = time.perf_counter()
+        candidates, rows, positions = self._candidates(hits, cfg)
+        stages.append(
+            StageStats(
+                "candidates", len(candidates), len(candidates), 0, 0,
+                (time.perf_counter() - t1) * 1000,
+            )
+        )  # fmt: skip
+        sampler = self.sampler(cfg.sampler, generator)
+        sample = sampler.sample(
+            question,
+            candidates,
+            token_budget=cfg.token_budget,
+            with_images=generator.is_multimodal,
+        )
+        stages[-1] = StageStats(
+            "candidates", len(candidates), len(candidates), sample.total_tokens,
+            sample.total_tokens, stages[-1].ms,
+        )  # fmt: skip
+        stages.append(
+            StageStats(
+                "sample", len(sample.kept), len(candidates), sample.kept_tokens,
+                sample.total_tokens, sample.total_ms,
+            )
+        )  # fmt: skip
+        if sample.image_duplicates:
+            logger.debug("sampler dropped %d near-duplicate figures", sample.image_duplicates)
+        return _group(sample, rows, positions, generator.is_multimodal)
+
+    def _ranked_chunks(
+        self,
+        hits: list[SearchHit],
+        cfg: AnswerConfig,
+        count: Callable[[str], int],
+        multimodal: bool,
+        stages: list[StageStats],
+    ) -> list[_Item]:
+        """The retrieved chunks in rank order under the budget (the no-sampler path)."""
+        t0 = time.perf_counter()
+        rows = self._blocks([b for h in hits for b in h.block_ids])
+        items: list[_Item] = []
+        remaining = cfg.token_budget
+        total = 0
+        for rank, hit in enumerate(hits):
+            blocks = [rows[b] for b in hit.block_ids if b in rows]
+            if not blocks:
+                continue
+            text = hit.text.strip()
+            image = next(
+                (b.asset for b in blocks if b.kind in _FIGURES and b.asset is not None), None
+            )
+            image = image if multimodal else None
+            image_cost = cfg.sampler.image_token_cost if image is not None else 0
+            tokens = count(text) + image_cost
+            total += tokens
+            if tokens > remaining:
+                if image is not None or remaining < cfg.sampler.min_item_tokens:
+                    continue
+                text = _truncate(text, remaining, count)
+                tokens = count(text)
+            remaining -= tokens
+            items.append(
+                _Item(
+                    hit.doc_id, hit.page, hit.kind if hit.kind in _FIGURES else "text", blocks,
+                    text, float(hit.score), rank=rank, tokens=tokens, image=image,
+                )
+            )  # fmt: skip
+        stages.append(
+            StageStats(
+                "budget", len(items), len(hits), sum(i.tokens for i in items), total,
+                (time.perf_counter() - t0) * 1000,
+            )
+        )  # fmt: skip
+        return items
+
+    def _candidates(
+        self, hits: list[SearchHit], cfg: AnswerConfig
+    ) -> tuple[list[Candidate], dict[int, _BlockRow], dict[int, int]]:
+        """Sampler candidates: the hits' blocks, their neighbours, their pages' figures.
+
+        Returns:
+            (candidates, block rows by id, position of each block in its page's reading order).
+        """
+        pages: list[tuple[str, int]] = []
+        for hit in hits:
+            if (hit.doc_id, hit.page) not in pages:
+                pages.append((hit.doc_id, hit.page))
+        by_page = self._page_blocks(pages)
+        doc_rank = {d: i for i, d in enumerate(dict.fromkeys(h.doc_id for h in hits))}
+        rows: dict[int, _BlockRow] = {}
+        positions: dict[int, int] = {}
+        chosen: set[int] = set()
+        for blocks in by_page.values():
+            for pos, block in enumerate(blocks):
+                rows[block.id] = block
+                positions[block.id] = pos
+            if cfg.page_figures:
+                chosen.update(b.id for b in blocks if b.kind in _FIGURES)
+        for hit in hits:
+            page_blocks = by_page.get((hit.doc_id, hit.page), [])
+            for block_id in hit.block_ids:
+                if block_id not in positions:
+                    continue
+                pos = positions[block_id]
+                lo, hi = max(0, pos - cfg.neighbours), pos + cfg.neighbours + 1
+                chosen.update(b.id for b in page_blocks[lo:hi])
+        candidates = []
+        for blocks in by_page.values():
+            figure_orders = {b.reading_order for b in blocks if b.kind in _FIGURES}
+            for pos, block in enumerate(blocks):
+                if block.id not in chosen:
+                    continue
+                if block.kind == "caption" and block.caption_of in figure_orders:
+                    continue  # the figure's text starts with its caption
+                search_text = None
+                if block.kind in _FIGURES and len(block.text.strip()) < _SHORT_FIGURE_TEXT:
+                    context = " ".join(b.text for b in blocks[max(0, pos - 1) : pos] if b.text)
+                    search_text = f"{context[:300]} {block.text}".strip()
+                candidates.append(
+                    Candidate(
+                        id=block.id,
+                        kind=block.kind,
+                        text=block.text,
+                        page=block.page,
+                        reading_order=block.reading_order,
+                        image=block.asset,
+                        doc=block.doc_id,
+                        doc_rank=doc_rank[block.doc_id],
+                        search_text=search_text,
+                    )
+                )
+        return candidates, rows, positions
+
+    def _first_pages(
+        self,
+        docs: list[str] | None,
+        cfg: AnswerConfig,
+        count: Callable[[str], int],
+        stages: list[StageStats],
+    ) -> list[_Item]:
+        """The documents from page 1, one item per page, cut to the budget."""
+        t0 = time.perf_counter()
+        if docs is None:
+            with self.library.sessions() as session:
+                ok = list(
+                    session.scalars(select(Document.id).where(Document.status == DocumentStatus.OK))
+                )
+            if len(ok) != 1:
+                raise ValueError(
+                    "first-pages context (no retrieval) needs the document: pass doc_ids "
+                    f"(--doc ID); the library holds {len(ok)} documents"
+                )
+            docs = ok
+        items: list[_Item] = []
+        remaining = cfg.token_budget
+        pages_read = total = 0
+        step = 8
+        for doc_id in docs:
+            for first in range(1, self._page_count(doc_id) + 1, step):
+                if remaining <= 0:
+                    break
+                by_page = self._page_range(doc_id, first, first + step - 1)
+                for (_, page), blocks in sorted(by_page.items()):
+                    pages_read += 1
+                    figure_orders = {b.reading_order for b in blocks if b.kind in _FIGURES}
+                    kept = [
+                        b
+                        for b in blocks
+                        if b.text.strip()
+                        and not (b.kind == "caption" and b.caption_of in figure_orders)
+                    ]
+                    if not kept or remaining <= 0:
+                        continue
+                    text = "\n".join(b.text.strip() for b in kept)
+                    tokens = count(text)
+                    total += tokens
+                    if tokens > remaining:
+                        if remaining < cfg.sampler.min_item_tokens:
+                            remaining = 0
+                            continue
+                        text = _truncate(text, remaining, count)
+                        tokens = count(text)
+                    remaining -= tokens
+                    items.append(
+                        _Item(doc_id, page, "text", kept, text, 0.0, rank=len(items), tokens=tokens)
+                    )
+            if remaining <= 0:
+                break
+        stages.append(
+            StageStats(
+                "first-pages", len(items), pages_read, sum(i.tokens for i in items), total,
+                (time.perf_counter() - t0) * 1000,
+            )
+        )  # fmt: skip
+        return items
+
+    # ----------------------------------------------------------------------------- storage
+
+    def _resolve_docs(self, doc_ids: Collection[str]) -> list[str]:
+        """Full document ids from ids, unique id prefixes or file names (in the given order)."""
+        if isinstance(doc_ids, str):
+            doc_ids = [doc_ids]
+        out: list[str] = []
+        with self.library.sessions() as session:
+            for given in doc_ids:
+                matches = list(
+                    session.scalars(
+                        select(Document.id)
+                        .where(Document.id.startswith(given))
+                        .where(Document.status == DocumentStatus.OK)
+                    )
+                )
+                if not matches:
+                    matches = list(
+                        session.scalars(
+                            select(Document.id)
+                            .where(Document.file_name == given)
+                            .where(Document.status == DocumentStatus.OK)
+                        )
+                    )
+                if len(matches) != 1:
+                    what = "no document" if not matches else f"{len(matches)} documents"
+                    raise LookupError(f"{what} with id or file name {given!r} (see `folio docs`)")
+                if matches[0] not in out:
+                    out.append(matches[0])
+        return out
+
+    def _scope_size(self, docs: list[str] | None) -> tuple[int, int]:
+        """(chunks, estimated tokens) that retrieval searched."""
+        query = select(func.count(Chunk.id), func.coalesce(func.sum(Chunk.token_count), 0))
+        if docs is not None:
+            query = query.where(Chunk.doc_id.in_(docs))
+        with self.library.sessions() as session:
+            n, tokens = session.execute(query).one()
+        return int(n), int(tokens)
+
+    def _file_names(self, doc_ids: Collection[str]) -> dict[str, str]:
+        if not doc_ids:
+            return {}
+        with self.library.sessions() as session:
+            rows = session.execute(
+                select(Document.id, Document.file_name).where(Document.id.in_(list(doc_ids)))
+            )
+            return {doc_id: name for doc_id, name in rows}
+
+    def _blocks(self, ids: Sequence[int]) -> dict[int, _BlockRow]:
+        if not ids:
+            return {}
+        with self.library.sessions() as session:
+            return {
+                b.id: self._row(b)
+                for b in session.scalars(select(Block).where(Block.id.in_(list(set(ids)))))
+            }
+
+    def _page_blocks(
+        self, pages: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], list[_BlockRow]]:
+        """Blocks of each (doc, page), in reading order, keyed in the order given."""
+        if not pages:
+            return {}
+        condition = or_(*(and_(Block.doc_id == d, Block.page == p) for d, p in pages))
+        with self.library.sessions() as session:
+            found = [self._row(b) for b in session.scalars(select(Block).where(condition))]
+        out: dict[tuple[str, int], list[_BlockRow]] = {key: [] for key in pages}
+        for row in sorted(found, key=lambda r: r.reading_order):
+            out[(row.doc_id, row.page)].append(row)
+        return out
+
+    def _page_range(
+        self, doc_id: str, first: int, last: int
+    ) -> dict[tuple[str, int], list[_BlockRow]]:
+        with self.library.sessions() as session:
+            found = [
+                self._row(b)
+                for b in session.scalars(
+                    select(Block)
+                    .where(Block.doc_id == doc_id, Block.page >= first, Block.page <= last)
+                    .order_by(Block.page, Block.reading_order)
+                )
+            ]
+        out: dict[tuple[str, int], list[_BlockRow]] = {}
+        for row in found:
+            out.setdefault((row.doc_id, row.page), []).append(row)
+        return out
+
+    def _page_count(self, doc_id: str) -> int:
+        with self.library.sessions() as session:
+            return int(
+                session.scalar(select(Document.page_count).where(Document.id == doc_id)) or 0
+            )
+
+    def _row(self, block: Block) -> _BlockRow:
+        return _BlockRow(
+            id=block.id,
+            doc_id=block.doc_id,
+            page=block.page,
+            kind=str(block.kind),
+            bbox=(float(block.x0), float(block.y0), float(block.x1), float(block.y1)),
+            text=block.text or "",
+            reading_order=block.reading_order,
+            asset=self.library.asset_path(block.asset) if block.asset else None,
+            caption_of=block.caption_of,
+        )
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _token_counter(generator: Generator) -> Callable[[str], int]:
+    """Token count of a text in the generator's tokenizer (no special tokens)."""
+    tokenizer = generator.tokenizer
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    return count
+
+
+def _chunk_tokens(hit: SearchHit) -> int:
+    return len(_WORD.findall(hit.text))
+
+
+def _truncate(text: str, budget: int, count: Callable[[str], int]) -> str:
+    """The longest word prefix of `text` within `budget` tokens, ending with an ellipsis."""
+    words = text.split(" ")
+    low, high = 0, len(words)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if count(" ".join(words[:mid]) + " …") <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return " ".join(words[:low]) + " …" if low else ""
+
+
+def _label(item: _Item, names: Mapping[str, str], several_docs: bool) -> str:
+    """Where an evidence item comes from, as the model reads it: `(page 3) ` or with the file."""
+    if several_docs:
+        return f"({names.get(item.doc_id, item.doc_id[:12])}, page {item.page}) "
+    return f"(page {item.page}) "
+
+
+def _group(
+    sample: SampleResult,
+    rows: Mapping[int, _BlockRow],
+    positions: Mapping[int, int],
+    multimodal: bool,
+) -> list[_Item]:
+    """Kept blocks -> evidence items: neighbouring paragraphs of a page merge into one item."""
+    items: list[_Item] = []
+    for kept in sample.kept:
+        row = rows[kept.candidate.id]
+        pos = positions[row.id]
+        figure = row.kind in _FIGURES
+        last = items[-1] if items else None
+        if (
+            last is not None
+            and not figure
+            and last.kind == "text"
+            and (last.doc_id, last.page) == (row.doc_id, row.page)
+            and last.positions[-1] + 1 == pos
+        ):
+            last.blocks.append(row)
+            last.text = f"{last.text}\n{kept.text}"
+            last.score = max(last.score, kept.score)
+            last.tokens += kept.tokens
+            last.positions.append(pos)
+            continue
+        items.append(
+            _Item(
+                row.doc_id, row.page, row.kind if figure else "text", [row], kept.text,
+                kept.score, tokens=kept.tokens,
+                image=row.asset if figure and multimodal else None, positions=[pos],
+            )
+        )  # fmt: skip
+    for rank, item in enumerate(sorted(items, key=lambda i: -i.score)):
+        item.rank = rank
+    return items
+
+
+def _normal(text: str) -> str:
+    """Lower case, citation markers and thousands separators removed, spaces folded."""
+    text = _MARKER.sub(" ", text.lower())
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _contains(haystack: str, needle: str) -> bool:
+    """`needle` in `haystack` as whole words/numbers (both already `_normal`)."""
+    if not needle:
+        return False
+    pattern = r"(?<![\w.])" + re.escape(needle) + r"(?![\w])"
+    return re.search(pattern, haystack) is not None
+
+
+def _core(answer: str) -> str:
+    """The answer without markers, surrounding quotes or end punctuation, normalised."""
+    return _normal(answer).strip(" .,;:!?'\"`")
+
+
+def _cite(
+    question: str,
+    answer: str,
+    items: Sequence[_Item],
+    names: Mapping[str, str],
+    sampler: EvidenceSampler,
+) -> tuple[Citation, ...]:
+    """Citations of an answer: the items it cites with `[n]`, else attributed ones."""
+    if not items:
+        return ()
+    numbers: list[int] = []
+    for group in _MARKER.findall(answer):
+        for part in re.split(r"\s*[,;]\s*", group):
+            n = int(part)
+            if 1 <= n <= len(items) and n not in numbers:
+                numbers.append(n)
+    core = _core(answer)
+    if numbers:
+        return tuple(
+            _region(question, core, items[n - 1], n, names, sampler, "cited") for n in numbers
+        )
+    out: list[Citation] = []
+    sentences = [s for s in _SENTENCE.split(answer.strip()) if _core(s)] or [answer]
+    for sentence in sentences:
+        n = _attribute(question, _core(sentence), items, sampler)
+        citation = _region(question, _core(sentence), items[n - 1], n, names, sampler, "attributed")
+        if all(c.block_id != citation.block_id for c in out):
+            out.append(citation)
+    return tuple(out)
+
+
+def _attribute(question: str, core: str, items: Sequence[_Item], sampler: EvidenceSampler) -> int:
+    """The evidence number an uncited answer (or sentence) comes from."""
+    if core and len(core.split()) <= _BARE_WORDS:
+        holding = [i for i, item in enumerate(items) if _contains(_normal(item.text), core)]
+        if holding:
+            return min(holding, key=lambda i: items[i].rank) + 1
+    query = sampler.text_encoder.encode_queries([f"{question} {core}".strip()])[0]
+    vectors = sampler.embed_texts([item.text for item in items])  # [N, D]
+    return int(np.argmax(vectors @ query)) + 1
+
+
+def _region(
+    question: str,
+    core: str,
+    item: _Item,
+    number: int,
+    names: Mapping[str, str],
+    sampler: EvidenceSampler,
+    how: str,
+) -> Citation:
+    """The block of `item` that best supports the answer, as a citation."""
+    blocks = [b for b in item.blocks if b.text.strip()] or item.blocks
+    block = next((b for b in blocks if core and _contains(_normal(b.text), core)), None)
+    if block is None:
+        if len(blocks) == 1:
+            block = blocks[0]
+        else:
+            query = sampler.text_encoder.encode_queries([f"{question} {core}".strip()])[0]
+            vectors = sampler.embed_texts([b.text for b in blocks])
+            block = blocks[int(np.argmax(vectors @ query))]
+    return Citation(
+        doc_id=block.doc_id,
+        file_name=names.get(block.doc_id, ""),
+        page=block.page,
+        bbox=block.bbox,
+        quote=_quote(block.text, core, question),
+        block_id=block.id,
+        evidence=number,
+        how=how,
+    )
+
+
+def _quote(text: str, core: str, question: str) -> str:
+    """The sentence of `text` holding the answer, else the one sharing most words with the
+    question and answer; at most ~300 characters."""
+    flat = re.sub(r"\s+", " ", text).strip()
+    sentences = _SENTENCE.split(flat) or [flat]
+    chosen = next((s for s in sentences if core and _contains(_normal(s), core)), None)
+    if chosen is None:
+        words = set(_WORD.findall(f"{question} {core}".lower()))
+        chosen = max(sentences, key=lambda s: len(words & set(_WORD.findall(s.lower()))))
+    if len(chosen) <= _QUOTE_CHARS:
+        return chosen
+    at = _normal(chosen).find(core) if core else -1
+    start = max(0, min(at - _QUOTE_CHARS // 3, len(chosen) - _QUOTE_CHARS)) if at > 0 else 0
+    snippet = chosen[start : start + _QUOTE_CHARS].strip()
+    return ("…" if start else "") + snippet + ("…" if start + _QUOTE_CHARS < len(chosen) else "")

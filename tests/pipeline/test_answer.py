@@ -1,0 +1,296 @@
+"""The question flow on the sample guide: evidence per context mode, budget, citations, VLM path.
+
+Generation mechanics run on a tiny random Qwen2; citation tests use a scripted generator (the
+same tiny model with a fixed reply) so that the reply, and so the cited region, is known.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pymupdf
+import pytest
+from sqlalchemy import select
+
+from models.config import EncoderConfig, GeneratorConfig, SamplerConfig
+from models.generator import Generation, GenerationStream, Generator, StopReason, load_generator
+from pipeline.answer import Answer, Answerer, resolve_options
+from pipeline.config import AnswerConfig, ChunkConfig, ContextMode, IngestConfig, OcrMode, ParseConfig
+from pipeline.ingest import ingest
+from pipeline.search import LibraryIndex
+from retrieval.config import FusionConfig, RetrievalConfig
+from storage import Block, StorageConfig, open_library
+
+BM25_ONLY = RetrievalConfig(mode="bm25", fusion=FusionConfig(dense_weight=0, splade_weight=0))
+QUESTION = "What is the default chunk size in tokens?"
+FAST = AnswerConfig(max_new_tokens=6, sampler=SamplerConfig(image_features=False))
+
+
+def _other_pdf(path: Path) -> Path:
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_textbox(
+        pymupdf.Rect(72, 72, 520, 300),
+        "Bird migration notes. Swallows leave in September and return in April. "
+        "The chunk of sky they cross is large.",
+        fontsize=11,
+    )
+    doc.save(path)
+    doc.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory: pytest.TempPathFactory, sample_pdf: Path):
+    """A library holding the sample guide and a one-page unrelated note (BM25 index)."""
+    root = tmp_path_factory.mktemp("answer-lib")
+    library = open_library(StorageConfig(library=root / "lib"))
+    index = LibraryIndex(library, BM25_ONLY, EncoderConfig())
+    results = ingest(
+        [sample_pdf, _other_pdf(root / "birds.pdf")],
+        library,
+        parse_config=ParseConfig(ocr=OcrMode.NEVER),
+        chunk_config=ChunkConfig(),
+        ingest_config=IngestConfig(workers=1),
+        index=index,
+    )
+    assert [r.status for r in results] == ["added", "added"]
+    yield library, index, results[0].doc_id, results[1].doc_id
+    library.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_lm_dir: Path) -> Generator:
+    return load_generator(GeneratorConfig(model=str(tiny_lm_dir), device="cpu"))
+
+
+class Scripted(Generator):
+    """The tiny model's tokenizer and prompt rendering, with a reply chosen by the test."""
+
+    def __init__(self, base: Generator, reply: Callable[[str], str] | str) -> None:
+        super().__init__(base.model, base.tokenizer, base.config, processor=base.processor)
+        self.reply = reply if callable(reply) else (lambda _text: reply)
+        self.prompts: list[str] = []
+
+    def stream(self, prompt, **_kwargs) -> GenerationStream:
+        inputs = self.encode(prompt)
+        self.prompts.append(inputs.text)
+        text = self.reply(inputs.text)
+
+        def run():
+            words = text.split(" ")
+            for i, word in enumerate(words):
+                yield word if i == 0 else " " + word
+            return Generation(text, StopReason.EOS, inputs.num_tokens, len(words) + 1, 0.01, 0.01, 0.01)
+
+        return GenerationStream(run())
+
+
+def _answerer(lib, generator: Generator, bow_encoder, config: AnswerConfig = FAST) -> Answerer:
+    library, index, *_ = lib
+    return Answerer(
+        library,
+        index,
+        config,
+        GeneratorConfig(model="tiny"),
+        load=lambda _config, cache_dir: generator,
+        text_encoder=bow_encoder,
+    )
+
+
+def _evidence_number(prompt_text: str, needle: str) -> int:
+    """The number of the evidence item whose text (all its lines) contains `needle`."""
+    items = re.split(r"^\[(\d+)\] ", prompt_text, flags=re.MULTILINE)
+    for number, text in zip(items[1::2], items[2::2], strict=True):
+        if needle in text:
+            return int(number)
+    raise AssertionError(f"{needle!r} not in any evidence item")
+
+
+def _block(lib, block_id: int) -> Block:
+    with lib[0].sessions() as session:
+        return session.get(Block, block_id)
+
+
+# ------------------------------------------------------------------------- evidence paths
+
+
+def test_stream_yields_deltas_then_an_answer_with_stage_stats(lib, tiny, bow_encoder) -> None:
+    answerer = _answerer(lib, tiny, bow_encoder)
+    parts = list(answerer.stream(QUESTION, doc_ids=[lib[2]]))
+    *deltas, answer = parts
+    assert isinstance(answer, Answer) and all(isinstance(d, str) for d in deltas)
+    if not answer.not_answerable:
+        assert "".join(deltas) == answer.text
+    stats = answer.stats
+    assert [s.name for s in stats.stages] == ["retrieve", "candidates", "sample", "prompt", "generate"]
+    sample = stats.stage("sample")
+    assert 0 < sample.kept_items <= sample.total_items
+    assert sample.kept_tokens <= FAST.token_budget and sample.kept_tokens <= sample.total_tokens
+    assert stats.stage("prompt").kept_tokens == sum(e.tokens for e in answer.evidence)
+    assert stats.prompt_tokens == stats.stage("prompt").total_tokens > sample.kept_tokens
+    assert 0 < stats.new_tokens <= FAST.max_new_tokens
+    assert stats.ttft_ms > 0 and stats.total_ms >= stats.ttft_ms and stats.sampler
+    assert answer.doc_ids == (lib[2],)
+    assert {e.doc_id for e in answer.evidence} == {lib[2]}
+    assert [e.number for e in answer.evidence] == list(range(1, len(answer.evidence) + 1))
+
+
+def test_sampler_respects_the_budget_and_reading_order(lib, tiny, bow_encoder) -> None:
+    answerer = _answerer(lib, tiny, bow_encoder)
+    config = FAST.model_copy(update={"token_budget": 120})
+    answer = answerer.ask(QUESTION, doc_ids=[lib[2]], config=config)
+    assert answer.evidence and sum(e.tokens for e in answer.evidence) <= 120
+    counted = [len(tiny.tokenizer(e.text, add_special_tokens=False)["input_ids"]) for e in answer.evidence]
+    assert counted == [e.tokens for e in answer.evidence]  # the model's own tokens
+    order = [(e.page, e.block_ids[0]) for e in answer.evidence]
+    assert order == sorted(order)  # block ids are assigned in page and reading order
+    # Every evidence block is a real block of the document, on the page the evidence names.
+    for e in answer.evidence:
+        for block_id in e.block_ids:
+            block = _block(lib, block_id)
+            assert (block.doc_id, block.page) == (e.doc_id, e.page)
+
+
+def test_without_the_sampler_chunks_go_in_rank_order(lib, tiny, bow_encoder) -> None:
+    answerer = _answerer(lib, tiny, bow_encoder)
+    config = FAST.model_copy(update={"use_sampler": False, "token_budget": 400})
+    answer = answerer.ask(QUESTION, doc_ids=[lib[2]], config=config)
+    hits = lib[1].search(QUESTION, k=config.k, doc_ids=[lib[2]])
+    assert [e.block_ids for e in answer.evidence] == [h.block_ids for h in hits][: len(answer.evidence)]
+    assert [s.name for s in answer.stats.stages][:2] == ["retrieve", "budget"]
+    assert sum(e.tokens for e in answer.evidence) <= 400 and not answer.stats.sampler
+
+
+def test_first_pages_fill_the_same_budget_from_page_one(lib, tiny, bow_encoder) -> None:
+    answerer = _answerer(lib, tiny, bow_encoder)
+    config = FAST.model_copy(update={"context": ContextMode.FIRST_PAGES, "token_budget": 300})
+    answer = answerer.ask(QUESTION, doc_ids=["folio-guide.pdf"], config=config)  # by file name
+    assert [e.page for e in answer.evidence] == [1]
+    assert answer.evidence[0].tokens <= 300 and answer.evidence[0].text.endswith("…")
+    assert answer.stats.stage("first-pages").kept_tokens == answer.evidence[0].tokens
+    with pytest.raises(ValueError, match="needs the document"):
+        answerer.ask(QUESTION, config=config)  # two documents in the library
+
+
+def test_no_context_sends_the_question_alone(lib, tiny, bow_encoder) -> None:
+    scripted = Scripted(tiny, "I do not know")
+    answerer = _answerer(lib, scripted, bow_encoder)
+    answer = answerer.ask(QUESTION, config=FAST.model_copy(update={"context": ContextMode.NONE}))
+    assert answer.evidence == () and answer.citations == ()
+    assert "Evidence:" not in scripted.prompts[0] and QUESTION in scripted.prompts[0]
+
+
+# ------------------------------------------------------------------------------- citations
+
+
+def test_a_cited_number_maps_to_the_block_on_its_page(lib, tiny, bow_encoder) -> None:
+    scripted = Scripted(tiny, lambda text: f"160 [{_evidence_number(text, 'Chunk size')}]")
+    answer = _answerer(lib, scripted, bow_encoder).ask(QUESTION, doc_ids=[lib[2]])
+    assert answer.text.startswith("160 [") and answer.plain == "160"
+    (citation,) = answer.citations
+    block = _block(lib, citation.block_id)
+    assert block.kind == "table" and block.page == citation.page == 2
+    assert citation.bbox == pytest.approx(block.bbox)
+    assert citation.file_name == "folio-guide.pdf" and citation.doc_id == lib[2]
+    assert citation.how == "cited" and "160" in citation.quote
+    assert answer.evidence[citation.evidence - 1].page == 2
+
+
+def test_an_uncited_phrase_is_attributed_where_it_appears(lib, tiny, bow_encoder) -> None:
+    scripted = Scripted(tiny, "more than ten pages per second")
+    answer = _answerer(lib, scripted, bow_encoder).ask(
+        "How fast does the parser process born-digital pages on a laptop?", doc_ids=[lib[2]]
+    )
+    (citation,) = answer.citations
+    assert citation.how == "attributed" and citation.page == 1
+    assert "more than ten pages per second" in _block(lib, citation.block_id).text
+    assert "more than ten" in citation.quote and len(citation.quote) <= 302
+
+
+def test_an_uncited_sentence_is_attributed_to_the_most_similar_evidence(
+    lib, tiny, bow_encoder
+) -> None:
+    scripted = Scripted(tiny, "The generator prefills roughly 140 tokens each second")
+    answer = _answerer(lib, scripted, bow_encoder).ask(
+        "How many tokens per second does the default generator prefill?", doc_ids=[lib[2]]
+    )
+    (citation,) = answer.citations
+    assert citation.how == "attributed" and citation.page == 1
+    assert "140 tokens per second" in _block(lib, citation.block_id).text
+
+
+def test_declining_cites_nothing(lib, tiny, bow_encoder) -> None:
+    scripted = Scripted(tiny, "Not answerable.")
+    answer = _answerer(lib, scripted, bow_encoder).ask(QUESTION, doc_ids=[lib[2]])
+    assert answer.not_answerable and answer.text == "Not answerable" and answer.citations == ()
+    # Nothing retrieved: declined without running the model.
+    quiet = Scripted(tiny, "42")
+    none = _answerer(lib, quiet, bow_encoder).ask("zyxwv qqqq?", doc_ids=[lib[2]])
+    assert none.not_answerable and quiet.prompts == [] and none.stats.new_tokens == 0
+
+
+def test_bad_requests_raise(lib, tiny, bow_encoder) -> None:
+    answerer = _answerer(lib, tiny, bow_encoder)
+    with pytest.raises(ValueError, match="question"):
+        answerer.ask("   ")
+    with pytest.raises(LookupError, match="no document"):
+        answerer.ask(QUESTION, doc_ids=["ffff0000"])
+
+
+def test_answers_round_trip_through_json(lib, tiny, bow_encoder) -> None:
+    scripted = Scripted(tiny, lambda text: f"160 [{_evidence_number(text, 'Chunk size')}]")
+    answer = _answerer(lib, scripted, bow_encoder).ask(QUESTION, doc_ids=[lib[2]])
+    again = Answer.from_dict(json.loads(json.dumps(answer.to_dict())))
+    assert again == answer
+    with pytest.raises(ValueError, match="not an answer"):
+        Answer.from_dict({"text": "x"})
+
+
+def test_options_resolve_aliases_and_refuse_unknown_ones() -> None:
+    answer, generator = resolve_options(
+        AnswerConfig(), GeneratorConfig(), retrieval=False, sampler=False, budget=300, k=4,
+        k_text=3, model="/models/big",
+    )  # fmt: skip
+    assert answer.context is ContextMode.FIRST_PAGES and not answer.use_sampler
+    assert (answer.token_budget, answer.k, answer.sampler.k_text) == (300, 4, 3)
+    assert generator.model == "/models/big"
+    assert resolve_options(AnswerConfig(), GeneratorConfig(), k=None)[0] == AnswerConfig()
+    with pytest.raises(TypeError, match="unknown answer option 'topk'"):
+        resolve_options(AnswerConfig(), GeneratorConfig(), topk=3)
+
+
+# ------------------------------------------------------------------------ vision-language
+
+
+def test_a_vision_language_model_reads_the_selected_figures_as_images(
+    lib, tiny_vlm_dir: Path, bow_encoder
+) -> None:
+    vlm = load_generator(GeneratorConfig(model=str(tiny_vlm_dir), device="cpu"))
+    assert vlm.is_multimodal
+    captured = []
+    encode = vlm.encode
+
+    def spy(prompt):
+        captured.append(encode(prompt))
+        return captured[-1]
+
+    vlm.encode = spy  # type: ignore[method-assign]
+    config = FAST.model_copy(update={"sampler": SamplerConfig(image_features=False, image_token_cost=64)})
+    answer = _answerer(lib, vlm, bow_encoder, config).ask(
+        "What does Figure 1 show about the path of a question through the stages?",
+        doc_ids=[lib[2]],
+    )
+    figures = [e for e in answer.evidence if e.image is not None]
+    assert figures and all(e.kind in ("figure", "table") for e in figures)
+    assert all(Path(e.image).is_file() for e in figures)
+    with lib[0].sessions() as session:
+        assets = {lib[0].asset_path(a) for a in session.scalars(select(Block.asset).where(Block.asset.is_not(None)))}
+    assert {Path(e.image) for e in figures} <= assets
+    (inputs,) = captured
+    assert inputs.model_kwargs["pixel_values"].shape[0] == len(figures)
+    # Each image is charged to the budget on top of its caption.
+    assert all(e.tokens >= 64 for e in figures)
