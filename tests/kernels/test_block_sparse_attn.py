@@ -176,7 +176,7 @@ def test_cpu_path_keeps_half_precision_dtype():
 
 
 def test_small_workspace_chunks_give_the_same_answer():
-    from kernels.block_sparse_attn.cpu import block_sparse_attn_cpu
+    from kernels.block_sparse.cpu import block_sparse_attn_cpu
 
     torch.manual_seed(0)
     q, k, v = _qkv(1, 4, 2, 300, 32)

@@ -64,7 +64,7 @@ def test_padded_tokens_do_not_count_and_empty_rows_are_zero(backend):
 
 
 def test_chunked_path_with_tiny_tiles_matches():
-    from kernels.sparse_lm_head.cpu import sparse_lm_head_cpu
+    from kernels.sparton.cpu import sparse_lm_head_cpu
 
     torch.manual_seed(0)
     hidden, weight, bias, mask = _inputs(3, 11, 8, 500)
