@@ -2,5 +2,6 @@
 
 from app.api import Folio
 from app.settings import Settings
+from pipeline.answer import Answer, Citation
 
-__all__ = ["Folio", "Settings"]
+__all__ = ["Answer", "Citation", "Folio", "Settings"]

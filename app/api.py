@@ -5,16 +5,20 @@ Example:
     >>> folio = Folio(library="my-library")
     >>> results = folio.ingest(["paper.pdf"])
     >>> [d.title for d in folio.documents()]
+    >>> answer = folio.ask("What dataset do they evaluate on?")
+    >>> answer.text, [(c.file_name, c.page, c.quote) for c in answer.citations]
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
+from pipeline.answer import Answer, Answerer, resolve_options
+from pipeline.batch import BatchProgress, BatchQuestion, as_batch, load_batch, run_batch
 from pipeline.ingest import IngestResult, Progress, delete_document, find_pdfs, ingest
 from pipeline.library import DocumentInfo, Library, list_documents, open_library
 from pipeline.search import LibraryIndex, SearchHit
@@ -23,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 class Folio:
-    """A Folio library: ingest PDFs, list and delete them (and, later, ask questions).
+    """A Folio library: ingest PDFs, list and delete them, ask questions with citations.
 
     Args:
         settings: a Settings object; when None, built from `config` and `overrides`.
@@ -43,6 +47,7 @@ class Folio:
         self.settings = settings or Settings.load(config, **overrides)
         self._library: Library | None = None
         self._index: LibraryIndex | None = None
+        self._answerer: Answerer | None = None
         self._on_status = on_status or (lambda message: logger.info("%s", message))
 
     @property
@@ -116,7 +121,132 @@ class Folio:
         """
         return self.index.search(query, k=k, mode=mode, doc_ids=doc_ids)
 
+    @property
+    def answerer(self) -> Answerer:
+        """The question-answering pipeline (models load on the first question, once)."""
+        if self._answerer is None:
+            s = self.settings
+            self._answerer = Answerer(
+                self.library,
+                self.index,
+                s.answer,
+                s.generator,
+                s.encoders,
+                model_cache=s.model_cache,
+            )
+        return self._answerer
+
+    def ask(
+        self, question: str, *, doc_ids: Sequence[str] | None = None, **overrides: Any
+    ) -> Answer:
+        """Answer a question from the library, with citations to the page and region.
+
+        Args:
+            question: The question.
+            doc_ids: Only these documents (ids, unique id prefixes or file names); None: all.
+            **overrides: For this question only: `k` (chunks retrieved), `budget` (evidence
+                tokens), `sampler=False` (retrieved chunks in rank order, no WuKong sampling),
+                `retrieval=False` (the document's first pages instead of retrieval),
+                `context="none"` (no evidence), `model="path/or/name"`, `k_text`, `k_image`,
+                `max_new_tokens`, `ask_citations`, or any other `AnswerConfig` field.
+
+        Returns:
+            An `Answer`: `text`, `citations` (doc_id, file_name, page, bbox, quote, block_id),
+            the `evidence` the model read, and `stats` (per-stage kept/total items and tokens,
+            milliseconds, TTFT, tokens/s).
+
+        Raises:
+            ValueError: A blank question, or `retrieval=False` without a document.
+            LookupError: An unknown document.
+            TypeError: An unknown override.
+
+        Example:
+            >>> answer = folio.ask("How many pages per second does the parser process?",
+            ...                    doc_ids=["folio-guide.pdf"])
+            >>> answer.text
+            'more than ten pages per second'
+            >>> [(c.file_name, c.page) for c in answer.citations]
+            [('folio-guide.pdf', 2)]
+            >>> folio.ask("...", sampler=False, budget=600).stats.stage("budget")
+        """
+        config, generator = resolve_options(self.settings.answer, self.settings.generator, **overrides)
+        return self.answerer.ask(question, doc_ids=doc_ids, config=config, generator_config=generator)
+
+    def ask_stream(
+        self, question: str, *, doc_ids: Sequence[str] | None = None, **overrides: Any
+    ) -> Iterator[str | Answer]:
+        """Answer a question as a stream: text deltas as they are generated, then the `Answer`.
+
+        Takes the same arguments as `ask`.
+
+        Example:
+            >>> for part in folio.ask_stream("What does Figure 1 show?"):
+            ...     if isinstance(part, str):
+            ...         print(part, end="", flush=True)
+            ...     else:
+            ...         citations = part.citations
+        """
+        config, generator = resolve_options(self.settings.answer, self.settings.generator, **overrides)
+        return self.answerer.stream(
+            question, doc_ids=doc_ids, config=config, generator_config=generator
+        )
+
+    def ask_batch(
+        self,
+        questions: Iterable[str | Mapping[str, Any] | BatchQuestion] | str | Path,
+        *,
+        out: str | Path | None = None,
+        doc_ids: Sequence[str] | None = None,
+        on_progress: Callable[[BatchProgress], None] | None = None,
+        **overrides: Any,
+    ) -> list[Answer]:
+        """Answer many questions, in order, loading the models once.
+
+        Args:
+            questions: Question strings, dicts (`question`, optional `doc_id`/`doc_ids`, `id`),
+                or a JSONL file of them (one per line; MMLongBench `samples.json` also works).
+            out: JSONL file to write answers to as they are made. Running the same batch again
+                with the same `out` skips the questions already answered there (after a crash
+                or Ctrl-C); at the end it holds one answer per question, in input order.
+            doc_ids: Documents for questions that name none.
+            on_progress: Called after each question with a `BatchProgress` (done, total, answer).
+            **overrides: As for `ask`, for every question.
+
+        Returns:
+            One `Answer` per question, in input order. A question that fails (blank, unknown
+            document, model error) gets an `Answer` with `error` set; the batch goes on.
+
+        Raises:
+            TypeError: An unknown override (checked before any question is asked).
+            FileNotFoundError: `questions` names a file that does not exist.
+
+        Example:
+            >>> answers = folio.ask_batch("questions.jsonl", out="answers.jsonl",
+            ...                           on_progress=lambda p: print(p.done, "/", p.total))
+            >>> [a.text for a in answers if a.error is None]
+        """
+        config, generator = resolve_options(self.settings.answer, self.settings.generator, **overrides)
+        if isinstance(questions, str | Path):
+            batch = load_batch(Path(questions), doc_ids=doc_ids)
+        else:
+            batch = as_batch(questions, doc_ids=doc_ids)
+        answerer = self.answerer
+
+        def ask_one(item: BatchQuestion) -> Answer:
+            return answerer.ask(
+                item.question,
+                doc_ids=item.doc_ids,
+                config=config,
+                generator_config=generator,
+                id=item.id,
+            )
+
+        return run_batch(
+            batch, ask_one, out=Path(out) if out is not None else None, on_progress=on_progress
+        )
+
     def close(self) -> None:
+        self._answerer = None
         if self._library is not None:
             self._library.close()
             self._library = None

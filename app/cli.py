@@ -1,4 +1,4 @@
-"""The command line: `folio ingest`, `folio docs`, `folio delete`, ...
+"""The command line: `folio ingest`, `folio ask`, `folio batch`, `folio docs`, `folio delete`, ...
 
 User errors print one line and exit 1 (never a traceback); Typer's usage errors exit 2.
 """
@@ -193,6 +193,197 @@ def delete_command(doc: Annotated[str, typer.Argument(help="Document id or uniqu
     finally:
         folio.close()
     console.print(f"deleted {removed.doc_id[:12]} {removed.file_name}")
+
+
+def _answer_overrides(
+    model: str | None,
+    no_sampler: bool,
+    no_retrieval: bool,
+    no_context: bool,
+    k: int | None,
+    budget: int | None,
+) -> dict:
+    """Per-request answer options from the shared flags of ask, batch and eval qa."""
+    if no_retrieval and no_context:
+        raise _fail("--no-retrieval and --no-context exclude each other")
+    overrides: dict = {"model": model, "k": k, "budget": budget}
+    if no_sampler:
+        overrides["sampler"] = False
+    if no_retrieval:
+        overrides["context"] = "first-pages"
+    if no_context:
+        overrides["context"] = "none"
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
+_DocOption = Annotated[
+    list[str] | None,
+    typer.Option("--doc", help="Only in this document (id, id prefix or file name); repeatable."),
+]
+_ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", help="Generator: a packaged name or a local Hugging Face model folder or .gguf."),
+]
+_NoSampler = Annotated[
+    bool, typer.Option("--no-sampler", help="Retrieved chunks in rank order instead of WuKong sampling.")
+]
+_NoRetrieval = Annotated[
+    bool, typer.Option("--no-retrieval", help="The document's first pages (same token budget) instead of retrieval.")
+]
+_NoContext = Annotated[bool, typer.Option("--no-context", help="No evidence at all (the model alone).")]
+_KOption = Annotated[int | None, typer.Option("-k", min=1, help="Chunks retrieved per question.")]
+_BudgetOption = Annotated[int | None, typer.Option("--budget", min=0, help="Evidence tokens in the prompt.")]
+
+
+@app.command("ask")
+def ask_command(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    doc: _DocOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON (no streaming).")] = False,
+    model: _ModelOption = None,
+    no_sampler: _NoSampler = False,
+    no_retrieval: _NoRetrieval = False,
+    no_context: _NoContext = False,
+    k: _KOption = None,
+    budget: _BudgetOption = None,
+) -> None:
+    """Answer a question from the library; the answer streams, then its citations."""
+    overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget)
+    folio = _folio()
+    answer = None
+    try:
+        if json_out:
+            answer = folio.ask(question, doc_ids=doc, **overrides)
+        else:
+            for part in folio.ask_stream(question, doc_ids=doc, **overrides):
+                if isinstance(part, str):
+                    console.out(part, end="", highlight=False)
+                else:
+                    answer = part
+            console.out("")
+    except (ValueError, LookupError, TypeError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        folio.close()
+    if json_out:
+        console.out(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False), highlight=False)
+        return
+    if answer.citations:
+        table = Table("[n]", "file", "page", "quote", title="citations", title_justify="left")
+        for c in answer.citations:
+            table.add_row(str(c.evidence), c.file_name, str(c.page), c.quote)
+        console.print(table)
+    elif answer.not_answerable:
+        console.print("[dim]no supporting evidence found[/dim]")
+    stats = answer.stats
+    if stats is not None:
+        err.print(
+            f"[dim]{stats.prompt_tokens} prompt tokens, TTFT {stats.ttft_ms / 1000:.1f} s, "
+            f"{stats.tokens_per_s:.1f} tokens/s, {stats.total_ms / 1000:.1f} s in all[/dim]"
+        )
+
+
+@app.command("batch")
+def batch_command(
+    questions: Annotated[Path, typer.Argument(help="JSONL: one question per line (a string, or {question, doc_id, id}).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Answers (JSONL); an existing file is resumed.")],
+    doc: _DocOption = None,
+    model: _ModelOption = None,
+    no_sampler: _NoSampler = False,
+    no_retrieval: _NoRetrieval = False,
+    no_context: _NoContext = False,
+    k: _KOption = None,
+    budget: _BudgetOption = None,
+) -> None:
+    """Answer every question of a file, in order; rerun the same command to resume."""
+    overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget)
+    if not questions.is_file():
+        raise _fail(f"{questions}: no such file")
+    folio = _folio()
+    try:
+        with Progress(*_bar_columns(), console=err) as bar:
+            task = bar.add_task("questions", total=None, rate="")
+
+            def on_progress(event) -> None:
+                bar.update(task, total=event.total, completed=event.done)
+
+            answers = folio.ask_batch(questions, out=out, doc_ids=doc, on_progress=on_progress, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted: answers so far are in {out}; run the same command to finish") from None
+    finally:
+        folio.close()
+    failed = sum(a.error is not None for a in answers)
+    declined = sum(a.not_answerable for a in answers)
+    console.print(f"{len(answers) - failed} answered ({declined} not answerable), {failed} failed -> {out}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@eval_app.command("qa")
+def eval_qa_command(
+    file: Annotated[Path, typer.Argument(help="MMLongBench-style questions (JSON list or JSONL).")],
+    docs: Annotated[Path | None, typer.Option(help="Folder of the PDFs named by doc_id (default: FILE's folder/documents).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions (after --stride).")] = None,
+    stride: Annotated[int, typer.Option(min=1, help="Every K-th question of the file (a fixed spread subset).")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    answers_out: Annotated[Path | None, typer.Option("--answers", help="Keep the answers here (JSONL); a rerun resumes from it.")] = None,
+    model: _ModelOption = None,
+    no_sampler: _NoSampler = False,
+    no_retrieval: _NoRetrieval = False,
+    no_context: _NoContext = False,
+    k: _KOption = None,
+    budget: _BudgetOption = None,
+) -> None:
+    """Answer accuracy and F1 by answer format, Not-answerable precision/recall, citation page
+    recall, TTFT, tokens/s and peak memory, each question asked of its own document."""
+    from pipeline.eval_qa import batch_questions, load_qa_questions, score_run
+
+    overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget)
+    try:
+        questions = load_qa_questions(file)[::stride]
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    questions = questions[:limit] if limit else questions
+    docs_dir = docs or file.parent / "documents"
+    if not docs_dir.is_dir():
+        raise _fail(f"{docs_dir}: no such folder of documents (use --docs DIR)")
+    folio = _folio()
+    needed = sorted({q.doc_id for q in questions})
+    files = [docs_dir / n for n in needed if (docs_dir / n).is_file()]
+    err.print(f"ingesting {len(files)} documents (already stored ones are skipped)")
+    results = folio.ingest(files)
+    doc_ids = {r.path.name: r.doc_id for r in results if r.status != "failed" and r.doc_id}
+    batch = batch_questions(questions, doc_ids)
+    try:
+        with Progress(*_bar_columns(), console=err) as bar:
+            task = bar.add_task("questions", total=len(batch), rate="")
+            answers = folio.ask_batch(
+                batch, out=answers_out, on_progress=lambda event: bar.update(task, completed=event.done), **overrides
+            )
+    except TypeError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        folio.close()
+    report = score_run(questions, answers)
+    rows = report["per_question"]
+    prompt_recalls = [r["prompt_page_recall"] for r in rows if r["prompt_page_recall"] is not None and r["answer_format"] != "None"]
+    table = Table("metric", "value", title=f"answering ({report['questions']} questions)")
+    table.add_row("accuracy", f"{report['accuracy']:.3f}")
+    table.add_row("F1", f"{report['f1']:.3f}")
+    table.add_row("not answerable P / R", f"{report['not_answerable']['precision']:.3f} / {report['not_answerable']['recall']:.3f}")
+    table.add_row("citation page recall", f"{report['citation_page_recall']:.3f}")
+    if prompt_recalls:
+        table.add_row("evidence page recall (prompt)", f"{sum(prompt_recalls) / len(prompt_recalls):.3f}")
+    table.add_row("TTFT p50", f"{report['ttft_ms_p50'] / 1000:.1f} s")
+    table.add_row("decode tokens/s", f"{report['tokens_per_s']:.2f}")
+    table.add_row("peak RSS", f"{report['peak_rss_mb']:.0f} MB")
+    table.add_row("failed", str(sum(r["error"] is not None for r in rows)))
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 @eval_app.command("pages")

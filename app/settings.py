@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.config import EncoderConfig, GeneratorConfig
-from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
+from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, ParseConfig
 from retrieval.config import RetrievalConfig
 from storage.config import StorageConfig
 
@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     encoders: EncoderConfig = Field(default_factory=EncoderConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    answer: AnswerConfig = Field(default_factory=AnswerConfig)
+    model_cache: Path | None = Field(
+        default=None,
+        description="Folder of converted packaged models (default: <library>/models); point "
+        "several libraries at one folder to convert a model once.",
+    )
 
     @property
     def storage(self) -> StorageConfig:

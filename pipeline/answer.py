@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy import and_, func, or_, select
 
 from models.config import EncoderConfig, GeneratorConfig, SamplerConfig
@@ -1043,57 +1042,70 @@ def _cite(
             n = int(part)
             if 1 <= n <= len(items) and n not in numbers:
                 numbers.append(n)
-    core = _core(answer)
     if numbers:
-        return tuple(
-            _region(question, core, items[n - 1], n, names, sampler, "cited") for n in numbers
-        )
+        similar = _Similarity(question, _core(answer), items, sampler)
+        return tuple(_region(similar, items[n - 1], n, names, "cited") for n in numbers)
     out: list[Citation] = []
     sentences = [s for s in _SENTENCE.split(answer.strip()) if _core(s)] or [answer]
     for sentence in sentences:
-        n = _attribute(question, _core(sentence), items, sampler)
-        citation = _region(question, _core(sentence), items[n - 1], n, names, sampler, "attributed")
+        similar = _Similarity(question, _core(sentence), items, sampler)
+        n = _attribute(similar, items)
+        citation = _region(similar, items[n - 1], n, names, "attributed")
         if all(c.block_id != citation.block_id for c in out):
             out.append(citation)
     return tuple(out)
 
 
-def _attribute(question: str, core: str, items: Sequence[_Item], sampler: EvidenceSampler) -> int:
+class _Similarity:
+    """Dense similarity of the question + answer to each evidence block (computed on demand).
+
+    Block embeddings come from the sampler's cache, so the blocks it just scored cost nothing.
+    """
+
+    def __init__(
+        self, question: str, core: str, items: Sequence[_Item], sampler: EvidenceSampler
+    ) -> None:
+        self.question, self.core = question, core
+        self._items, self._sampler = items, sampler
+        self._scores: dict[int, float] | None = None
+
+    def of(self, block_id: int) -> float:
+        if self._scores is None:
+            blocks = [b for item in self._items for b in item.blocks]
+            query = self._sampler.text_encoder.encode_queries(
+                [f"{self.question} {self.core}".strip()]
+            )[0]
+            vectors = self._sampler.embed_texts([b.text for b in blocks])  # [N, D]
+            self._scores = {b.id: float(v @ query) for b, v in zip(blocks, vectors, strict=True)}
+        return self._scores[block_id]
+
+
+def _attribute(similar: _Similarity, items: Sequence[_Item]) -> int:
     """The evidence number an uncited answer (or sentence) comes from."""
+    core = similar.core
     if core and len(core.split()) <= _BARE_WORDS:
         holding = [i for i, item in enumerate(items) if _contains(_normal(item.text), core)]
         if holding:
             return min(holding, key=lambda i: items[i].rank) + 1
-    query = sampler.text_encoder.encode_queries([f"{question} {core}".strip()])[0]
-    vectors = sampler.embed_texts([item.text for item in items])  # [N, D]
-    return int(np.argmax(vectors @ query)) + 1
+    best = max(range(len(items)), key=lambda i: max(similar.of(b.id) for b in items[i].blocks))
+    return best + 1
 
 
 def _region(
-    question: str,
-    core: str,
-    item: _Item,
-    number: int,
-    names: Mapping[str, str],
-    sampler: EvidenceSampler,
-    how: str,
+    similar: _Similarity, item: _Item, number: int, names: Mapping[str, str], how: str
 ) -> Citation:
     """The block of `item` that best supports the answer, as a citation."""
+    core = similar.core
     blocks = [b for b in item.blocks if b.text.strip()] or item.blocks
     block = next((b for b in blocks if core and _contains(_normal(b.text), core)), None)
     if block is None:
-        if len(blocks) == 1:
-            block = blocks[0]
-        else:
-            query = sampler.text_encoder.encode_queries([f"{question} {core}".strip()])[0]
-            vectors = sampler.embed_texts([b.text for b in blocks])
-            block = blocks[int(np.argmax(vectors @ query))]
+        block = blocks[0] if len(blocks) == 1 else max(blocks, key=lambda b: similar.of(b.id))
     return Citation(
         doc_id=block.doc_id,
         file_name=names.get(block.doc_id, ""),
         page=block.page,
         bbox=block.bbox,
-        quote=_quote(block.text, core, question),
+        quote=_quote(block.text, core, similar.question),
         block_id=block.id,
         evidence=number,
         how=how,

@@ -222,3 +222,9 @@ class BagOfWordsEncoder:
 @pytest.fixture
 def bow_encoder() -> BagOfWordsEncoder:
     return BagOfWordsEncoder()
+
+
+@pytest.fixture(scope="session")
+def bow_encoder_class() -> type[BagOfWordsEncoder]:
+    """The fake encoder class (to patch in where code builds its own encoder)."""
+    return BagOfWordsEncoder

@@ -138,7 +138,9 @@ class _PixelEncoder:
 
     def encode_images(self, images):
         self.seen += len(images)
-        rows = [np.asarray(im.convert("L").resize((8, 8)), dtype=np.float32).ravel() for im in images]
+        rows = [
+            np.asarray(im.convert("L").resize((8, 8)), dtype=np.float32).ravel() for im in images
+        ]
         out = np.stack(rows) - 128.0
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 

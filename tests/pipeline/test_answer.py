@@ -18,7 +18,14 @@ from sqlalchemy import select
 from models.config import EncoderConfig, GeneratorConfig, SamplerConfig
 from models.generator import Generation, GenerationStream, Generator, StopReason, load_generator
 from pipeline.answer import Answer, Answerer, resolve_options
-from pipeline.config import AnswerConfig, ChunkConfig, ContextMode, IngestConfig, OcrMode, ParseConfig
+from pipeline.config import (
+    AnswerConfig,
+    ChunkConfig,
+    ContextMode,
+    IngestConfig,
+    OcrMode,
+    ParseConfig,
+)
 from pipeline.ingest import ingest
 from pipeline.search import LibraryIndex
 from retrieval.config import FusionConfig, RetrievalConfig
@@ -84,7 +91,9 @@ class Scripted(Generator):
             words = text.split(" ")
             for i, word in enumerate(words):
                 yield word if i == 0 else " " + word
-            return Generation(text, StopReason.EOS, inputs.num_tokens, len(words) + 1, 0.01, 0.01, 0.01)
+            return Generation(
+                text, StopReason.EOS, inputs.num_tokens, len(words) + 1, 0.01, 0.01, 0.01
+            )
 
         return GenerationStream(run())
 
@@ -126,7 +135,13 @@ def test_stream_yields_deltas_then_an_answer_with_stage_stats(lib, tiny, bow_enc
     if not answer.not_answerable:
         assert "".join(deltas) == answer.text
     stats = answer.stats
-    assert [s.name for s in stats.stages] == ["retrieve", "candidates", "sample", "prompt", "generate"]
+    assert [s.name for s in stats.stages] == [
+        "retrieve",
+        "candidates",
+        "sample",
+        "prompt",
+        "generate",
+    ]
     sample = stats.stage("sample")
     assert 0 < sample.kept_items <= sample.total_items
     assert sample.kept_tokens <= FAST.token_budget and sample.kept_tokens <= sample.total_tokens
@@ -144,7 +159,9 @@ def test_sampler_respects_the_budget_and_reading_order(lib, tiny, bow_encoder) -
     config = FAST.model_copy(update={"token_budget": 120})
     answer = answerer.ask(QUESTION, doc_ids=[lib[2]], config=config)
     assert answer.evidence and sum(e.tokens for e in answer.evidence) <= 120
-    counted = [len(tiny.tokenizer(e.text, add_special_tokens=False)["input_ids"]) for e in answer.evidence]
+    counted = [
+        len(tiny.tokenizer(e.text, add_special_tokens=False)["input_ids"]) for e in answer.evidence
+    ]
     assert counted == [e.tokens for e in answer.evidence]  # the model's own tokens
     order = [(e.page, e.block_ids[0]) for e in answer.evidence]
     assert order == sorted(order)  # block ids are assigned in page and reading order
@@ -160,7 +177,9 @@ def test_without_the_sampler_chunks_go_in_rank_order(lib, tiny, bow_encoder) -> 
     config = FAST.model_copy(update={"use_sampler": False, "token_budget": 400})
     answer = answerer.ask(QUESTION, doc_ids=[lib[2]], config=config)
     hits = lib[1].search(QUESTION, k=config.k, doc_ids=[lib[2]])
-    assert [e.block_ids for e in answer.evidence] == [h.block_ids for h in hits][: len(answer.evidence)]
+    assert [e.block_ids for e in answer.evidence] == [h.block_ids for h in hits][
+        : len(answer.evidence)
+    ]
     assert [s.name for s in answer.stats.stages][:2] == ["retrieve", "budget"]
     assert sum(e.tokens for e in answer.evidence) <= 400 and not answer.stats.sampler
 
@@ -279,7 +298,9 @@ def test_a_vision_language_model_reads_the_selected_figures_as_images(
         return captured[-1]
 
     vlm.encode = spy  # type: ignore[method-assign]
-    config = FAST.model_copy(update={"sampler": SamplerConfig(image_features=False, image_token_cost=64)})
+    config = FAST.model_copy(
+        update={"sampler": SamplerConfig(image_features=False, image_token_cost=64)}
+    )
     answer = _answerer(lib, vlm, bow_encoder, config).ask(
         "What does Figure 1 show about the path of a question through the stages?",
         doc_ids=[lib[2]],
@@ -288,7 +309,10 @@ def test_a_vision_language_model_reads_the_selected_figures_as_images(
     assert figures and all(e.kind in ("figure", "table") for e in figures)
     assert all(Path(e.image).is_file() for e in figures)
     with lib[0].sessions() as session:
-        assets = {lib[0].asset_path(a) for a in session.scalars(select(Block.asset).where(Block.asset.is_not(None)))}
+        assets = {
+            lib[0].asset_path(a)
+            for a in session.scalars(select(Block.asset).where(Block.asset.is_not(None)))
+        }
     assert {Path(e.image) for e in figures} <= assets
     (inputs,) = captured
     assert inputs.model_kwargs["pixel_values"].shape[0] == len(figures)
