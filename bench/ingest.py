@@ -63,7 +63,9 @@ def _index(library, kind: str) -> LibraryIndex | None:
         return None
     retrieval = RetrievalConfig()
     if kind == "bm25":
-        retrieval = RetrievalConfig(mode="bm25", fusion=FusionConfig(dense_weight=0, splade_weight=0))
+        retrieval = RetrievalConfig(
+            mode="bm25", fusion=FusionConfig(dense_weight=0, splade_weight=0)
+        )
     index = LibraryIndex(library, retrieval, EncoderConfig())
     index.retriever  # noqa: B018 - load the encoders before the clock starts
     return index
@@ -119,8 +121,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--layout", action="store_true", help="also compare the layout-model parser")
     parser.add_argument(
-        "--layout", action="store_true", help="also compare the layout-model parser"
+        "--index",
+        nargs="+",
+        default=["none"],
+        choices=["none", "bm25", "hybrid"],
+        help="index built while ingesting: none (parse, chunk, store), bm25, or hybrid "
+        "(the default BM25 + SPLADE + dense)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = parser.parse_args()
