@@ -167,9 +167,9 @@ class SamplerConfig(BaseModel):
     )
     image_features: bool = Field(
         default=True,
-        description="Compare figure images (EfficientNet-Lite0 features) to drop near-duplicate "
-        "figures (logos, repeated slide art). Never used to match the question: the image "
-        "encoder has no text side.",
+        description="Drop a picture-only figure (no text) whose EfficientNet-Lite0 features nearly "
+        "match a kept figure's (logos, repeated slide art), when the model sees images. Never "
+        "used to match the question: the image encoder has no text side.",
     )
     duplicate_image_similarity: float = Field(
         default=0.97,

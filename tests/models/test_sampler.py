@@ -145,24 +145,41 @@ class _PixelEncoder:
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def test_near_identical_figures_are_kept_once(bow_encoder, tmp_path: Path) -> None:
+def test_near_identical_picture_only_figures_are_kept_once(bow_encoder, tmp_path: Path) -> None:
     logo = _figure(tmp_path / "a.png", [40, 80, 20])
     same = _figure(tmp_path / "b.png", [40, 80, 20])
     other = _figure(tmp_path / "c.png", [90, 10, 60, 30], color="darkred")
     candidates = [
-        Candidate(0, "figure", "Revenue 2023 chart", 1, 0, image=logo),
-        Candidate(1, "figure", "Revenue 2023 chart (copy)", 2, 0, image=same),
-        Candidate(2, "figure", "Revenue by company in 2023", 3, 0, image=other),
+        Candidate(0, "figure", "", 1, 0, image=logo),
+        Candidate(1, "figure", "", 2, 0, image=same),
+        Candidate(2, "figure", "", 3, 0, image=other),
+        Candidate(3, "text", "The revenue of the company in 2023.", 3, 1),
     ]
     images = _PixelEncoder()
-    sampler = EvidenceSampler(SamplerConfig(k_image=3), bow_encoder, images)
-    result = sampler.sample(QUESTION, candidates, token_budget=500)
-    assert sorted(item.candidate.id for item in result.kept) == [0, 2] or sorted(
-        item.candidate.id for item in result.kept
-    ) == [1, 2]
-    assert result.image_duplicates == 1
-    off = EvidenceSampler(SamplerConfig(k_image=3, image_features=False), bow_encoder, images)
-    assert len(off.sample(QUESTION, candidates, token_budget=500).kept) == 3
+    sampler = EvidenceSampler(SamplerConfig(k_image=3, image_token_cost=10), bow_encoder, images)
+    result = sampler.sample(QUESTION, candidates, token_budget=500, with_images=True)
+    kept = sorted(item.candidate.id for item in result.kept)
+    assert kept in ([0, 2, 3], [1, 2, 3]) and result.image_duplicates == 1
+    off = EvidenceSampler(
+        SamplerConfig(k_image=3, image_features=False, image_token_cost=10), bow_encoder, images
+    )
+    assert len(off.sample(QUESTION, candidates, token_budget=500, with_images=True).kept) == 4
+
+
+def test_figures_with_different_text_are_never_merged_by_pixels(
+    bow_encoder, tmp_path: Path
+) -> None:
+    # Rating badges: the same picture, different words (as in a dev report); text decides.
+    badge = _figure(tmp_path / "a.png", [40, 80, 20])
+    copy = _figure(tmp_path / "b.png", [40, 80, 20])
+    candidates = [
+        Candidate(0, "figure", "Revenue 2023: is the company caring?", 1, 0, image=badge),
+        Candidate(1, "figure", "Revenue 2023: is the company well-led?", 2, 0, image=copy),
+    ]
+    images = _PixelEncoder()
+    sampler = EvidenceSampler(SamplerConfig(k_image=3, image_token_cost=10), bow_encoder, images)
+    result = sampler.sample(QUESTION, candidates, token_budget=500, with_images=True)
+    assert len(result.kept) == 2 and images.seen == 0
 
 
 def test_real_efficientnet_features_find_the_duplicate_figure(bow_encoder, tmp_path: Path) -> None:
@@ -173,13 +190,13 @@ def test_real_efficientnet_features_find_the_duplicate_figure(bow_encoder, tmp_p
     c = tmp_path / "c.png"
     photo = (np.random.RandomState(0).rand(120, 160, 3) * 255).astype("uint8")
     Image.fromarray(photo).save(c)
-    encoder = EfficientNetImageEncoder()
-    sampler = EvidenceSampler(SamplerConfig(k_image=3), bow_encoder, encoder)
+    sampler = EvidenceSampler(
+        SamplerConfig(k_image=3, image_token_cost=10), bow_encoder, EfficientNetImageEncoder()
+    )
     candidates = [
-        Candidate(i, "figure", f"Revenue 2023 figure {i}", i + 1, 0, image=path)
-        for i, path in enumerate([a, b, c])
+        Candidate(i, "figure", "", i + 1, 0, image=path) for i, path in enumerate([a, b, c])
     ]
-    result = sampler.sample(QUESTION, candidates, token_budget=500)
+    result = sampler.sample(QUESTION, candidates, token_budget=500, with_images=True)
     assert len(result.kept) == 2 and result.image_duplicates == 1
     assert result.image_ms > 0
 
