@@ -64,7 +64,6 @@ NEEDLE_QUESTION = (
 # Kernel sweep: name -> backend options (the same index code the HF backend runs).
 SWEEP: dict[str, dict[str, Any]] = {
     "dense (all blocks)": {"method": "dense"},
-    "vertical-slash 8+8": {"method": "vertical_slash", "vertical_blocks": 8, "slash_blocks": 8},
     "vertical-slash 16+16": {"method": "vertical_slash", "vertical_blocks": 16, "slash_blocks": 16},
     "vertical-slash 32+32": {"method": "vertical_slash", "vertical_blocks": 32, "slash_blocks": 32},
     "vertical-slash 64+64": {"method": "vertical_slash", "vertical_blocks": 64, "slash_blocks": 64},
@@ -75,7 +74,8 @@ SWEEP: dict[str, dict[str, Any]] = {
         "share_kv_heads": False,
     },
     "flexprefill g=0.9": {"method": "flexprefill", "gamma": 0.9},
-    "flexprefill g=0.95": {"method": "flexprefill", "gamma": 0.95},
+    "flexprefill g=0.95 max 64": {"method": "flexprefill", "gamma": 0.95, "max_blocks": 64},
+    "flexprefill g=0.95 max 96": {"method": "flexprefill", "gamma": 0.95, "max_blocks": 96},
     "hisa 32 blk / 1024 tok": {"method": "hisa", "candidate_blocks": 32, "top_k": 1024},
     "hisa 64 blk / 2048 tok": {"method": "hisa", "candidate_blocks": 64, "top_k": 2048},
 }
@@ -223,65 +223,72 @@ def cmd_kernel(args: argparse.Namespace) -> None:
 
     data = torch.load(args.qkv)
     layers = {li: t for li, t in data["layers"].items() if not args.layers or li in args.layers}
+    timed = set(args.time_layers if args.time_layers is not None else list(layers)[:1])
     sweep = {name: SWEEP[name] for name in (args.configs or SWEEP)}
     rows: list[dict[str, Any]] = []
+    longest = max(args.lengths)
     for li, tensors in sorted(layers.items()):
         q_all, k_all, v_all, scale = tensors["q"], tensors["k"], tensors["v"], tensors["scale"]
         start = time.perf_counter()
-        mass_all = attention_block_mass(
-            q_all[:, :, : max(args.lengths)], k_all[:, :, : max(args.lengths)], scale=scale
-        )
+        # one dense pass scores every pattern at every length (causal rows do not change)
+        mass_all = attention_block_mass(q_all[:, :, :longest], k_all[:, :, :longest], scale=scale)
         logger.info("layer %d: dense block mass in %.1f s", li, time.perf_counter() - start)
         for t in args.lengths:
             q, k, v = (x[:, :, :t].contiguous() for x in (q_all, k_all, v_all))
             mass = mass_all[:, :, : t // 64, :t]
-            reps = args.reps if t <= 8192 else max(1, args.reps - 1)
-            indexes, build_s, fns = {}, {}, {}
+            indexes, build_s = {}, {}
             for name, opts in sweep.items():
-                cfg = SparseAttentionConfig(**opts)
                 t0 = time.perf_counter()
-                indexes[name] = build_layer_index(q, k, cfg, scale=scale, layer_idx=li)
-                build_s[name] = time.perf_counter() - t0
-            fns["sdpa"] = lambda q=q, k=k, v=v, sc=scale: F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, enable_gqa=True, scale=sc
-            )
-            for name, index in indexes.items():
-                fns[name] = lambda q=q, k=k, v=v, ix=index, sc=scale: block_sparse_attn(
-                    q, k, v, ix, scale=sc, backend="torch"
+                indexes[name] = build_layer_index(
+                    q, k, SparseAttentionConfig(**opts), scale=scale, layer_idx=li
                 )
-            times = _median_times(fns, reps)
+                build_s[name] = time.perf_counter() - t0
+            times: dict[str, float] = {}
             check = None
-            if "dense (all blocks)" in indexes and t <= 8192:
-                ref = fns["sdpa"]()
-                check = (fns["dense (all blocks)"]() - ref).abs().max().item()
+            if li in timed:
+                fns: dict[str, Callable[[], Any]] = {
+                    "sdpa": lambda q=q, k=k, v=v, sc=scale: F.scaled_dot_product_attention(
+                        q, k, v, is_causal=True, enable_gqa=True, scale=sc
+                    )
+                }
+                for name, index in indexes.items():
+                    fns[name] = lambda q=q, k=k, v=v, ix=index, sc=scale: block_sparse_attn(
+                        q, k, v, ix, scale=sc, backend="torch"
+                    )
+                times = _median_times(fns, args.reps if t <= 8192 else max(1, args.reps - 1))
+                if "dense (all blocks)" in indexes and t <= 8192:
+                    check = (fns["dense (all blocks)"]() - fns["sdpa"]()).abs().max().item()
             for name, index in indexes.items():
-                kept = attention_mass_kept(q, k, index, scale=scale, block_mass=mass).mean().item()
-                rows.append(
-                    {
-                        "layer": li,
-                        "tokens": t,
-                        "pattern": name,
-                        "density": round(index.density(), 3),
-                        "mass kept": round(kept, 4),
-                        "sdpa s": round(times["sdpa"], 3),
-                        "sparse s": round(times[name], 3),
-                        "index s": round(build_s[name], 3),
+                kept = attention_mass_kept(q, k, index, scale=scale, block_mass=mass)
+                row = {
+                    "layer": li,
+                    "tokens": t,
+                    "pattern": name,
+                    "density": round(index.density(), 3),
+                    "mass kept": round(kept.mean().item(), 4),
+                    "worst head": round(kept.min().item(), 4),
+                    "index s": round(build_s[name], 2),
+                }
+                if times:
+                    row |= {
+                        "sdpa s": round(times["sdpa"], 2),
+                        "sparse s": round(times[name], 2),
                         "speed-up": round(times["sdpa"] / times[name], 2),
                         "speed-up incl. index": round(
                             times["sdpa"] / (times[name] + build_s[name]), 2
                         ),
-                        "max |dense-sdpa|": f"{check:.1e}"
-                        if check is not None and name.startswith("dense")
-                        else "",
                     }
-                )
-                logger.info("%s", rows[-1])
+                if check is not None and name.startswith("dense"):
+                    row["max |dense-sdpa|"] = f"{check:.1e}"
+                rows.append(row)
+                logger.info("%s", row)
     cols = [
         "layer",
         "tokens",
         "pattern",
         "density",
         "mass kept",
+        "worst head",
         "sdpa s",
         "sparse s",
         "index s",
@@ -290,21 +297,30 @@ def cmd_kernel(args: argparse.Namespace) -> None:
         "max |dense-sdpa|",
     ]
     print(_table(rows, cols))
-    _write_json(args.json, {"kernel": rows, "threads": torch.get_num_threads()})
+    _write_json(
+        args.json, {"kernel": rows, "model": data.get("model"), "threads": torch.get_num_threads()}
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # e2e
 
 
-def _questions(doc: str, text: str, limit: int) -> list[dict[str, str]]:
-    """Dev questions on ``doc`` whose answer string occurs in ``text`` (their evidence is in context)."""
+def _questions(doc: str, text: str, limit: int) -> list[dict[str, Any]]:
+    """Dev questions on ``doc`` (``in_context``: the answer string occurs in ``text``)."""
     samples = json.loads((DATA / "samples.json").read_text())
     out = []
     for s in samples:
         answer = s["answer"].strip().rstrip("%")
-        if s["doc_id"] == doc and answer and answer.lower() in text.lower():
-            out.append({"question": " ".join(s["question"].split()), "answer": answer})
+        if s["doc_id"] == doc and answer:
+            question = " ".join(s["question"].split())
+            out.append(
+                {
+                    "question": question,
+                    "answer": answer,
+                    "in_context": answer.lower() in text.lower(),
+                }
+            )
     return out[:limit]
 
 
@@ -319,7 +335,7 @@ def _answer_nll(
     target = tok(f" {answer}", add_special_tokens=False, return_tensors="pt").input_ids
     ids = torch.cat([prompt, target], dim=1)
     kw = {"sparse_attention": opts} if opts is not None else {}
-    logits = model(ids, past_key_values=copy.deepcopy(cache), use_cache=True, **kw).logits[0]
+    logits = model(ids, cache=copy.deepcopy(cache), use_cache=True, **kw).logits[0]
     logp = logits[prompt.shape[1] - 1 : -1].float().log_softmax(-1)
     nll = -logp.gather(-1, target[0][:, None]).sum().item()
     return nll, target.shape[1]
@@ -332,7 +348,7 @@ def _greedy(model: Any, tok: Any, cache: Any, prompt: str, steps: int, opts: Any
     kw = {"sparse_attention": opts} if opts is not None else {}
     out = []
     for _ in range(steps):
-        res = model(ids, past_key_values=cache, use_cache=True, **kw)
+        res = model(ids, cache=cache, use_cache=True, **kw)
         cache = res.past_key_values
         ids = res.logits[:, -1:].argmax(-1)
         out.append(ids.item())
@@ -392,7 +408,8 @@ def cmd_e2e(args: argparse.Namespace) -> None:
                 )
                 nll, n_tok = nll + a, n_tok + n
             found = 0
-            if not args.skip_needle:
+            needle = not args.skip_needle and impl != "sdpa"  # folio dense is SDPA's exact twin
+            if needle:
                 for depth, nids in needle_ids.items():
                     with torch.no_grad():
                         res = model(nids, use_cache=True, logits_to_keep=1, **kw)
@@ -406,9 +423,9 @@ def cmd_e2e(args: argparse.Namespace) -> None:
                 "answer ppl": round(float(torch.tensor(nll / max(n_tok, 1)).exp()), 3)
                 if n_tok
                 else "",
-                "answers": len(questions),
+                "answers (in context)": f"{len(questions)} ({sum(q['in_context'] for q in questions)})",
                 "KL vs first (last token)": "" if kl is None else f"{kl:.2e}",
-                "needle found": "" if args.skip_needle else f"{found}/{len(needle_ids)}",
+                "needle found": f"{found}/{len(needle_ids)}" if needle else "",
             }
             rows.append(row)
             logger.info("%s", row)
@@ -417,7 +434,7 @@ def cmd_e2e(args: argparse.Namespace) -> None:
         "mode",
         "prefill s",
         "answer ppl",
-        "answers",
+        "answers (in context)",
         "KL vs first (last token)",
         "needle found",
     ]
@@ -506,9 +523,16 @@ def main() -> None:
     p = sub.add_parser("kernel", parents=[common])
     p.add_argument("--lengths", nargs="*", type=int, default=[4096, 8192, 16384, 32768])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument(
+        "--time-layers",
+        nargs="*",
+        type=int,
+        default=None,
+        help="layers to time (default: the first)",
+    )
     p = sub.add_parser("e2e", parents=[common])
     p.add_argument("--tokens", nargs="*", type=int, default=[8192])
-    p.add_argument("--questions", type=int, default=6)
+    p.add_argument("--questions", type=int, default=16)
     p.add_argument("--needle-depths", nargs="*", type=float, default=[0.1, 0.5, 0.9])
     p.add_argument("--skip-needle", action="store_true")
     p.add_argument("--skip-sdpa", action="store_true")
