@@ -87,7 +87,7 @@ class FusionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     normalization: Normalization = Field(
-        default=Normalization.ZSCORE, description="Score normalisation before interpolation."
+        default=Normalization.MINMAX, description="Score normalisation before interpolation."
     )
     bm25_weight: float = Field(default=0.3, ge=0.0, description="Weight of the BM25 run.")
     splade_weight: float = Field(
@@ -105,11 +105,11 @@ class PRFConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     fb_docs: int = Field(
-        default=5, ge=1, description="Feedback depth: top chunks of the fused run."
+        default=3, ge=1, description="Feedback depth: top chunks of the fused run."
     )
     rm3_terms: int = Field(default=20, ge=1, description="RM3 expansion terms for BM25.")
     rm3_original_weight: float = Field(
-        default=0.6,
+        default=0.5,
         ge=0.0,
         le=1.0,
         description="RM3 weight of the original query (1 = no expansion).",
@@ -124,7 +124,7 @@ class PRFConfig(BaseModel):
         default=64, ge=1, description="SPLADE Rocchio keeps this many highest-weighted query terms."
     )
     keep_first_pass: float = Field(
-        default=0.0,
+        default=1.0,
         ge=0.0,
         description="Weight of the first (pre-feedback) fused run in the final interpolation.",
     )
