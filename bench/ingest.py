@@ -123,6 +123,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--layout", action="store_true", help="also compare the layout-model parser")
     parser.add_argument(
+        "--sets", nargs="*", default=["born-digital", "ocr"], choices=["born-digital", "ocr"],
+        help="which file sets to time (none: only --layout)",
+    )
+    parser.add_argument(
         "--index",
         nargs="+",
         default=["none"],
@@ -135,6 +139,8 @@ def main() -> None:
 
     report: dict = {"runs": []}
     for label, names in (("born-digital", BORN_DIGITAL), ("ocr", SCANNED)):
+        if label not in args.sets:
+            continue
         files = [args.data / n for n in names if (args.data / n).exists()]
         raw_pages, raw_rate = _raw_rate(files)
         for workers, index_kind in [(w, i) for i in args.index for w in args.workers]:
