@@ -80,3 +80,17 @@ def test_sparse_decode_rejects_bad_positions():
         sparse_decode(q, k, v, torch.tensor([[0, 1]]))
     with pytest.raises(ValueError, match=r"\[B, H, 1, D\]"):
         sparse_decode(torch.randn(1, 2, 2, 16), k, v, torch.tensor([[[0]]]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_triton_half_precision_on_gpu(dtype):
+    torch.manual_seed(0)
+    q, k, v = (x.cuda() for x in _qkv(4, 32, 8, 8000, 128))
+    idx = select_decode_tokens(q, k, budget=1024)
+    ref = sparse_decode(q, k, v, idx, backend="reference")
+    out = sparse_decode(q.to(dtype), k.to(dtype), v.to(dtype), idx, backend="triton").float()
+    rel_rmse = ((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
+    print(f"max abs diff {(out - ref).abs().max().item():.3e}, rel rmse {rel_rmse:.3e}")
+    assert rel_rmse < 5e-3
