@@ -151,9 +151,9 @@ class SamplerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     k_text: int = Field(
-        default=8, ge=0, description="Most paragraphs (text, heading, list, caption blocks) kept."
+        default=16, ge=0, description="Most paragraphs (text, heading, list, caption blocks) kept."
     )
-    k_image: int = Field(default=2, ge=0, description="Most figures and tables kept.")
+    k_image: int = Field(default=3, ge=0, description="Most figures and tables kept.")
     min_chars: int = Field(
         default=12,
         ge=0,

@@ -85,7 +85,7 @@ class AnswerConfig(BaseModel):
         description="WuKong sampling of the retrieved chunks' blocks; off: the chunks' text in "
         "rank order under the same budget.",
     )
-    k: int = Field(default=12, ge=1, le=200, description="Chunks retrieved per question.")
+    k: int = Field(default=20, ge=1, le=200, description="Chunks retrieved per question.")
     retrieval_mode: RetrievalMode | None = Field(
         default=None, description="Retriever (None: the configured retrieval mode)."
     )
