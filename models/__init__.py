@@ -14,11 +14,12 @@ from models.generator import (
     build_prompt,
     load_generator,
 )
-from models.sampler import Candidate, EvidenceSampler, SampleResult
+from models.sampler import Candidate, EmbeddingCache, EvidenceSampler, SampleResult
 
 __all__ = [
     "PACKAGED_GENERATORS",
     "Candidate",
+    "EmbeddingCache",
     "EncoderConfig",
     "Evidence",
     "EvidenceSampler",

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Candidate",
+    "EmbeddingCache",
     "DropReason",
     "DroppedItem",
     "EvidenceSampler",
@@ -79,6 +80,28 @@ class ImageEncoder(Protocol):
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         """float32 `[N, F]`, rows L2-normalised."""
+
+
+class EmbeddingCache:
+    """Bounded LRU caches of text embeddings (by text) and image features (by path).
+
+    Samplers that share one encoder can share one cache (a batch over the same documents
+    embeds each block once).
+
+    Args:
+        max_items: Most entries kept in each cache.
+    """
+
+    def __init__(self, max_items: int = _CACHE_SIZE) -> None:
+        self.max_items = max_items
+        self.texts: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.images: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def trim(self) -> None:
+        """Forget the least recently used entries beyond `max_items`."""
+        for table in (self.texts, self.images):
+            while len(table) > self.max_items:
+                table.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -186,6 +209,7 @@ class EvidenceSampler:
             `EfficientNetImageEncoder`; None skips the check.
         count_tokens: Token count of a text in the answering model's tokenizer (budgets are in
             its tokens); None uses `estimate_tokens`.
+        cache: Embedding cache to use (and share); a new one when None.
 
     Example:
         >>> sampler = EvidenceSampler(SamplerConfig(), MiniLMEncoder())
@@ -200,6 +224,7 @@ class EvidenceSampler:
         image_encoder: ImageEncoder | None = None,
         *,
         count_tokens: Callable[[str], int] | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         if text_encoder is None:
             raise ValueError("EvidenceSampler needs a text encoder (e.g. models.MiniLMEncoder())")
@@ -207,8 +232,7 @@ class EvidenceSampler:
         self._text = text_encoder
         self._image = image_encoder
         self.count_tokens = count_tokens or estimate_tokens
-        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._image_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache = cache if cache is not None else EmbeddingCache()
 
     def score(self, question: str, candidates: Sequence[Candidate]) -> np.ndarray:
         """Cosine similarity of each candidate's `search_text or text` to the question.
@@ -365,16 +389,16 @@ class EvidenceSampler:
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         """Document embeddings `[M, D]`, cached by text (batches often share documents)."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        table = self.cache.texts
+        missing = list(dict.fromkeys(t for t in texts if t not in table))
         if missing:
             for text, vector in zip(missing, self._text.encode_documents(missing), strict=True):
-                self._text_cache[text] = np.asarray(vector, dtype=np.float32)
+                table[text] = np.asarray(vector, dtype=np.float32)
         rows = []
         for text in texts:
-            self._text_cache.move_to_end(text)
-            rows.append(self._text_cache[text])
-        while len(self._text_cache) > _CACHE_SIZE:
-            self._text_cache.popitem(last=False)
+            table.move_to_end(text)
+            rows.append(table[text])
+        self.cache.trim()
         if not rows:
             return np.zeros((0, 1), dtype=np.float32)
         return np.stack(rows)
@@ -382,7 +406,8 @@ class EvidenceSampler:
     def _image_features(self, path: Path) -> np.ndarray | None:
         """L2-normalised features of a figure image (cached by path); None if unreadable."""
         key = str(path)
-        if key not in self._image_cache:
+        table = self.cache.images
+        if key not in table:
             from PIL import Image, UnidentifiedImageError
 
             try:
@@ -393,10 +418,9 @@ class EvidenceSampler:
                     "figure image %s unreadable (%s); no duplicate check for it", path, exc
                 )
                 return None
-            self._image_cache[key] = self._image.encode_images([picture])[0]
-            while len(self._image_cache) > _CACHE_SIZE:
-                self._image_cache.popitem(last=False)
-        return self._image_cache[key]
+            table[key] = self._image.encode_images([picture])[0]
+            self.cache.trim()
+        return table[key]
 
 
 def _clean(text: str | None) -> str:

@@ -34,7 +34,7 @@ from sqlalchemy import and_, func, or_, select
 
 from models.config import EncoderConfig, GeneratorConfig, SamplerConfig
 from models.generator import Evidence, Generator, build_prompt, load_generator
-from models.sampler import Candidate, EvidenceSampler, SampleResult
+from models.sampler import Candidate, EmbeddingCache, EvidenceSampler, SampleResult
 from pipeline.config import AnswerConfig, ContextMode
 from pipeline.scoring import NOT_ANSWERABLE, is_not_answerable
 from pipeline.search import LibraryIndex, SearchHit
@@ -403,6 +403,7 @@ class Answerer:
         self._text_encoder: Any | None = text_encoder
         self._image_encoder: Any | None = image_encoder
         self._samplers: dict[tuple[SamplerConfig, int], EvidenceSampler] = {}
+        self._embeddings = EmbeddingCache()
 
     # ------------------------------------------------------------------------- resources
 
@@ -411,8 +412,9 @@ class Answerer:
         config = config or self.generator_config
         if config not in self._generators:
             if len(self._generators) >= 2:
-                oldest = next(iter(self._generators))
-                del self._generators[oldest]
+                oldest = self._generators.pop(next(iter(self._generators)))
+                # Samplers count tokens with their generator's tokenizer: drop them with it.
+                self._samplers = {k: v for k, v in self._samplers.items() if k[1] != id(oldest)}
             self._generators[config] = self._load(config, cache_dir=self.model_cache)
         return self._generators[config]
 
@@ -432,17 +434,13 @@ class Answerer:
                 from models.encoders import EfficientNetImageEncoder
 
                 self._image_encoder = EfficientNetImageEncoder(self.encoder_config)
-            shared = next(iter(self._samplers.values()), None)
             sampler = EvidenceSampler(
                 config,
                 self._text_encoder,
                 self._image_encoder if config.image_features else None,
                 count_tokens=_token_counter(generator),
+                cache=self._embeddings,
             )
-            if shared is not None:
-                # NOTE: samplers share their embedding caches (same encoder, same texts).
-                sampler._text_cache = shared._text_cache
-                sampler._image_cache = shared._image_cache
             self._samplers[key] = sampler
         return self._samplers[key]
 

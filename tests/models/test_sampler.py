@@ -14,7 +14,13 @@ from PIL import Image, ImageDraw
 from pydantic import ValidationError
 
 from models.config import SamplerConfig
-from models.sampler import Candidate, DropReason, EvidenceSampler, estimate_tokens
+from models.sampler import (
+    Candidate,
+    DropReason,
+    EmbeddingCache,
+    EvidenceSampler,
+    estimate_tokens,
+)
 
 QUESTION = "What was the revenue of the company in 2023?"
 
@@ -227,6 +233,21 @@ def test_document_embeddings_are_cached(bow_encoder) -> None:
     calls = bow_encoder.calls
     sampler.sample("Another question about revenue?", _candidates(), token_budget=300)
     assert bow_encoder.calls == calls + 1  # the new question only
+
+
+def test_samplers_can_share_one_cache(bow_encoder) -> None:
+    cache = EmbeddingCache(max_items=100)
+    first = EvidenceSampler(SamplerConfig(), bow_encoder, cache=cache)
+    first.sample(QUESTION, _candidates(), token_budget=300)
+    calls = bow_encoder.calls
+    other = EvidenceSampler(SamplerConfig(k_text=1), bow_encoder, count_tokens=len, cache=cache)
+    other.sample(QUESTION, _candidates(), token_budget=300)
+    assert bow_encoder.calls == calls + 1  # the question only
+    small = EmbeddingCache(max_items=3)
+    EvidenceSampler(SamplerConfig(), bow_encoder, cache=small).sample(
+        QUESTION, _candidates(), token_budget=300
+    )
+    assert len(small.texts) == 3
 
 
 def test_token_counter_of_the_answering_model_is_used(bow_encoder) -> None:
