@@ -41,7 +41,7 @@ app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one-line errors must never wrap
 
 
 class _State:
