@@ -72,7 +72,7 @@ class DenseConfig(BaseModel):
 
     index: DenseIndexKind = Field(default=DenseIndexKind.AUTO, description="FAISS index type.")
     hnsw_threshold: int = Field(
-        default=50_000,
+        default=20_000,
         ge=1,
         description="With index='auto', switch from exact to HNSW at this size.",
     )
