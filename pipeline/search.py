@@ -153,8 +153,11 @@ class LibraryIndex:
     # --- ChunkIndex (what ingestion calls) ---------------------------------------------------
 
     def add(self, chunks: Sequence[tuple[str, str]]) -> None:
-        if chunks:
-            self.retriever.add(chunks)
+        retriever = self.retriever
+        # The first open reconciles with the database, which may already have added these.
+        new = [(cid, text) for cid, text in chunks if cid not in retriever]
+        if new:
+            retriever.add(new)
             self._dirty = True
 
     def remove(self, chunk_ids: Sequence[str]) -> None:
