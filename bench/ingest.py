@@ -121,9 +121,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--layout", action="store_true", help="also compare the layout-model parser")
     parser.add_argument(
-        "--sets", nargs="*", default=["born-digital", "ocr"], choices=["born-digital", "ocr"],
+        "--layout", action="store_true", help="also compare the layout-model parser"
+    )
+    parser.add_argument(
+        "--sets",
+        nargs="*",
+        default=["born-digital", "ocr"],
+        choices=["born-digital", "ocr"],
         help="which file sets to time (none: only --layout)",
     )
     parser.add_argument(
