@@ -5,7 +5,8 @@ Formats (the benchmark's `answer_format`):
 - `Float`: within 1% (relative) of the gold value, also read as a percentage (21% = 0.21 = 21).
 - `Str`: the normalised gold is contained in the normalised prediction (which may not be more
   than a few times longer), else ANLS (1 - normalised Levenshtein distance, 0 below 0.5).
-- `List`: set F1 between gold items and predicted items (split at commas, semicolons, "and");
+- `List`: set F1 between gold items and predicted items (split at commas and semicolons, and
+  at "and" where that scores better);
   two items match when they score 1 as numbers or as strings.
 - `None`: the gold is "Not answerable"; the prediction scores 1 when it declines.
 
@@ -61,7 +62,8 @@ _WORDS = {
 }  # fmt: skip
 _UNITS = re.compile(r"\s*\b(miles?|millions?|billions?|percent|per cent|pp|points?)\s*$")
 _PARENS = re.compile(r"\s*\([^)]*\)")
-_SPLIT_ITEMS = re.compile(r"\s*(?:;|\n|,|\band\b|&)\s*")
+_SPLIT_ITEMS = re.compile(r"\s*(?:;|\n|,)\s*")
+_SPLIT_AND = re.compile(r"\s*(?:\band\b|&)\s*")
 _CITATION = re.compile(r"\s*\[\d+(?:\s*[,;-]\s*\d+)*\]")
 _STR_CONTAIN_RATIO = 4.0
 
@@ -202,8 +204,9 @@ def _levenshtein(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _list_items(text: str) -> list[str]:
-    """Items of a list answer: a Python-style list literal, or text split at separators."""
+def _list_items(text: str, *, split_and: bool = False) -> list[str]:
+    """Items of a list answer: a Python-style list literal, or text split at `,`, `;`, newlines
+    (and, with `split_and`, at "and" and "&" too)."""
     stripped = _CITATION.sub("", text).strip()
     if stripped.startswith("[") and stripped.endswith("]"):
         try:
@@ -213,6 +216,8 @@ def _list_items(text: str) -> list[str]:
         except (ValueError, SyntaxError):
             stripped = stripped[1:-1]
     parts = _SPLIT_ITEMS.split(stripped)
+    if split_and:
+        parts = [piece for part in parts for piece in _SPLIT_AND.split(part)]
     return [p.strip().strip("'\"").strip() for p in parts if p.strip().strip("'\"").strip()]
 
 
@@ -228,7 +233,13 @@ def _item_match(prediction: str, gold: str) -> bool:
 
 
 def _list_f1(prediction: str, gold: str) -> float:
-    golds, preds = _list_items(gold), _list_items(prediction)
+    """Set F1; "and" splits the prediction only where that scores better ("A, B and C" is three
+    items, "black and white" may be one)."""
+    golds = _list_items(gold)
+    return max(_set_f1(_list_items(prediction, split_and=split), golds) for split in (False, True))
+
+
+def _set_f1(preds: list[str], golds: list[str]) -> float:
     if not golds or not preds:
         return 0.0
     unmatched = list(range(len(golds)))

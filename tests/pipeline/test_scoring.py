@@ -82,6 +82,10 @@ def test_list_is_set_f1() -> None:
     assert score_answer("Mars", gold, "List") == 0.0
     assert score_answer("12%; 30%", "['30%', '12%']", "List") == 1.0
     assert score_answer("12.5, 30", "['30%', '12%']", "List") == pytest.approx(0.5)
+    # "and" inside an item: "black and white" is one colour here, two items are not merged.
+    two = "['yellow', 'black and white']"
+    assert score_answer("black and white", two, "List") == pytest.approx(2 / 3)
+    assert score_answer("yellow, black and white", two, "List") == 1.0
 
 
 def test_not_answerable() -> None:
