@@ -76,7 +76,9 @@ SWEEP: dict[str, dict[str, Any]] = {
     "flexprefill g=0.9": {"method": "flexprefill", "gamma": 0.9},
     "flexprefill g=0.95 max 64": {"method": "flexprefill", "gamma": 0.95, "max_blocks": 64},
     "flexprefill g=0.95 max 96": {"method": "flexprefill", "gamma": 0.95, "max_blocks": 96},
-    "hisa 32 blk / 1024 tok": {"method": "hisa", "candidate_blocks": 32, "top_k": 1024},
+    # top_k = every token of the surviving blocks: stage 1 alone (pooled block scores, top-k)
+    "hisa 32 blk, stage 1": {"method": "hisa", "candidate_blocks": 32, "top_k": 32 * 64},
+    "hisa 48 blk, stage 1": {"method": "hisa", "candidate_blocks": 48, "top_k": 48 * 64},
     "hisa 64 blk / 2048 tok": {"method": "hisa", "candidate_blocks": 64, "top_k": 2048},
 }
 

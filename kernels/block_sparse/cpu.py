@@ -137,12 +137,13 @@ def block_sparse_attn_cpu(
     per_kv = hi // hkv  # index heads per key head
     cd = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     dev = q.device
+    m = g * bs  # queries per row
 
-    # q rows: [R, g * bs, D] with R = B * H_idx * NQ
-    qp = q if nq * bs == t else F.pad(q, (0, 0, 0, nq * bs - t))
-    qr = qp.to(cd).view(b, hi, g, nq, bs, d)
-    qr = qr.permute(0, 1, 3, 2, 4, 5).reshape(b * hi * nq, g * bs, d)
-    qr = qr.reshape(b * hi * nq, g * bs * d)
+    # q and the output as "units": one query block of one head, [B * H * NQ, bs * D]
+    qp = (q if nq * bs == t else F.pad(q, (0, 0, 0, nq * bs - t))).to(cd)
+    q_units = qp.reshape(b * h * nq, bs * d)
+    out_full = torch.empty(b, h, nq * bs, d, dtype=cd, device=dev)
+    out_units = out_full.view(b * h * nq, bs * d)
     # key/value blocks addressed by a global block id: [B * H_kv * NK, bs * D]
     pad_kv = (0, 0, 0, nk * bs - s)
     kb = (k if nk * bs == s else F.pad(k, pad_kv)).to(cd).reshape(b * hkv * nk, bs * d)
@@ -157,9 +158,9 @@ def block_sparse_attn_cpu(
     n_of_row = r % nq
     hi_of_row = (r // nq) % hi
     b_of_row = r // (nq * hi)
-    base = (
-        b_of_row * hkv + hi_of_row // per_kv
-    ) * nk  # [R] first global block id of the row's key head
+    base = (b_of_row * hkv + hi_of_row // per_kv) * nk  # [R] first block id of the row's key head
+    head0 = b_of_row * h + hi_of_row * g  # [R] first query head of the row
+    units = (head0[:, None] + torch.arange(g, device=dev)) * nq + n_of_row[:, None]  # [R, g]
 
     off = s - t
     q_first = off + n_of_row * bs  # [R]
@@ -167,14 +168,14 @@ def block_sparse_attn_cpu(
     slot = torch.arange(maxb, device=dev)
     valid = slot[None, :] < cnt[:, None]  # [R, MAXB]
     k_first = bidx[:, :maxb] * bs
+    # "full": every query of the row sees every key of the block that the token bits keep
     full = valid & (k_first + bs - 1 <= q_first[:, None])
     if window is not None:
         full &= k_first > q_last[:, None] - window
+    partial = valid & ~full
     tokens = None
     if index.token_mask is not None:
-        tokens = F.pad(index.token_mask.reshape(rows, maxb), (0, 1))
-        full &= tokens[:, :maxb] == _ALL_TOKENS
-    partial = valid & ~full
+        tokens = F.pad(index.token_mask.reshape(rows, maxb), (0, 1), value=_ALL_TOKENS)
 
     # NOTE: few, large calls. Rows are permuted once per part so that chunks are slices, and
     # gathers run in one parallel region each: on a shared 2-core machine every parallel region
@@ -185,10 +186,13 @@ def block_sparse_attn_cpu(
     v_ws = torch.empty_like(k_ws)
     tok = torch.arange(bs, device=dev)
     qoff = tok.repeat(g)  # [g * bs] query offsets inside the row's block
-    m = g * bs
 
-    out = torch.zeros(rows, m * d, dtype=cd, device=dev)
+    n_full = full.sum(-1)
     lse = torch.full((rows, m), float("-inf"), dtype=torch.float32, device=dev)
+    empty_rows = (n_full == 0).nonzero().squeeze(1)
+    if empty_rows.numel():
+        idx = units[empty_rows].flatten()
+        _scatter_rows(out_units, idx, torch.zeros(idx.numel(), bs * d, dtype=cd, device=dev))
     partial_result = None
     for kind, flags in (("full", full), ("partial", partial)):
         n_sel = flags.sum(-1)
@@ -200,7 +204,10 @@ def block_sparse_attn_cpu(
         ids = bidx[perm].gather(1, slots)  # key block ids, 0 for padding
         gid = base[perm, None] + ids
         ok = slots < maxb
-        qs = _gather_rows(qr, perm, torch.empty(perm.numel(), m * d, dtype=cd, device=dev))
+        row_units = units[perm].flatten()
+        qs = _gather_rows(
+            q_units, row_units, torch.empty(row_units.numel(), bs * d, dtype=cd, device=dev)
+        )
         if kind == "partial":
             o_part = torch.empty(perm.numel(), m, d, dtype=cd, device=dev)
             l_part = torch.empty(perm.numel(), m, dtype=torch.float32, device=dev)
@@ -209,13 +216,18 @@ def block_sparse_attn_cpu(
             flat = gid[i0:i1, :width].reshape(-1)
             kk = _gather_rows(kb, flat, k_ws).view(n, width * bs, d)
             vv = _gather_rows(vb, flat, v_ws).view(n, width * bs, d)
-            qq = qs[i0:i1].view(n, m, d)
+            qq = qs[i0 * g : i1 * g].view(n, m, d)
+            all_ok = bool(ok[i0:i1, :width].all())
             key_ok = ok[i0:i1, :width].repeat_interleave(bs, dim=1)  # [Rc, width * bs]
+            if tokens is not None:
+                bits = tokens[perm[i0:i1]].gather(1, slots[i0:i1, :width])  # [Rc, width]
+                key_ok = key_ok & ((bits[..., None] >> tok) & 1).bool().flatten(1)
+                all_ok = all_ok and bool((bits == _ALL_TOKENS).all())
             if kind == "full":
-                # padding slots are whole keys: one mask row broadcast over the queries
-                mask = None if bool(ok[i0:i1, :width].all()) else _additive(key_ok[:, None, :], cd)
+                # padding and token bits drop whole keys: one mask row broadcast over the queries
+                mask = None if all_ok else _additive(key_ok[:, None, :], cd)
                 o, l_ = _attend(qq, kk, vv, scale, mask)
-                _scatter_rows(out, perm[i0:i1], o.reshape(n, -1))
+                _scatter_rows(out_units, units[perm[i0:i1]].flatten(), o.reshape(n * g, bs * d))
                 _scatter_rows(lse, perm[i0:i1], l_)
                 continue
             kpos = (ids[i0:i1, :width, None] * bs + tok).flatten(1)  # [Rc, width * bs]
@@ -223,9 +235,6 @@ def block_sparse_attn_cpu(
             vis = (kpos[:, None, :] <= qpos[:, :, None]) & (key_ok & (kpos < s))[:, None, :]
             if window is not None:
                 vis &= (qpos[:, :, None] - kpos[:, None, :]) < window
-            if tokens is not None:
-                bits = tokens[perm[i0:i1]].gather(1, slots[i0:i1, :width])
-                vis &= ((bits[..., None] >> tok) & 1).bool().flatten(1)[:, None, :]
             o, l_ = _attend(qq, kk, vv, scale, _additive(vis, cd))
             o_part[i0:i1] = o
             l_part[i0:i1] = l_.masked_fill_(~vis.any(-1), float("-inf"))
@@ -235,13 +244,16 @@ def block_sparse_attn_cpu(
     if partial_result is not None:
         # merge each row's partial half into its full half by log-sum-exp
         perm, o_p, l_p = partial_result
-        o_f = _gather_rows(out, perm, torch.empty(perm.numel(), m * d, dtype=cd, device=dev))
+        row_units = units[perm].flatten()
+        o_f = _gather_rows(
+            out_units, row_units, torch.empty(row_units.numel(), bs * d, dtype=cd, device=dev)
+        )
         l_f = lse[perm]
         total = torch.logaddexp(l_f, l_p)
         w_f = torch.nan_to_num_(torch.exp(l_f - total), nan=0.0).unsqueeze(-1).to(cd)
         w_p = torch.nan_to_num_(torch.exp(l_p - total), nan=0.0).unsqueeze(-1).to(cd)
         merged = o_f.view_as(o_p).mul_(w_f).add_(o_p.mul_(w_p))
-        _scatter_rows(out, perm, merged.view(perm.numel(), -1))
+        _scatter_rows(out_units, row_units, merged.view(-1, bs * d))
 
-    out = out.view(b, hi, nq, g, bs, d).permute(0, 1, 3, 2, 4, 5).reshape(b, h, nq * bs, d)
-    return out[:, :, :t].to(q.dtype).contiguous()
+    out = out_full if nq * bs == t else out_full[:, :, :t]
+    return out.to(q.dtype).contiguous()

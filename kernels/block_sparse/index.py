@@ -731,6 +731,14 @@ def build_hisa_index(
         block_prob = _mean_over_group(block_prob, groups)
     cand = _topk_mask(block_prob, free.expand_as(block_prob), candidate_blocks)  # [B, Hi, NQ, NK]
 
+    if top_k >= candidate_blocks * bs:
+        # NOTE: stage 2 would keep every token of every candidate (candidates lie strictly
+        # before the local blocks, so all their tokens are causal): stage 1 decides alone.
+        token_bits = torch.where((cand | forced) & causal, _ALL_TOKENS, 0).to(torch.int64)
+        return block_mask_to_index(
+            token_bits != 0, q_len=t, kv_len=s, block_size=bs, token_bits=token_bits
+        )
+
     # Stage 2: token scores inside candidate blocks only.
     c = max(min(candidate_blocks, nk), 1)
     cand_ids = (

@@ -252,3 +252,15 @@ def test_builders_reject_bad_arguments():
         build_vertical_slash_index(q, k, local_blocks=0)
     with pytest.raises(ValueError, match="gamma"):
         build_flexprefill_index(q, k, gamma=0.0)
+
+
+def test_hisa_with_room_for_every_candidate_token_is_stage_one_alone():
+    torch.manual_seed(0)
+    q, k = _qk(1, 4, 2, 700, 700)
+    whole = build_hisa_index(q, k, candidate_blocks=4, top_k=4 * 16, block_size=16)
+    assert bool((whole.token_mask[whole.block_idx >= 0] == -1).all()), "whole blocks kept"
+    # stage 2 with one token less: same blocks, one token fewer per query block at most
+    fewer = build_hisa_index(q, k, candidate_blocks=4, top_k=4 * 16 - 1, block_size=16)
+    kept = dense_mask(whole).sum(-1)
+    assert (kept - dense_mask(fewer).sum(-1)).max() <= 1
+    assert torch.equal(whole.to_block_mask() | fewer.to_block_mask(), whole.to_block_mask())
