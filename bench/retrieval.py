@@ -302,6 +302,19 @@ def latency(
     timed("encode_query_splade", lambda q: splade_enc.encode_queries([q]))
     for mode in RetrievalMode:
         timed(mode.value, lambda q, m=mode: retriever.search(q, 10, mode=m))
+    # the same without SPLADE (BM25 + dense only; the best such weights on ../shared/data/ir)
+    no_splade = retriever.with_config(
+        RetrievalConfig(
+            fusion=FusionConfig(
+                normalization=Normalization.ZSCORE,
+                bm25_weight=0.4,
+                splade_weight=0.0,
+                dense_weight=0.6,
+            )
+        )
+    )
+    for mode in (RetrievalMode.HYBRID, RetrievalMode.HYBRID_PRF):
+        timed(f"{mode.value} (no SPLADE)", lambda q, m=mode: no_splade.search(q, 10, mode=m))
     timed(
         "bm25s_plain",
         lambda q: plain.retrieve(

@@ -18,6 +18,8 @@ from models.config import EncoderConfig
 from models.encoders import MiniLMEncoder, SpladeEncoder
 from retrieval import (
     BeirCollection,
+    DenseConfig,
+    DenseIndexKind,
     HybridRetriever,
     RetrievalConfig,
     RetrievalMode,
@@ -70,6 +72,16 @@ def make_encoders(
     )
 
 
+def _dense_key(config: DenseConfig, n: int) -> str:
+    """What decides the dense index built for n chunks: its kind, and HNSW's build settings."""
+    kind = config.index
+    if kind == DenseIndexKind.AUTO:
+        kind = DenseIndexKind.HNSW if n >= config.hnsw_threshold else DenseIndexKind.FLAT
+    if kind == DenseIndexKind.FLAT:
+        return "flat"
+    return f"hnsw:{config.hnsw_m}:{config.hnsw_ef_construction}"
+
+
 def build_retriever(
     collection: BeirCollection,
     *,
@@ -91,7 +103,7 @@ def build_retriever(
                 sparse_encoder.name if sparse_encoder else "-",
                 c.bm25.model_dump_json(include={"stemmer", "stopwords"}),
                 str(c.splade.doc_max_terms),
-                c.dense.model_dump_json(),
+                _dense_key(c.dense, len(collection.corpus)),
             ]
         )
         folder = (
