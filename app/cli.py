@@ -346,14 +346,7 @@ def eval_qa_command(
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     questions = questions[:limit] if limit else questions
-    docs_dir = docs or file.parent / "documents"
-    if not docs_dir.is_dir():
-        raise _fail(f"{docs_dir}: no such folder of documents (use --docs DIR)")
-    folio = _folio()
-    needed = sorted({q.doc_id for q in questions})
-    files = [docs_dir / n for n in needed if (docs_dir / n).is_file()]
-    err.print(f"ingesting {len(files)} documents (already stored ones are skipped)")
-    results = folio.ingest(files)
+    folio, _, results = _ingest_question_documents(file, docs, {q.doc_id for q in questions})
     doc_ids = {r.path.name: r.doc_id for r in results if r.status != "failed" and r.doc_id}
     batch = batch_questions(questions, doc_ids)
     try:
@@ -402,14 +395,8 @@ def eval_pages_command(
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     questions = questions[:limit] if limit else questions
-    docs_dir = docs or file.parent / "documents"
-    if not docs_dir.is_dir():
-        raise _fail(f"{docs_dir}: no such folder of documents (use --docs DIR)")
-    folio = _folio()
     needed = sorted({q.doc_id for q in questions})
-    files = [docs_dir / n for n in needed if (docs_dir / n).is_file()]
-    err.print(f"ingesting {len(files)} documents (already stored ones are skipped)")
-    folio.ingest(files)
+    folio, docs_dir, _ = _ingest_question_documents(file, docs, needed)
     chosen = modes or [RetrievalMode(m) for m in folio.index.retriever.modes]
     doc_chunks = documents_by_name(folio.index, needed, docs_dir)
     answerable = sum(bool(q.evidence_pages) for q in questions)
@@ -429,6 +416,17 @@ def eval_pages_command(
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2))
+
+
+def _ingest_question_documents(file: Path, docs: Path | None, names) -> tuple[Folio, Path, list]:
+    """Ingest the documents an evaluation file's questions are about (stored ones are skipped)."""
+    docs_dir = docs or file.parent / "documents"
+    if not docs_dir.is_dir():
+        raise _fail(f"{docs_dir}: no such folder of documents (use --docs DIR)")
+    folio = _folio()
+    files = [docs_dir / n for n in sorted(names) if (docs_dir / n).is_file()]
+    err.print(f"ingesting {len(files)} documents (already stored ones are skipped)")
+    return folio, docs_dir, folio.ingest(files)
 
 
 def _bar_columns() -> tuple:
