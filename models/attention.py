@@ -36,6 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from kernels import (
+    Backend,
     BlockIndex,
     block_sparse_attn,
     build_dense_index,
@@ -87,10 +88,10 @@ class SparseAttentionConfig(BaseModel):
     min_length: int = Field(
         default=4096, ge=2, description="Prefill query length from which the sparse kernel runs."
     )
-    backend: str = Field(
-        default="auto",
-        description='Kernel backend: "auto" (Triton on CUDA, the gather path on CPU), "triton", '
-        '"torch" or "reference".',
+    backend: Backend = Field(
+        default=Backend.AUTO,
+        description='Kernel backend: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, the '
+        'gather path on CPU), "triton", "torch" or "reference".',
     )
     sparse_windows: bool = Field(
         default=True,
@@ -156,7 +157,7 @@ class SparseDecodeState:
         budget: int = 256,
         sink_tokens: int = 4,
         local_tokens: int = 64,
-        backend: str = "auto",
+        backend: Backend | str = Backend.AUTO,
     ) -> None:
         if not selection_layers:
             raise ValueError("selection_layers must name at least one layer")
@@ -168,7 +169,7 @@ class SparseDecodeState:
         self.budget = budget
         self.sink_tokens = sink_tokens
         self.local_tokens = local_tokens
-        self.backend = backend
+        self.backend = Backend(backend)
         self.token_idx: torch.Tensor | None = None
 
     def __repr__(self) -> str:
