@@ -83,7 +83,9 @@ class SparseAttentionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: SparseMethod = Field(
-        default=SparseMethod.VERTICAL_SLASH, description="Block pattern for full-attention layers."
+        default=SparseMethod.FLEXPREFILL,
+        description="Block pattern for full-attention layers (FlexPrefill adapts its budget per "
+        "head and layer; see BENCHMARKS.md for the mass/speed trade-off of each).",
     )
     min_length: int = Field(
         default=4096, ge=2, description="Prefill query length from which the sparse kernel runs."
@@ -110,9 +112,9 @@ class SparseAttentionConfig(BaseModel):
     sink_blocks: int = Field(default=1, ge=0, description="First key blocks always kept.")
     local_blocks: int = Field(default=2, ge=1, description="Most recent causal blocks always kept.")
     vertical_blocks: int = Field(
-        default=24, ge=0, description="vertical_slash: column blocks kept."
+        default=32, ge=0, description="vertical_slash: column blocks kept."
     )
-    slash_blocks: int = Field(default=24, ge=0, description="vertical_slash: diagonal blocks kept.")
+    slash_blocks: int = Field(default=32, ge=0, description="vertical_slash: diagonal blocks kept.")
     last_q: int = Field(
         default=64, ge=1, description="vertical_slash: queries used for the estimate."
     )
@@ -125,8 +127,12 @@ class SparseAttentionConfig(BaseModel):
     max_blocks: int | None = Field(
         default=None, ge=1, description="flexprefill: cap on blocks per query block."
     )
-    candidate_blocks: int = Field(default=32, ge=0, description="hisa: blocks surviving stage 1.")
-    top_k: int = Field(default=1024, ge=0, description="hisa: tokens kept in stage 2.")
+    candidate_blocks: int = Field(default=48, ge=0, description="hisa: blocks surviving stage 1.")
+    top_k: int = Field(
+        default=48 * 64,
+        ge=0,
+        description="hisa: tokens kept in stage 2 (>= candidate_blocks * 64 keeps whole blocks).",
+    )
 
 
 _DEFAULT_CONFIG = SparseAttentionConfig()
