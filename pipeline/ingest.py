@@ -56,13 +56,17 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress event: a document finished, or a page of a document was parsed."""
+    """A progress event: a document finished, or a page of a document was parsed.
+
+    After a document's last "page" event it is stored and indexed; its "document" event follows.
+    """
 
     kind: str  # "page" or "document"
     path: Path
     pages_done: int = 0
     page_count: int = 0
     result: IngestResult | None = None
+    ocr_pages: int = 0  # pages OCR'd so far (page events)
 
 
 def find_pdfs(paths: Iterable[Path], *, recursive: bool = False) -> list[Path]:
@@ -171,9 +175,9 @@ def _parse_worker(
     """Parse one PDF in a worker process. NOTE: must be top-level for pickling."""
     source = Path(path)
 
-    def on_page(done: int, total: int) -> None:
+    def on_page(done: int, total: int, ocr_pages: int) -> None:
         if _worker_events is not None:
-            _worker_events.put((path, done, total))
+            _worker_events.put((path, done, total, ocr_pages))
 
     try:
         return parse_pdf(
@@ -203,12 +207,12 @@ def _parse_all(todo, library, parse_config, ingest_config, password, notify):
     def relay() -> None:
         while not stop.is_set():
             try:
-                path, done, total = events.get(timeout=0.2)
+                path, done, total, ocr_pages = events.get(timeout=0.2)
             except queue.Empty:
                 continue
             except (EOFError, OSError):
                 return
-            notify(Progress("page", Path(path), done, total))
+            notify(Progress("page", Path(path), done, total, ocr_pages=ocr_pages))
 
     relay_thread = threading.Thread(target=relay, daemon=True)
     relay_thread.start()

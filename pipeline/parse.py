@@ -146,7 +146,7 @@ def parse_pdf(
     asset_prefix: str = "",
     password: str | None = None,
     doc_id: str | None = None,
-    on_page: Callable[[int, int], None] | None = None,
+    on_page: Callable[[int, int, int], None] | None = None,
 ) -> ParsedDocument:
     """Parse a PDF into pages and blocks.
 
@@ -157,7 +157,7 @@ def parse_pdf(
         asset_prefix: the library-relative path of `asset_dir`, stored in the assets' names.
         password: password of an encrypted PDF.
         doc_id: the document id (SHA-256 of the bytes), computed when None.
-        on_page: called with (pages done, page count) after each page.
+        on_page: called with (pages done, page count, pages OCR'd so far) after each page.
 
     Raises:
         ParseError: with a one-line reason when the file cannot be parsed.
@@ -174,17 +174,19 @@ def parse_pdf(
             asset_dir.mkdir(parents=True, exist_ok=True)
         layout_boxes = _layout_boxes(path, doc) if config.parser == ParserKind.LAYOUT else None
         pages = []
+        ocr_pages = 0
         for index in range(doc.page_count):
             try:
                 page = doc.load_page(index)
                 boxes = layout_boxes[index] if layout_boxes is not None else None
                 pages.append(_parse_page(page, config, asset_dir, asset_prefix, boxes))
+                ocr_pages += pages[-1].ocr_used
             except (RuntimeError, ValueError) as exc:
                 # NOTE: one damaged page must not lose the whole document; keep an empty page.
                 logger.warning("%s: page %d unreadable (%s); kept empty", path.name, index + 1, exc)
                 pages.append(_empty_page(index + 1))
             if on_page is not None:
-                on_page(index + 1, doc.page_count)
+                on_page(index + 1, doc.page_count, ocr_pages)
         title = (doc.metadata or {}).get("title") or _guess_title(pages)
         return ParsedDocument(
             doc_id=doc_id,

@@ -146,9 +146,15 @@ needs_tesseract = pytest.mark.skipif(not tesseract_available(), reason="tesserac
 
 @needs_tesseract
 def test_rotated_scan_is_turned_upright_and_ocrd(robustness_dir: Path) -> None:
-    doc = parse_pdf(robustness_dir / "docling__ocr_test_rotated_90.pdf", ParseConfig(ocr=OcrMode.AUTO))
+    calls = []
+    doc = parse_pdf(
+        robustness_dir / "docling__ocr_test_rotated_90.pdf",
+        ParseConfig(ocr=OcrMode.AUTO),
+        on_page=lambda *args: calls.append(args),
+    )
     page = doc.pages[0]
     assert page.ocr_used and not page.has_text_layer
+    assert calls == [(1, 1, 1)]  # (pages done, page count, pages OCR'd): the web app shows OCR
     assert "Docling bundles PDF document conversion" in page.text
 
 
