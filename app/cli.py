@@ -195,6 +195,54 @@ def delete_command(doc: Annotated[str, typer.Argument(help="Document id or uniqu
     console.print(f"deleted {removed.doc_id[:12]} {removed.file_name}")
 
 
+@app.command("serve")
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1: this machine only).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default 7860).")] = None,
+    auth: Annotated[str | None, typer.Option(help="user:password required to open the app (or FOLIO_SERVE__AUTH).")] = None,
+    allow_no_auth: Annotated[
+        bool, typer.Option("--allow-no-auth", help="Serve a non-loopback address without a password.")
+    ] = False,
+) -> None:
+    """Start the web app: library, chat with cited answers, evidence viewer (Ctrl-C to stop)."""
+    serve = {k: v for k, v in {"host": host, "port": port, "auth": auth}.items() if v is not None}
+    if allow_no_auth:
+        serve["allow_no_auth"] = True
+    folio = _folio(**({"serve": serve} if serve else {}))
+    from app.web import is_loopback, parse_auth
+    from app.web import serve as serve_app
+
+    limits = folio.settings.serve
+    try:
+        credentials = parse_auth(limits.auth)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if credentials is None and not is_loopback(limits.host):
+        if not limits.allow_no_auth:
+            raise _fail(
+                f"refusing to serve {limits.host} without a password (anyone who can reach it could "
+                "read and delete the library): add --auth user:password or FOLIO_SERVE__AUTH, "
+                "or --allow-no-auth"
+            )
+        err.print(f"[yellow]warning:[/yellow] serving {limits.host} without a password", highlight=False)
+
+    def ready(url: str) -> None:
+        console.print(
+            f"Folio is running at {url} (library {folio.settings.library}); Ctrl-C to stop",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+    try:
+        serve_app(folio, host=limits.host, port=limits.port, auth=credentials, on_ready=ready)
+    except OSError as exc:
+        raise _fail(f"cannot listen on {limits.host}:{limits.port} ({exc})".splitlines()[0]) from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        folio.close()
+
+
 def _answer_overrides(
     model: str | None,
     no_sampler: bool,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.config import EncoderConfig, GeneratorConfig
@@ -15,6 +15,33 @@ from retrieval.config import RetrievalConfig
 from storage.config import StorageConfig
 
 PRESETS = Path(__file__).parent / "presets"
+
+
+class ServeConfig(BaseModel):
+    """The web app (`folio serve`): where it listens, who may use it, what it accepts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on (loopback: this machine only).")
+    port: int = Field(default=7860, ge=1, le=65535, description="Port to listen on.")
+    auth: str | None = Field(
+        default=None,
+        description="'user:password' required to open the app (FOLIO_SERVE__AUTH keeps it out "
+        "of the process list).",
+    )
+    allow_no_auth: bool = Field(
+        default=False,
+        description="Listen on a non-loopback address without a password (anyone who can reach "
+        "it can read, add and delete documents). Off: `folio serve` refuses.",
+    )
+    max_upload_mb: float = Field(default=100, gt=0, description="Largest PDF accepted by upload, in MB.")
+    max_upload_pages: int = Field(default=2000, ge=1, description="Most pages of an uploaded PDF.")
+    max_upload_files: int = Field(default=50, ge=1, description="Most PDFs in one upload.")
+    preload: bool = Field(
+        default=True,
+        description="Load the search index and the answering models in the background as soon "
+        "as the app is up (the page itself never waits for them).",
+    )
 
 
 class Settings(BaseSettings):
@@ -35,6 +62,7 @@ class Settings(BaseSettings):
     encoders: EncoderConfig = Field(default_factory=EncoderConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     model_cache: Path | None = Field(
         default=None,
         description="Folder of converted packaged models (default: <library>/models); point "

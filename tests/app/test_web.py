@@ -1,0 +1,277 @@
+"""The web app's handlers and pure functions, without a browser (the browser test is
+test_web_e2e.py): history conversion, chips, streaming replies and their errors, upload checks
+and progress, tables, `build_ui` without launching, and `folio serve`'s refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app import Folio
+from app.cli import app
+from app.web import (
+    AskOptions,
+    Reply,
+    UploadRow,
+    apply_progress,
+    build_ui,
+    check_upload,
+    chip_ref,
+    citation_chips,
+    document_choices,
+    documents_html,
+    format_answer,
+    history_to_turns,
+    is_loopback,
+    mark_stopped,
+    parse_auth,
+    progress_html,
+    respond,
+    stage_rows,
+    summary_markdown,
+    transparency_html,
+)
+from pipeline.answer import Answer, AnswerStats, Citation, EvidenceRef, StageStats
+from pipeline.ingest import IngestResult, Progress
+from pipeline.library import DocumentInfo
+
+runner = CliRunner()
+
+
+def _citation(page: int, doc: str = "d1", name: str = "paper.pdf", n: int = 1) -> Citation:
+    return Citation(doc, name, page, (10.0, 20.0, 200.0, 60.0), f"quote on page {page}", 100 + page, n)
+
+
+def _answer(*citations: Citation, text: str = "42 [1]", **kw) -> Answer:
+    stats = AnswerStats(
+        stages=(
+            StageStats("retrieve", 20, 92, 2500, 12000, 12.5),
+            StageStats("sample", 3, 58, 399, 17000, 270.0),
+        ),
+        prompt_tokens=589,
+        new_tokens=4,
+        ttft_ms=2740.0,
+        tokens_per_s=6.5,
+        total_ms=3100.0,
+        model="/models/qwen",
+        context="retrieved",
+        sampler=True,
+    )
+    evidence = (EvidenceRef(1, "d1", "paper.pdf", 5, (105,), "text", 0.71, 120, "The answer is 42."),)
+    return Answer(question="q?", text=text, citations=citations, stats=stats, evidence=evidence, **kw)
+
+
+# ------------------------------------------------------------------------------ history
+
+
+def test_history_to_turns_reads_string_and_typed_block_content() -> None:
+    history = [
+        {"role": "user", "content": "First?"},
+        {"role": "assistant", "content": "One."},
+        {"role": "user", "content": [{"type": "text", "text": "Second?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Two"}, {"type": "text", "text": "."}]},
+        {"role": "assistant", "content": {"type": "file", "path": "/tmp/x.png"}},
+        {"role": "user", "content": "Third?"},
+    ]
+    turns = history_to_turns(history)
+    assert [(t.question, t.answer) for t in turns] == [
+        ("First?", "One."),
+        ("Second?", "Two.\n"),
+        ("Third?", ""),
+    ]
+    assert history_to_turns(None) == [] and history_to_turns([{"role": "assistant", "content": "hi"}]) == []
+
+
+# -------------------------------------------------------------------------------- chips
+
+
+def test_chips_group_citations_by_page_in_first_cited_order() -> None:
+    answer = _answer(_citation(5), _citation(2, n=2), _citation(5, n=3))
+    chips = citation_chips(answer)
+    assert [(c.label, c.page, len(c.boxes)) for c in chips] == [("p. 5", 5, 2), ("p. 2", 2, 1)]
+    several = citation_chips(_answer(_citation(5), _citation(3, doc="d2", name="annual-report-2023.pdf")))
+    assert [c.label for c in several] == ["paper p. 5", "annual-report-2023 p. 3"]
+
+
+def test_format_answer_ends_with_chip_links_and_escapes_model_text() -> None:
+    text = format_answer(_answer(_citation(5), _citation(7), text="<b>42</b> *bold* [1]"), turn=3)
+    first_line, chips = text.split("\n\n")
+    assert "<b>" not in first_line and "&lt;b&gt;42&lt;/b&gt;" in first_line and r"\*bold\*" in first_line
+    assert "[1]" not in first_line
+    assert chips.startswith('[[p. 5]](#folio-cite-3-0 "paper.pdf, page 5: quote on page 5")')
+    assert "(#folio-cite-3-1 " in chips
+    assert chip_ref("3-1|1712345") == (3, 1) and chip_ref("3-1") == (3, 1) and chip_ref("junk") is None
+
+
+def test_format_answer_for_failures_and_declines() -> None:
+    failed = Answer.failed("q?", "no document with id 'x'\nmore lines")
+    assert format_answer(failed, 0) == "⚠️ **Could not answer.** no document with id 'x'"
+    declined = Answer(question="q?", text="Not answerable", not_answerable=True)
+    assert format_answer(declined, 0).startswith("**Not answerable.**")
+    assert format_answer(_answer(text="42"), 0) == "42"  # nothing cited: no chips
+
+
+# ---------------------------------------------------------------------------- respond
+
+
+class _FakeFolio:
+    """Streams two deltas then an answer; or raises what it is given."""
+
+    def __init__(self, answer: Answer | None = None, error: Exception | None = None) -> None:
+        self.answer, self.error, self.calls = answer, error, []
+
+    def ask_stream(self, question, *, doc_ids=None, **overrides):
+        self.calls.append((question, doc_ids, overrides))
+        if self.error is not None:
+            raise self.error
+        yield "4"
+        yield "2 [1]"
+        yield self.answer
+
+
+def test_respond_streams_partial_text_then_the_answer_with_chips() -> None:
+    answer = _answer(_citation(5))
+    folio = _FakeFolio(answer)
+    history = [{"role": "user", "content": "Earlier?"}, {"role": "assistant", "content": "Yes."}]
+    options = AskOptions(context="retrieved", sampler=False, mode="bm25", k=5, budget=300)
+    replies = list(respond("  What is it? ", history, folio, doc_ids=["d1"], options=options))
+    assert [r.text for r in replies[:-1]] == ["4", "42"]
+    assert all(r.answer is None for r in replies[:-1])
+    assert replies[-1].answer is answer and "(#folio-cite-1-0 " in replies[-1].text
+    assert folio.calls == [
+        ("What is it?", ["d1"], {"context": "retrieved", "sampler": False, "k": 5, "budget": 300, "mode": "bm25"})
+    ]
+    assert "mode" not in AskOptions().overrides()
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (LookupError("no document with id or file name 'x' (see `folio docs`)"), "no document with id"),
+        (ValueError("first-pages context (no retrieval) needs the document"), "needs the document"),
+        (RuntimeError("CUDA out of memory\nTraceback (most recent call last):"), "internal error (RuntimeError"),
+    ],
+)
+def test_respond_turns_errors_into_one_clear_message(error: Exception, shown: str) -> None:
+    (reply,) = list(respond("Why?", [], _FakeFolio(error=error)))
+    assert reply.text.startswith("⚠️ **Could not answer.**") and shown in reply.text
+    assert "Traceback" not in reply.text and "\n" not in reply.text
+    assert reply.answer is not None and reply.answer.error
+
+
+def test_respond_asks_for_a_question_when_the_message_is_blank() -> None:
+    folio = _FakeFolio(_answer())
+    assert list(respond("   ", [], folio)) == [
+        Reply("⚠️ **Could not answer.** Type a question first.", Answer.failed("", "Type a question first."))
+    ]
+    assert folio.calls == []
+
+
+def test_stop_marks_only_an_answer_still_streaming() -> None:
+    streaming = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "Partial ans"}]
+    assert mark_stopped(streaming, answered=0)[-1]["content"] == "Partial ans _(stopped)_"
+    assert mark_stopped(streaming, answered=1) == streaming
+    waiting = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "_Searching the library and reading the evidence…_"}]
+    assert mark_stopped(waiting, answered=0)[-1]["content"] == "_Stopped before the answer began._"
+    assert mark_stopped([], answered=0) == []
+
+
+# ----------------------------------------------------------------------------- library
+
+
+def test_upload_checks_size_type_and_pages(tmp_path: Path, sample_pdf: Path) -> None:
+    assert check_upload(sample_pdf, max_mb=100, max_pages=100) is None
+    assert "pages, over the upload limit of 1" in check_upload(sample_pdf, max_mb=100, max_pages=1)
+    assert "over the upload limit of 0.001 MB" in check_upload(sample_pdf, max_mb=0.001, max_pages=100)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert "not a PDF" in check_upload(text, max_mb=100, max_pages=100)
+
+
+def test_progress_rows_follow_parse_index_and_finish_events() -> None:
+    a, b = Path("/up/a.pdf"), Path("/up/b.pdf")
+    rows = {a: UploadRow("a.pdf"), b: UploadRow("b.pdf")}
+    apply_progress(rows, Progress("page", a, 3, 10, ocr_pages=2))
+    assert rows[a].label == "Parsing page 3 of 10, OCR on 2" and rows[a].fraction == pytest.approx(0.27)
+    apply_progress(rows, Progress("page", a, 10, 10))
+    assert rows[a].label == "Storing and indexing"
+    apply_progress(rows, Progress("document", a, result=IngestResult(a, "d", "added", 10, 42)))
+    apply_progress(
+        rows, Progress("document", b, result=IngestResult(b, None, "failed", error="b.pdf: encrypted (give --password)"))
+    )
+    assert rows[a].label == "Ready: 10 pages, 42 passages" and rows[a].fraction == 1.0
+    assert rows[b].label == "Failed: encrypted (give --password)"
+    page = progress_html(list(rows.values()))
+    assert page.count("<progress") == 2 and 'class="folio-upload folio-bad"' in page
+    assert progress_html([]) == ""
+
+
+def test_documents_table_escapes_names_and_spells_out_errors() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    docs = [
+        DocumentInfo("a" * 64, "<script>.pdf", "A title", 12, 40, "ok", None, now),
+        DocumentInfo("b" * 64, "broken.pdf", None, 0, 0, "failed", "broken.pdf: not a PDF", now),
+    ]
+    page = documents_html(docs)
+    assert "<script>" not in page and "&lt;script&gt;.pdf" in page
+    assert "failed</span>: broken.pdf: not a PDF" in page
+    assert document_choices(docs, ready_only=True) == [("<script>.pdf (12 p.)", "a" * 64)]
+    assert len(document_choices(docs, ready_only=False)) == 2
+    assert "library is empty" in documents_html([])
+
+
+# ------------------------------------------------------------------------ transparency
+
+
+def test_transparency_shows_stage_costs_evidence_and_headlines() -> None:
+    answer = _answer(_citation(5))
+    assert stage_rows(answer.stats)[0] == ["Retrieve (chunks)", 20, 92, 2500, 12000, 12.5]
+    summary = summary_markdown(answer.stats)
+    assert "**Prompt** 589 tokens" in summary and "**First token** 2.74 s" in summary
+    assert "6.5 tokens/s" in summary and "`qwen`" in summary and "WuKong sampler on" in summary
+    tables = transparency_html(answer)
+    assert "Sample (WuKong)" in tables and "The answer is 42." in tables
+    assert "No chunks retrieved." in tables
+    assert summary_markdown(None).startswith("No statistics")
+
+
+# ------------------------------------------------------------------------- build and serve
+
+
+def test_build_ui_constructs_without_launching(tmp_path: Path) -> None:
+    import gradio as gr
+
+    with Folio(library=tmp_path / "lib") as folio:
+        demo = build_ui(folio)
+        assert isinstance(demo, gr.Blocks)
+        ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+        assert {"folio-upload", "folio-chat", "folio-page", "folio-cite-ref", "folio-stop"} <= ids
+        assert not (tmp_path / "lib" / "index").exists()  # nothing heavy loads to build the page
+
+
+def test_loopback_and_auth_parsing() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+    assert parse_auth("ann:s3cret:x") == ("ann", "s3cret:x") and parse_auth(None) is None
+    with pytest.raises(ValueError, match="user:password"):
+        parse_auth("justauser")
+
+
+def test_serve_refuses_a_public_address_without_a_password(tmp_path: Path, monkeypatch) -> None:
+    launched = []
+    monkeypatch.setattr("app.web.serve", lambda *a, **kw: launched.append(kw))
+    library = ["--library", str(tmp_path / "lib")]
+    result = runner.invoke(app, [*library, "serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 1 and "refusing to serve 0.0.0.0 without a password" in result.output
+    result = runner.invoke(app, [*library, "serve", "--auth", "nocolon"])
+    assert result.exit_code == 1 and "user:password" in result.output
+    result = runner.invoke(app, [*library, "serve", "--host", "0.0.0.0", "--auth", "ann:pw", "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert launched == [{"host": "0.0.0.0", "port": 8123, "auth": ("ann", "pw"), "on_ready": launched[0]["on_ready"]}]
+    monkeypatch.setenv("FOLIO_SERVE__ALLOW_NO_AUTH", "true")
+    result = runner.invoke(app, [*library, "serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 0 and "without a password" in result.output

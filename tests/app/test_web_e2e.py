@@ -1,0 +1,204 @@
+"""The web app end to end, in a real browser: Debian's chromium driven by Playwright against
+`folio serve` on 127.0.0.1.
+
+A real paper from ../shared/data is uploaded through the page, indexed, asked about; the answer
+streams in with a citation chip; clicking the chip shows the page with the cited region drawn.
+The generator is the tiny random model of tests/conftest.py (the mechanics, in seconds), with
+BM25 retrieval and the real MiniLM text encoder for the sampler and citations.
+
+Screenshots go to `test-artifacts/web/` (git-ignored; FOLIO_TEST_ARTIFACTS to move it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("FOLIO_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "web"
+PAPER = "unstructured__multi-column_DPR.pdf"  # 13 pages, text layer, two columns
+QUESTION = "Which retriever is trained on question and passage pairs?"
+HIGHLIGHT = (230, 81, 0)  # pipeline.viewer's outline colour
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+pytestmark = pytest.mark.skipif(
+    _chromium() is None, reason="Debian's chromium is not installed (make system-deps installs it)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, server: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"folio serve exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"folio serve did not answer at {url} within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path):
+    """`folio serve` on a free loopback port with an empty library; yields (url, log path)."""
+    work = tmp_path_factory.mktemp("web-e2e")
+    config = work / "tiny.json"
+    config.write_text(
+        json.dumps(
+            {
+                "retrieval": {"mode": "bm25", "fusion": {"dense_weight": 0, "splade_weight": 0}},
+                "parse": {"ocr": "never"},
+                "ingest": {"workers": 1},
+                "generator": {"model": str(tiny_lm_dir), "device": "cpu"},
+                "answer": {
+                    "max_new_tokens": 6,
+                    "token_budget": 400,
+                    "sampler": {"image_features": False},
+                },
+                "serve": {"max_upload_mb": 20},
+            }
+        )
+    )
+    port = _free_port()
+    log = work / "serve.log"
+    folio = Path(sys.executable).with_name("folio")
+    command = [str(folio), "--library", str(work / "lib"), "--config", str(config), "serve", "--port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_http(url, process, timeout=120)
+        yield url, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, ARTIFACTS / "serve.log")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        # NOTE: the system chromium (no browser downloads); --no-sandbox because CI runs as root.
+        instance = p.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _highlight_pixels(page, image_src: str) -> int:
+    from PIL import Image
+
+    data = page.request.get(image_src).body()
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    step = 2
+    near = 0
+    for x in range(0, image.width, step):
+        for y in range(0, image.height, step):
+            r, g, b = image.getpixel((x, y))
+            if abs(r - HIGHLIGHT[0]) < 30 and abs(g - HIGHLIGHT[1]) < 40 and b < 60:
+                near += 1
+    return near
+
+
+def test_upload_ask_click_citation_and_see_the_highlighted_page(server, browser, papers_dir: Path) -> None:
+    url, log = server
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    page.get_by_text("The library is empty").wait_for(timeout=60_000)
+    _shot(page, "01-empty")
+
+    # Upload a real paper and wait until it is parsed and indexed.
+    page.locator("#folio-upload input[type=file]").set_input_files(str(papers_dir / PAPER))
+    page.locator("#folio-progress").get_by_text("Ready:").wait_for(timeout=180_000)
+    documents = page.locator("#folio-documents")
+    documents.get_by_text(PAPER).wait_for(timeout=30_000)
+    assert "ready" in documents.inner_text()
+    page.locator("#folio-ask-about").get_by_text(PAPER).wait_for()
+    _shot(page, "02-indexed")
+
+    # Record every text the answer shows while it streams.
+    page.evaluate(
+        """() => {
+          window.folioSeen = [];
+          const chat = document.querySelector('#folio-chat');
+          new MutationObserver(() => {
+            const bots = chat.querySelectorAll('.message.bot, [data-testid="bot"]');
+            const last = bots[bots.length - 1];
+            if (last) window.folioSeen.push(last.innerText);
+          }).observe(chat, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    page.locator("#folio-question textarea").fill(QUESTION)
+    page.locator("#folio-ask").click()
+    chip = page.locator('#folio-chat a[href*="#folio-cite-"]').first
+    chip.wait_for(timeout=180_000)
+    label = chip.inner_text()
+    assert label.startswith("[p. ") and label.endswith("]")
+    cited_page = int(label[len("[p. ") : -1])
+    seen = page.evaluate("() => window.folioSeen")
+    assert len({s for s in seen if s.strip()}) >= 2, "the answer did not stream"
+    assert page.locator("#folio-chat").get_by_text(QUESTION).count() == 1
+    _shot(page, "03-answer")
+
+    # Move away from the cited page, then click the chip: the viewer comes back to it.
+    info = page.locator("#folio-page-info")
+    info.get_by_text(f"page {cited_page} of 13").wait_for(timeout=60_000)
+    other = cited_page + 1 if cited_page < 13 else cited_page - 1
+    page.locator("#folio-next" if other > cited_page else "#folio-prev").click()
+    info.get_by_text(f"page {other} of 13").wait_for(timeout=30_000)
+    chip.click()
+    info.get_by_text(f"page {cited_page} of 13").wait_for(timeout=30_000)
+    assert "Highlighted" in info.inner_text()
+    image = page.locator("#folio-page img").first
+    image.wait_for(timeout=30_000)
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#folio-page img'); return i && i.complete && i.naturalWidth > 500; }",
+        timeout=30_000,
+    )
+    assert _highlight_pixels(page, image.get_attribute("src")) > 50, "no highlighted region on the page"
+    _shot(page, "04-evidence")
+
+    # The transparency panel shows what each stage kept.
+    page.get_by_role("tab", name="Transparency").click()
+    page.get_by_text("Retrieve (chunks)").first.wait_for(timeout=30_000)
+    assert "First token" in page.locator("body").inner_text()
+    _shot(page, "05-transparency")
+
+    body = page.locator("body").inner_text()
+    assert "Traceback" not in body
+    assert not errors, errors
+    page.close()
