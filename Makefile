@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (Debian, Python 3.11, root or sudo):
-#   make demo   set everything up, build the sample library and start Folio
+#   make demo   set everything up, build the sample library and start the web app
 #   make test   set everything up and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,14 +7,20 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.folio-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LIBRARY ?= folio-library
+HOST    ?= 127.0.0.1
+PORT    ?= 7860
 
 .PHONY: setup system-deps demo test test-all lint bench clean
 
 setup: system-deps $(STAMP)
 
+# Tesseract for OCR; Debian's chromium for the browser tests (Playwright drives it; no downloads).
 system-deps:
-	@command -v tesseract >/dev/null 2>&1 && [ -f /usr/share/tesseract-ocr/5/tessdata/osd.traineddata ] || \
-	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd; }
+	@missing=""; \
+	{ command -v tesseract >/dev/null 2>&1 && [ -f /usr/share/tesseract-ocr/5/tessdata/osd.traineddata ]; } || \
+	  missing="tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; }
 
 $(STAMP): pyproject.toml requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +34,7 @@ $(STAMP): pyproject.toml requirements-models.txt
 demo: setup
 	$(BIN)/python -m pipeline.sample $(LIBRARY)/sample/folio-guide.pdf
 	$(BIN)/folio --library $(LIBRARY) ingest $(LIBRARY)/sample
-	$(BIN)/folio --library $(LIBRARY) docs
+	$(BIN)/folio --library $(LIBRARY) serve --host $(HOST) --port $(PORT)
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu and not slow" -q
