@@ -357,7 +357,7 @@ def page_view(
 
 def page_caption(view: PageImage, chip: Chip | None = None) -> str:
     """The line above the page image."""
-    where = f"**{html.escape(view.file_name)}**, page {view.page} of {view.page_count}"
+    where = f"**{_markdown_text(view.file_name)}**, page {view.page} of {view.page_count}"
     if view.source == "thumbnail":
         where += " (low-resolution preview: the library keeps no copy of this PDF)"
     if chip is not None and chip.page == view.page and chip.doc_id == view.doc_id:
@@ -598,11 +598,13 @@ def documents_html(documents: Sequence[DocumentInfo]) -> str:
         return '<div class="folio-empty">The library is empty: add PDFs above.</div>'
     rows = []
     for d in documents:
+        title = f'<div class="folio-doc-title">{html.escape(d.title)}</div>' if d.title else ""
         if d.status == "ok":
             status = '<span class="folio-ok">ready</span>'
         else:
-            status = f'<span class="folio-failed">failed</span>: {html.escape(d.error or "")}'
-        title = f'<div class="folio-doc-title">{html.escape(d.title)}</div>' if d.title else ""
+            status = '<span class="folio-failed">failed</span>'
+            reason = (d.error or "unknown error").removeprefix(f"{d.file_name}: ")
+            title += f'<div class="folio-failed-reason">{html.escape(reason)}</div>'
         rows.append(
             f"<tr><td><div>{html.escape(d.file_name)}</div>{title}</td>"
             f"<td>{d.pages}</td><td>{d.chunks}</td><td>{status}</td></tr>"
@@ -725,9 +727,13 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                     elem_id="folio-ask-about",
                 )
                 with gr.Accordion("Delete a document", open=False):
-                    to_delete = gr.Dropdown(label="Document", choices=[], value=None)
-                    delete = gr.Button("Delete from the library", variant="stop", size="sm")
-                    delete_note = gr.Markdown("")
+                    to_delete = gr.Dropdown(
+                        label="Document", choices=[], value=None, elem_id="folio-delete-doc"
+                    )
+                    delete = gr.Button(
+                        "Delete from the library", variant="stop", size="sm", elem_id="folio-delete"
+                    )
+                    delete_note = gr.Markdown("", elem_id="folio-delete-note")
 
             # ------------------------------------------------------------------- chat
             with gr.Column(scale=5, min_width=360, elem_classes="folio-panel"):
@@ -911,7 +917,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                 removed = folio.delete(doc_id)
             except LookupError as exc:
                 return f"⚠️ {exc}", *refresh_library(selected)
-            return f"Deleted **{html.escape(removed.file_name)}**.", *refresh_library(selected)
+            return f"Deleted **{_markdown_text(removed.file_name)}**.", *refresh_library(selected)
 
         delete.click(
             on_delete,
@@ -1166,7 +1172,14 @@ CSS = """
 .folio-empty, .folio-note { color: var(--body-text-color-subdued); font-size: .9em; padding: .3rem 0; }
 .folio-upload { margin: .3rem 0 .5rem; }
 .folio-upload-name { font-weight: 600; font-size: .9em; overflow-wrap: anywhere; }
-.folio-upload progress { width: 100%; height: .6rem; }
+.folio-upload progress { width: 100%; height: .6rem; -webkit-appearance: none; appearance: none; border: none; border-radius: 4px; background: var(--neutral-200); }
+.folio-upload progress::-webkit-progress-bar { background: var(--neutral-200); border-radius: 4px; }
+.folio-upload progress::-webkit-progress-value { background: #15803d; border-radius: 4px; }
+.folio-upload progress::-moz-progress-bar { background: #15803d; }
+.folio-bad progress::-webkit-progress-value { background: #b91c1c; }
+.folio-bad progress::-moz-progress-bar { background: #b91c1c; }
+.folio-failed-reason { color: #b91c1c; font-size: .85em; overflow-wrap: anywhere; }
+.folio-docs td:first-child { overflow-wrap: anywhere; }
 .folio-upload-state { font-size: .85em; color: var(--body-text-color-subdued); }
 .folio-hint p { color: var(--body-text-color-subdued); font-size: .85em; margin: 0; }
 .folio-table-title { font-weight: 600; margin: .8rem 0 .3rem; }

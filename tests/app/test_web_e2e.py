@@ -2,7 +2,8 @@
 `folio serve` on 127.0.0.1.
 
 A real paper from ../shared/data is uploaded through the page, indexed, asked about; the answer
-streams in with a citation chip; clicking the chip shows the page with the cited region drawn.
+streams in with a citation chip; clicking the chip shows the page with the cited region drawn;
+a broken upload is reported with its reason; a document is deleted.
 The generator is the tiny random model of tests/conftest.py (the mechanics, in seconds), with
 BM25 retrieval and the real MiniLM text encoder for the sampler and citations.
 
@@ -27,6 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("FOLIO_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "web"
 PAPER = "unstructured__multi-column_DPR.pdf"  # 13 pages, text layer, two columns
+EMPTY = "pdfplumber__empty.pdf"  # 0 bytes: recorded as failed with its reason
 QUESTION = "Which retriever is trained on question and passage pairs?"
 HIGHLIGHT = (230, 81, 0)  # pipeline.viewer's outline colour
 
@@ -84,8 +86,22 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path):
     port = _free_port()
     log = work / "serve.log"
     folio = Path(sys.executable).with_name("folio")
-    command = [str(folio), "--library", str(work / "lib"), "--config", str(config), "serve", "--port", str(port)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    command = [
+        str(folio),
+        "--library",
+        str(work / "lib"),
+        "--config",
+        str(config),
+        "serve",
+        "--port",
+        str(port),
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONUNBUFFERED": "1",
+    }
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work)
     url = f"http://127.0.0.1:{port}/"
@@ -107,7 +123,9 @@ def browser():
     playwright_api = pytest.importorskip("playwright.sync_api")
     with playwright_api.sync_playwright() as p:
         # NOTE: the system chromium (no browser downloads); --no-sandbox because CI runs as root.
-        instance = p.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
+        instance = p.chromium.launch(
+            executable_path=_chromium(), headless=True, args=["--no-sandbox"]
+        )
         yield instance
         instance.close()
 
@@ -132,7 +150,9 @@ def _highlight_pixels(page, image_src: str) -> int:
     return near
 
 
-def test_upload_ask_click_citation_and_see_the_highlighted_page(server, browser, papers_dir: Path) -> None:
+def test_upload_ask_click_citation_and_see_the_highlighted_page(
+    server, browser, papers_dir: Path, robustness_dir: Path
+) -> None:
     url, log = server
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     errors: list[str] = []
@@ -189,7 +209,9 @@ def test_upload_ask_click_citation_and_see_the_highlighted_page(server, browser,
         "() => { const i = document.querySelector('#folio-page img'); return i && i.complete && i.naturalWidth > 500; }",
         timeout=30_000,
     )
-    assert _highlight_pixels(page, image.get_attribute("src")) > 50, "no highlighted region on the page"
+    assert _highlight_pixels(page, image.get_attribute("src")) > 50, (
+        "no highlighted region on the page"
+    )
     _shot(page, "04-evidence")
 
     # The transparency panel shows what each stage kept.
@@ -197,6 +219,22 @@ def test_upload_ask_click_citation_and_see_the_highlighted_page(server, browser,
     page.get_by_text("Retrieve (chunks)").first.wait_for(timeout=30_000)
     assert "First token" in page.locator("body").inner_text()
     _shot(page, "05-transparency")
+
+    # A broken file is reported, with its reason, without stopping anything.
+    page.locator("#folio-upload input[type=file]").set_input_files(str(robustness_dir / EMPTY))
+    page.locator("#folio-progress").get_by_text("Failed:").wait_for(timeout=120_000)
+    documents.get_by_text("failed").wait_for(timeout=30_000)
+    _shot(page, "06-failed-upload")
+
+    # Delete the paper (the page asks for confirmation first).
+    page.get_by_text("Delete a document").click()
+    page.locator("#folio-delete-doc input").click()
+    page.get_by_role("option", name=f"{PAPER} (13 p.)").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#folio-delete").click()
+    page.locator("#folio-delete-note").get_by_text("Deleted").wait_for(timeout=60_000)
+    assert PAPER not in documents.inner_text()
+    assert page.locator("#folio-ask-about").get_by_text(PAPER).count() == 0
 
     body = page.locator("body").inner_text()
     assert "Traceback" not in body
