@@ -184,3 +184,30 @@ class SamplerConfig(BaseModel):
         description="Budget tokens charged for a figure sent as an image to a vision-language "
         "model (on top of its caption).",
     )
+
+
+class UragScorer(StrEnum):
+    """How URaG scores an evidence segment at layer L."""
+
+    ATTENTION = "attention"  # question-to-segment attention mass (training-free)
+    MAXSIM = "maxsim"  # late interaction over layer-L states through a learned projection
+
+
+class UragConfig(BaseModel):
+    """URaG: the LLM's first layers choose the evidence the deeper layers read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layer: int = Field(
+        default=6, ge=0, description="Layer L (0-based) after which the evidence is scored and "
+        "the unselected segments are deleted."
+    )  # fmt: skip
+    scorer: UragScorer = Field(default=UragScorer.ATTENTION, description="Segment score.")
+    keep: int = Field(default=4, ge=1, description="Most evidence segments kept.")
+    keep_tokens: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="Most share of the evidence tokens kept "
+        "(1: no limit beyond `keep`); the best segment is always kept."
+    )  # fmt: skip
+    projection: str | None = Field(
+        default=None, description="MaxSim projection weights (.pt); None: the shipped file."
+    )

@@ -344,6 +344,7 @@ class Generator:
         temperature: float | None = None,
         cache: Any | None = None,
         prefill_kwargs: Mapping[str, Any] | None = None,
+        runner: Any | None = None,
     ) -> GenerationStream:
         """Generate an answer as a stream of text deltas.
 
@@ -355,6 +356,9 @@ class Generator:
             temperature: 0 for greedy (default: config, which is greedy).
             cache: The KV cache to use (default: a fresh `new_cache()`).
             prefill_kwargs: Extra forward kwargs for the prefill (see `prefill`).
+            runner: Runs the model instead of this generator: an object with this class's
+                `prefill(inputs, cache=..., **kwargs)` and `decode_step(tokens, cache)` (URaG's
+                pruned prefill, `models.urag.UragRunner`). None: `self`.
 
         Returns:
             A `GenerationStream`: iterate for deltas, then read `.result`. Nothing runs until
@@ -373,6 +377,7 @@ class Generator:
                 temperature=cfg.temperature if temperature is None else temperature,
                 cache=cache,
                 prefill_kwargs=dict(prefill_kwargs or {}),
+                runner=runner if runner is not None else self,
             )
         )
 
@@ -386,6 +391,7 @@ class Generator:
         temperature: float | None = None,
         cache: Any | None = None,
         prefill_kwargs: Mapping[str, Any] | None = None,
+        runner: Any | None = None,
     ) -> Generation:
         """`stream` consumed to the end: the same arguments, the finished `Generation`."""
         stream = self.stream(
@@ -396,6 +402,7 @@ class Generator:
             temperature=temperature,
             cache=cache,
             prefill_kwargs=prefill_kwargs,
+            runner=runner,
         )
         for _ in stream:
             pass
@@ -412,6 +419,7 @@ class Generator:
         temperature: float,
         cache: Any | None,
         prefill_kwargs: dict[str, Any],
+        runner: Any,
     ) -> Iterator[str]:
         """The decode loop behind `stream`: yields deltas, returns the `Generation`."""
         start = time.perf_counter()
@@ -437,7 +445,7 @@ class Generator:
         tracker = StopTextTracker(stop_strings, stop_at_newline=stop_at_newline)
 
         t0 = time.perf_counter()
-        logits, cache = self.prefill(inputs, cache=cache, **prefill_kwargs)
+        logits, cache = runner.prefill(inputs, cache=cache, **prefill_kwargs)
         if logits.is_cuda:
             torch.cuda.synchronize(logits.device)  # kernels run async: time the real prefill
         prefill_s = time.perf_counter() - t0
@@ -465,7 +473,7 @@ class Generator:
             if reason is not None:
                 break
             t1 = time.perf_counter()
-            logits = self.decode_step(token, cache)
+            logits = runner.decode_step(token, cache)
             decode_s += time.perf_counter() - t1
         return Generation(
             text=tracker.shown,

@@ -1,0 +1,258 @@
+"""URaG: layer-wise execution equals the model's forward; pruning keeps positions; scores.
+
+Tiny random Qwen2 (global attention) and Gemma 3 text (sliding and global layers, a rotary
+embedding per layer type, window shorter than the prompt) models from transformers configs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    DynamicCache,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from models.config import GeneratorConfig, UragConfig, UragScorer
+from models.generator import Generator, build_prompt
+from models.urag import (
+    LayerwiseDecoder,
+    MaxSimProjection,
+    UragRunner,
+    attention_mass,
+    layout_prompt,
+    maxsim_scores,
+    select_top,
+)
+from tests.models.test_generator import _tokenizer
+
+
+def _qwen2(vocab: int) -> Qwen2ForCausalLM:
+    config = Qwen2Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def _gemma3(vocab: int) -> Gemma3ForCausalLM:
+    config = Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=1024, rope_theta=10000.0, query_pre_attn_scalar=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).eval()
+
+
+MODELS = {"qwen2": _qwen2, "gemma3": _gemma3}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return _tokenizer()
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def generator(request, tokenizer) -> Generator:
+    model = MODELS[request.param](len(tokenizer))
+    model.config._attn_implementation = "sdpa"
+    gen = Generator(model, tokenizer, GeneratorConfig(device="cpu", stop_at_newline=False))
+    gen.eos_token_ids = frozenset()
+    return gen
+
+
+def _prompt():
+    evidence = [
+        "The revenue in 2023 was 4.2 billion dollars.",
+        "Figure 3 shows the accuracy of each model on the test set.",
+        "The Eiffel Tower is 330 metres tall and was completed in 1889.",
+        "Table 2 lists the results, up from 3.9 billion in 2022.",
+    ]
+    return build_prompt("How tall is the Eiffel Tower?", evidence)
+
+
+def test_layerwise_forward_equals_model(generator: Generator) -> None:
+    torch.manual_seed(0)
+    ids = torch.randint(0, generator.model.config.vocab_size, (1, 45))
+    with torch.no_grad():
+        expected = generator.model(input_ids=ids).logits
+    got = LayerwiseDecoder(generator.model).forward(ids)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_layerwise_decode_equals_model_decode(generator: Generator) -> None:
+    torch.manual_seed(0)
+    ids = torch.randint(0, generator.model.config.vocab_size, (1, 30))
+    decoder = LayerwiseDecoder(generator.model)
+    cache = decoder.new_cache()
+    hf_cache = DynamicCache(config=generator.model.config)
+    with torch.no_grad():
+        ours = decoder.forward(ids, cache)[:, -1]
+        theirs = generator.model(input_ids=ids, cache=hf_cache, use_cache=True).logits[:, -1]
+        for _ in range(6):  # past the 16-token window of Gemma's sliding layers
+            token = theirs.argmax(-1)
+            torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+            ours = decoder.decode_step(token, cache)
+            theirs = generator.model(
+                input_ids=token[:, None], cache=hf_cache, use_cache=True
+            ).logits[:, -1]
+
+
+def test_layout_spans_hold_the_evidence_and_question(generator: Generator) -> None:
+    prompt = _prompt()
+    layout = layout_prompt(generator, prompt)
+    ids = layout.inputs.input_ids[0]
+    tok = generator.tokenizer
+    for item, (start, end) in zip(prompt.evidence, layout.segments, strict=True):
+        assert item.text in tok.decode(ids[start:end])
+    q_start, q_end = layout.question
+    assert tok.decode(ids[q_start:q_end]).strip() == prompt.question
+    assert layout.segments == tuple(sorted(layout.segments))
+    assert layout.segments[-1][1] <= q_start
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_keeping_everything_equals_plain_generation(generator: Generator, layer: int) -> None:
+    prompt = _prompt()
+    layout = layout_prompt(generator, prompt)
+    runner = UragRunner(generator, UragConfig(layer=layer, keep=len(prompt.evidence)))
+    runner.use(layout)
+    with torch.no_grad():
+        logits, _ = runner.prefill(layout.inputs)
+        expected = generator.model(input_ids=layout.inputs.input_ids).logits[:, -1]
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    runner.use(layout)
+    ours = generator.generate(layout.inputs, max_new_tokens=8, runner=runner)
+    plain = generator.generate(layout.inputs, max_new_tokens=8)
+    assert ours.text == plain.text
+    assert runner.selection.kept == (0, 1, 2, 3)
+    assert runner.selection.kept_tokens == layout.num_tokens
+
+
+def test_pruning_deletes_tokens_everywhere_and_keeps_positions(generator: Generator) -> None:
+    prompt = _prompt()
+    layout = layout_prompt(generator, prompt)
+    runner = UragRunner(generator, UragConfig(layer=1, keep=2))
+    runner.use(layout)
+    logits, cache = runner.prefill(layout.inputs)
+    selection = runner.selection
+    assert len(selection.kept) == 2
+    dropped = [layout.segments[i] for i in range(4) if i not in selection.kept]
+    expected_kept = layout.num_tokens - sum(e - s for s, e in dropped)
+    assert selection.kept_tokens == expected_kept
+    gone = {p for s, e in dropped for p in range(s, e)}
+    for layer in range(runner.decoder.num_layers):
+        assert cache.keys[layer].shape[2] == expected_kept
+        positions = cache.positions[layer].tolist()
+        assert not gone & set(positions)
+        assert positions == sorted(positions) and positions[-1] == layout.num_tokens - 1
+    assert cache.next_position() == layout.num_tokens
+    assert torch.isfinite(logits).all()
+    # Deleting tokens changes what the deep layers read.
+    full = generator.model(input_ids=layout.inputs.input_ids).logits[:, -1]
+    assert not torch.allclose(logits, full, atol=1e-4)
+    # Decoding continues at the original positions.
+    step = runner.decode_step(logits.argmax(-1), cache)
+    assert step.shape == logits.shape and cache.next_position() == layout.num_tokens + 1
+
+
+def test_pruned_run_equals_masking_the_dropped_keys_in_deep_layers(generator: Generator) -> None:
+    """Slow twin: deleting tokens after layer L equals keeping them but hiding them as keys
+    from every query in layers L+1..N (the kept tokens' states are then identical)."""
+    prompt = _prompt()
+    layout = layout_prompt(generator, prompt)
+    config = UragConfig(layer=1, keep=2)
+    runner = UragRunner(generator, config)
+    logits, _, selection = runner.run(layout)
+    decoder = LayerwiseDecoder(generator.model)
+    n = layout.num_tokens
+    hidden_mask = torch.zeros(n, dtype=torch.bool)
+    for i, (s, e) in enumerate(layout.segments):
+        if i not in selection.kept:
+            hidden_mask[s:e] = True
+    original = decoder.mask
+
+    def masked(layer_type, q_pos, kv_pos):
+        out = original(layer_type, q_pos, kv_pos)
+        out[..., hidden_mask[kv_pos]] = torch.finfo(out.dtype).min
+        return out
+
+    positions = torch.arange(n)
+    cache = decoder.new_cache()
+    ids = layout.inputs.input_ids
+    hidden = decoder.run(decoder.embed(ids), positions, cache, range(config.layer + 1))
+    decoder.mask = masked
+    hidden = decoder.run(hidden, positions, cache, range(config.layer + 1, decoder.num_layers))
+    expected = decoder.logits(hidden[:, -1:])[:, -1]
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_mass_matches_eager_attention_weights(tokenizer) -> None:
+    """The question-to-segment mass equals what the eager attention returns at layer L."""
+    model = _qwen2(len(tokenizer))
+    model.config._attn_implementation = "eager"
+    generator = Generator(model, tokenizer, GeneratorConfig(device="cpu"))
+    layout = layout_prompt(generator, _prompt())
+    ids = layout.inputs.input_ids
+    layer = 2
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True)
+    weights = out.attentions[layer][0]  # [H, T, S]
+    q_start, q_end = layout.question
+    probs = weights[:, q_start:q_end].mean(dim=(0, 1))
+    expected = torch.stack([probs[s:e].sum() for s, e in layout.segments])
+
+    decoder = LayerwiseDecoder(model)
+    cache = decoder.new_cache()
+    positions = torch.arange(ids.shape[1])
+    hidden_in = decoder.run(decoder.embed(ids), positions, cache, range(layer))
+    decoder.run(hidden_in, positions, cache, range(layer, layer + 1))
+    got = attention_mass(decoder, layer, hidden_in, positions, cache, layout)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_maxsim_scores_and_selection(tmp_path) -> None:
+    torch.manual_seed(0)
+    projection = MaxSimProjection(hidden_size=16, dim=8, layer=3)
+    hidden = torch.randn(1, 20, 16)
+    hidden[0, 5:8] = hidden[0, 17:20]  # segment 1 repeats the question
+
+    class _Layout:
+        segments = ((0, 5), (5, 8), (8, 15))
+        question = (17, 20)
+
+    scores = maxsim_scores(projection, hidden, _Layout())
+    assert scores.shape == (3,)
+    assert int(scores.argmax()) == 1
+    torch.testing.assert_close(scores[1], torch.tensor(1.0), atol=1e-5, rtol=0)
+    path = tmp_path / "p.pt"
+    projection.save(path, note="test")
+    again = MaxSimProjection.load(path)
+    assert again.layer == 3
+    torch.testing.assert_close(maxsim_scores(again, hidden, _Layout()), scores)
+
+    assert select_top(torch.tensor([0.1, 0.9, 0.5, 0.7]), [10, 10, 10, 10], UragConfig(keep=2)) == [
+        1,
+        3,
+    ]
+    share = UragConfig(keep=4, keep_tokens=0.5)
+    assert select_top(torch.tensor([0.1, 0.9, 0.5, 0.7]), [10, 10, 10, 5], share) == [1, 3]
+    assert select_top(torch.tensor([0.1, 0.9, 0.5, 0.7]), [10, 30, 10, 5], share) == [1]
+    with pytest.raises(ValueError, match="MaxSim projection"):
+        MaxSimProjection.load(tmp_path / "missing.pt")
+
+
+def test_runner_refuses_a_layer_past_the_model(generator: Generator) -> None:
+    with pytest.raises(ValueError, match="below the last layer"):
+        UragRunner(generator, UragConfig(layer=3))
+    with pytest.raises(ValueError, match="use\\(layout_prompt"):
+        runner = UragRunner(generator, UragConfig(layer=1))
+        runner.prefill(generator.encode(_prompt()))
+    assert UragScorer("maxsim") is UragScorer.MAXSIM
