@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
-from models.config import EncoderConfig, GeneratorConfig, SamplerConfig
+from models.config import EncoderConfig, GeneratorConfig, SamplerConfig, UragConfig
 from models.generator import Evidence, Generator, build_prompt, load_generator
 from models.sampler import Candidate, EmbeddingCache, EvidenceSampler, SampleResult
 from pipeline.config import AnswerConfig, ContextMode
@@ -161,6 +161,8 @@ class AnswerStats:
         context: The evidence source (retrieved, first-pages, none).
         sampler: Whether the WuKong sampler chose the evidence.
         stop_reason: Why generation ended ("" when nothing was generated).
+        urag_kept: With URaG on, the evidence numbers `[n]` the deep layers read.
+        urag_pages: With URaG on, the pages of those items.
     """
 
     stages: tuple[StageStats, ...] = ()
@@ -175,6 +177,8 @@ class AnswerStats:
     context: str = ""
     sampler: bool = False
     stop_reason: str = ""
+    urag_kept: tuple[int, ...] = ()
+    urag_pages: tuple[int, ...] = ()
 
     def stage(self, name: str) -> StageStats | None:
         """The stats of the named stage, or None."""
@@ -242,6 +246,8 @@ class Answer:
                     **{
                         **stats,
                         "stages": tuple(StageStats(**s) for s in stats.get("stages", ())),
+                        "urag_kept": tuple(stats.get("urag_kept", ())),
+                        "urag_pages": tuple(stats.get("urag_pages", ())),
                     }
                 ),
                 error=data.get("error"),
@@ -404,6 +410,7 @@ class Answerer:
         self._image_encoder: Any | None = image_encoder
         self._samplers: dict[tuple[SamplerConfig, int], EvidenceSampler] = {}
         self._embeddings = EmbeddingCache()
+        self._urag: dict[tuple[UragConfig, int], Any] = {}
 
     # ------------------------------------------------------------------------- resources
 
@@ -443,6 +450,16 @@ class Answerer:
             )
             self._samplers[key] = sampler
         return self._samplers[key]
+
+    def urag(self, config: UragConfig, generator: Generator) -> Any:
+        """The URaG runner (`models.urag.UragRunner`) for `config` on `generator`."""
+        key = (config, id(generator))
+        if key not in self._urag:
+            from models.urag import UragRunner
+
+            self._urag = {k: v for k, v in self._urag.items() if k[1] == id(generator)}
+            self._urag[key] = UragRunner(generator, config)
+        return self._urag[key]
 
     # ------------------------------------------------------------------------------ asking
 
@@ -552,7 +569,21 @@ class Answerer:
         instructions = CITE_INSTRUCTION if cfg.ask_citations else generator.config.instructions
         prompt = build_prompt(question, evidence, instructions=instructions)
         t_prompt = time.perf_counter()
-        stream = generator.stream(prompt, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True)
+        runner = None
+        if cfg.use_urag and items and not prompt.images:
+            from models.urag import layout_prompt
+
+            runner = self.urag(cfg.urag, generator)
+            layout = layout_prompt(generator, prompt)
+            runner.use(layout)
+            stream = generator.stream(
+                layout.inputs, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
+                runner=runner,
+            )  # fmt: skip
+        else:
+            stream = generator.stream(
+                prompt, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True
+            )
         ttft: float | None = None
         for delta in stream:
             if ttft is None:
@@ -561,6 +592,16 @@ class Answerer:
         result = stream.result
         end = time.perf_counter()
         evidence_tokens = sum(item.tokens for item in items)
+        urag_kept: tuple[int, ...] = ()
+        if runner is not None and runner.selection is not None:
+            chosen = runner.selection
+            urag_kept = tuple(i + 1 for i in chosen.kept)
+            stages.append(
+                StageStats(
+                    "urag", len(chosen.kept), len(items), chosen.kept_evidence_tokens,
+                    chosen.evidence_tokens, chosen.ms,
+                )
+            )  # fmt: skip
         stages.append(
             StageStats("prompt", len(items), len(items), evidence_tokens, result.prompt_tokens, 0.0)
         )
@@ -589,6 +630,8 @@ class Answerer:
             context=str(cfg.context),
             sampler=cfg.use_sampler and cfg.context is ContextMode.RETRIEVED,
             stop_reason=str(result.stop_reason),
+            urag_kept=urag_kept,
+            urag_pages=tuple(sorted({items[n - 1].page for n in urag_kept})),
         )
         yield Answer(
             text=NOT_ANSWERABLE if declined else raw,

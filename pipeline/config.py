@@ -6,7 +6,7 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.config import SamplerConfig
+from models.config import SamplerConfig, UragConfig
 from retrieval.config import RetrievalMode
 
 
@@ -114,3 +114,9 @@ class AnswerConfig(BaseModel):
         default=48, ge=1, description="Most tokens of one answer (short answers)."
     )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    use_urag: bool = Field(
+        default=False,
+        description="URaG after the sampler: the model's first layers score the evidence items "
+        "and the deeper layers read only the kept ones (off until it is shown to help).",
+    )
+    urag: UragConfig = Field(default_factory=UragConfig)

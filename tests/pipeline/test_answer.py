@@ -15,7 +15,7 @@ import pymupdf
 import pytest
 from sqlalchemy import select
 
-from models.config import EncoderConfig, GeneratorConfig, SamplerConfig
+from models.config import EncoderConfig, GeneratorConfig, SamplerConfig, UragConfig
 from models.generator import Generation, GenerationStream, Generator, StopReason, load_generator
 from pipeline.answer import Answer, Answerer, resolve_options
 from pipeline.config import (
@@ -258,6 +258,29 @@ def test_bad_requests_raise(lib, tiny, bow_encoder) -> None:
         answerer.ask("   ")
     with pytest.raises(LookupError, match="no document"):
         answerer.ask(QUESTION, doc_ids=["ffff0000"])
+
+
+def test_urag_keeps_the_best_items_and_reports_their_pages(lib, tiny, bow_encoder) -> None:
+    answerer = _answerer(lib, tiny, bow_encoder)
+    off = answerer.ask(QUESTION, doc_ids=[lib[2]])
+    assert len(off.evidence) > 1 and off.stats.stage("urag") is None and not off.stats.urag_kept
+    keep_all = FAST.model_copy(
+        update={"use_urag": True, "urag": UragConfig(layer=0, keep=len(off.evidence))}
+    )
+    same = answerer.ask(QUESTION, doc_ids=[lib[2]], config=keep_all)
+    assert same.text == off.text  # nothing dropped: the same answer
+    assert same.stats.urag_kept == tuple(range(1, len(off.evidence) + 1))
+    one = FAST.model_copy(update={"use_urag": True, "urag": UragConfig(layer=0, keep=1)})
+    answer = answerer.ask(QUESTION, doc_ids=[lib[2]], config=one)
+    stats = answer.stats
+    assert [s.name for s in stats.stages][-3:] == ["urag", "prompt", "generate"]
+    urag = stats.stage("urag")
+    assert (urag.kept_items, urag.total_items) == (1, len(answer.evidence))
+    assert urag.kept_tokens < urag.total_tokens and urag.ms > 0
+    (kept,) = stats.urag_kept
+    assert stats.urag_pages == (answer.evidence[kept - 1].page,)
+    again = Answer.from_dict(json.loads(json.dumps(answer.to_dict())))
+    assert again == answer
 
 
 def test_answers_round_trip_through_json(lib, tiny, bow_encoder) -> None:
