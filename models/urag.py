@@ -259,10 +259,34 @@ class LayerwiseDecoder:
         shared = self.rotary(hidden, pos)
         return {t: shared for t in set(self.layer_types)}
 
-    def mask(self, layer_type: str, q_pos: torch.Tensor, kv_pos: torch.Tensor) -> torch.Tensor:
-        """Additive `[1, 1, T, S]` mask: causal by original position, windowed on sliding layers."""
+    def mask(
+        self, layer_type: str, q_pos: torch.Tensor, kv_pos: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Additive `[1, 1, T, S]` mask: causal by original position, windowed on sliding layers.
+
+        None where SDPA's own causal path is exact (faster): a global layer whose queries are
+        all the keys (a prefill into an empty layer; kept positions increase, so causal by
+        index is causal by position) or a single query (decoding).
+        """
+        windowed = (
+            layer_type == "sliding_attention"
+            and self.sliding_window is not None
+            and int(q_pos.max() - kv_pos.min()) >= self.sliding_window
+        )
+        if (
+            not windowed
+            and self.model.config._attn_implementation == "sdpa"
+            and (q_pos.numel() == 1 or q_pos.numel() == kv_pos.numel())
+        ):
+            return None
+        return self.explicit_mask(layer_type, q_pos, kv_pos)
+
+    def explicit_mask(
+        self, layer_type: str, q_pos: torch.Tensor, kv_pos: torch.Tensor
+    ) -> torch.Tensor:
+        """The additive `[1, 1, T, S]` mask of `mask`, always materialised."""
         allowed = kv_pos.unsqueeze(0) <= q_pos.unsqueeze(1)  # [T, S]
-        if layer_type == "sliding_attention" and self.sliding_window:
+        if layer_type == "sliding_attention" and self.sliding_window is not None:
             allowed &= (q_pos.unsqueeze(1) - kv_pos.unsqueeze(0)) < self.sliding_window
         out = torch.zeros(allowed.shape, dtype=self.dtype, device=q_pos.device)
         out.masked_fill_(~allowed, torch.finfo(self.dtype).min)
@@ -282,7 +306,7 @@ class LayerwiseDecoder:
             `[1, T, D]` hidden states after the last layer of the range.
         """
         rope = self.position_embeddings(hidden, positions)
-        masks: dict[tuple[str, int], torch.Tensor] = {}
+        masks: dict[tuple[str, int], torch.Tensor | None] = {}
         cache._incoming = positions
         for i in layers:
             kind = self.layer_types[i]

@@ -105,6 +105,20 @@ def test_layerwise_decode_equals_model_decode(generator: Generator) -> None:
             ).logits[:, -1]
 
 
+def test_sdpa_shortcut_equals_explicit_masks(generator: Generator) -> None:
+    torch.manual_seed(0)
+    ids = torch.randint(0, generator.model.config.vocab_size, (1, 40))
+    fast = LayerwiseDecoder(generator.model)
+    slow = LayerwiseDecoder(generator.model)
+    slow.mask = slow.explicit_mask
+    cache_fast, cache_slow = fast.new_cache(), slow.new_cache()
+    torch.testing.assert_close(fast.forward(ids, cache_fast), slow.forward(ids, cache_slow))
+    token = torch.tensor([[3]])
+    torch.testing.assert_close(
+        fast.decode_step(token, cache_fast), slow.decode_step(token, cache_slow)
+    )
+
+
 def test_layout_spans_hold_the_evidence_and_question(generator: Generator) -> None:
     prompt = _prompt()
     layout = layout_prompt(generator, prompt)
@@ -177,10 +191,9 @@ def test_pruned_run_equals_masking_the_dropped_keys_in_deep_layers(generator: Ge
     for i, (s, e) in enumerate(layout.segments):
         if i not in selection.kept:
             hidden_mask[s:e] = True
-    original = decoder.mask
 
     def masked(layer_type, q_pos, kv_pos):
-        out = original(layer_type, q_pos, kv_pos)
+        out = decoder.explicit_mask(layer_type, q_pos, kv_pos)
         out[..., hidden_mask[kv_pos]] = torch.finfo(out.dtype).min
         return out
 
