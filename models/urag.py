@@ -427,7 +427,7 @@ class MaxSimProjection(nn.Module):
         layer: The layer L whose states it was trained on (kept with the weights).
     """
 
-    def __init__(self, hidden_size: int, dim: int = 128, layer: int = 6) -> None:
+    def __init__(self, hidden_size: int, dim: int = 128, layer: int = 4) -> None:
         super().__init__()
         self.layer = layer
         self.proj = nn.Linear(hidden_size, dim)

@@ -269,3 +269,11 @@ def test_runner_refuses_a_layer_past_the_model(generator: Generator) -> None:
         runner = UragRunner(generator, UragConfig(layer=1))
         runner.prefill(generator.encode(_prompt()))
     assert UragScorer("maxsim") is UragScorer.MAXSIM
+
+
+def test_the_shipped_projection_loads_at_the_default_layer() -> None:
+    from models.urag import DEFAULT_PROJECTION
+
+    projection = MaxSimProjection.load(DEFAULT_PROJECTION)
+    assert projection.layer == UragConfig().layer
+    assert projection.proj.in_features == 896  # Qwen2.5-Coder-0.5B's hidden size

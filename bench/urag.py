@@ -1,0 +1,315 @@
+"""URaG on the MMLongBench dev split: layer-L scores, recall against L, prefill time and accuracy.
+
+Run by hand (never in tests), under `nice`, one step at a time:
+
+    export HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=folio-library/models
+    # 1. evidence (retrieval + WuKong sampler) and layer 0..MAX states of every question
+    nice -n 15 .venv/bin/python -m bench.urag cache --library LIB --out DIR --stride 2 --max-layer 10 --save-layers 4 6 8
+    # 2. recall of the kept pages against L (attention mass; MaxSim with a trained projection)
+    .venv/bin/python -m bench.urag curve --out DIR [--projection models/weights/....pt]
+    # 3. answers with and without the stage on the validation documents
+    nice -n 15 .venv/bin/python -m bench.urag qa --library LIB --out DIR --limit 24 --layer 6 --keep 4
+
+The dev split is divided by document (`split_of`): about 30% of the documents are validation,
+never used to choose L, the keep count or to train the projection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT.parent / "shared" / "data" / "mmlongbench" / "dev" / "samples.json"
+
+
+def split_of(doc_name: str) -> str:
+    """ "val" for about 30% of the documents (by a hash of the file name), else "train"."""
+    return "val" if int(hashlib.sha1(doc_name.encode()).hexdigest(), 16) % 10 < 3 else "train"
+
+
+def _folio(library: str):
+    from app import Folio
+
+    return Folio(library=library)
+
+
+def _evidence_prompt(answerer, question: str, doc: str, cfg):
+    """The evidence items and the prompt exactly as `Answerer.stream` builds them."""
+    from models.generator import Evidence, build_prompt
+    from pipeline.answer import _label
+
+    generator = answerer.generator()
+    docs = answerer._resolve_docs([doc])
+    items = answerer._retrieved(question, docs, cfg, generator, [])
+    names = answerer._file_names({i.doc_id for i in items})
+    several = len({i.doc_id for i in items}) > 1
+    evidence = [Evidence(text=_label(i, names, several) + i.text) for i in items]
+    return items, build_prompt(question, evidence, instructions=generator.config.instructions)
+
+
+def cache(args: argparse.Namespace) -> None:
+    """Step 1: per question, segments with pages, attention mass per layer, saved states."""
+    from models.urag import LayerwiseDecoder, attention_mass, layout_prompt
+    from pipeline.eval_qa import load_qa_questions
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    (out / "states").mkdir(parents=True, exist_ok=True)
+    records_path = out / "records.jsonl"
+    done = set()
+    if records_path.exists():
+        done = {json.loads(line)["index"] for line in records_path.open()}
+    questions = load_qa_questions(SAMPLES)
+    folio = _folio(args.library)
+    answerer = folio.answerer
+    cfg = answerer.config
+    generator = answerer.generator()
+    decoder = LayerwiseDecoder(generator.model)
+    with records_path.open("a") as sink:
+        for index in range(0, len(questions), args.stride):
+            if index in done:
+                continue
+            q = questions[index]
+            t0 = time.perf_counter()
+            items, prompt = _evidence_prompt(answerer, q.question, q.doc_id, cfg)
+            if not items:
+                continue
+            layout = layout_prompt(generator, prompt)
+            ids = layout.inputs.input_ids
+            positions = torch.arange(ids.shape[1])
+            kv = decoder.new_cache()
+            hidden = decoder.embed(ids)
+            mass: list[list[float]] = []
+            t1 = time.perf_counter()
+            for layer in range(args.max_layer + 1):
+                hidden_in = hidden
+                hidden = decoder.run(hidden, positions, kv, range(layer, layer + 1))
+                mass.append(
+                    [round(float(x), 6) for x in
+                     attention_mass(decoder, layer, hidden_in, positions, kv, layout)]
+                )  # fmt: skip
+                if layer in args.save_layers:
+                    torch.save(
+                        hidden[0].to(torch.float16).clone(), out / "states" / f"{index}-L{layer}.pt"
+                    )
+            record = {
+                "index": index,
+                "doc": q.doc_id,
+                "split": split_of(q.doc_id),
+                "question": q.question,
+                "answer_format": q.answer_format,
+                "gold_pages": list(q.evidence_pages),
+                "pages": [i.page for i in items],
+                "segments": [list(s) for s in layout.segments],
+                "question_span": list(layout.question),
+                "tokens": layout.num_tokens,
+                "mass": mass,
+                "evidence_s": round(t1 - t0, 2),
+                "layers_s": round(time.perf_counter() - t1, 2),
+            }
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            print(
+                index, q.doc_id[:30], len(items), layout.num_tokens, record["layers_s"], flush=True
+            )
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "records.jsonl").open()]
+
+
+def _recall(gold: set[int], pages: list[int], kept: list[int]) -> float:
+    return len(gold & {pages[i] for i in kept}) / len(gold)
+
+
+def _top(scores: list[float], tokens: list[int], keep: int) -> list[int]:
+    from models.config import UragConfig
+    from models.urag import select_top
+
+    return select_top(torch.tensor(scores), tokens, UragConfig(keep=keep))
+
+
+def maxsim_for(record: dict, projection, out: Path) -> list[float]:
+    """MaxSim scores of one cached question at the projection's layer."""
+    from models.urag import maxsim_scores
+
+    hidden = torch.load(out / "states" / f"{record['index']}-L{projection.layer}.pt").float()
+
+    class _Layout:
+        segments = [tuple(s) for s in record["segments"]]
+        question = tuple(record["question_span"])
+
+    return maxsim_scores(projection, hidden[None], _Layout()).tolist()
+
+
+def curve(args: argparse.Namespace) -> None:
+    """Step 2: page recall of the kept set against L, per split, next to the sampler alone."""
+    out = Path(args.out)
+    records = [r for r in _records(out) if r["gold_pages"] and r["answer_format"] != "None"]
+    report: dict = {"questions": {}, "sampler": {}, "attention": {}, "kept_token_share": {}}
+    for split in ("train", "val"):
+        rows = [r for r in records if r["split"] == split]
+        report["questions"][split] = len(rows)
+        report["sampler"][split] = round(
+            statistics.fmean(_recall(set(r["gold_pages"]), r["pages"], list(range(len(r["pages"]))))
+                             for r in rows), 4)  # fmt: skip
+        for keep in args.keep:
+            layers = range(len(rows[0]["mass"]))
+            report["attention"].setdefault(f"keep{keep}", {})[split] = {
+                layer: round(statistics.fmean(
+                    _recall(set(r["gold_pages"]), r["pages"],
+                            _top(r["mass"][layer], _seg_tokens(r), keep)) for r in rows), 4)
+                for layer in layers
+            }  # fmt: skip
+            report["kept_token_share"].setdefault(f"keep{keep}", {})[split] = round(
+                statistics.fmean(
+                    sum(_seg_tokens(r)[i] for i in _top(r["mass"][args.at], _seg_tokens(r), keep))
+                    / sum(_seg_tokens(r)) for r in rows), 4)  # fmt: skip
+            report.setdefault("random", {}).setdefault(f"keep{keep}", {})[split] = round(
+                statistics.fmean(min(keep, len(r["pages"])) / len(r["pages"])
+                                 * _recall(set(r["gold_pages"]), r["pages"], list(range(len(r["pages"]))))
+                                 for r in rows), 4)  # fmt: skip
+        if args.projection:
+            from models.urag import MaxSimProjection
+
+            projection = MaxSimProjection.load(Path(args.projection))
+            for keep in args.keep:
+                report.setdefault("maxsim", {}).setdefault(f"keep{keep}", {})[split] = round(
+                    statistics.fmean(
+                        _recall(set(r["gold_pages"]), r["pages"],
+                                _top(maxsim_for(r, projection, out), _seg_tokens(r), keep))
+                        for r in rows), 4)  # fmt: skip
+    report["segments_mean"] = round(statistics.fmean(len(r["pages"]) for r in records), 2)
+    report["prompt_tokens_mean"] = round(statistics.fmean(r["tokens"] for r in records), 1)
+    text = json.dumps(report, indent=1)
+    (out / "curve.json").write_text(text + "\n")
+    print(text)
+
+
+def _seg_tokens(record: dict) -> list[int]:
+    return [e - s for s, e in record["segments"]]
+
+
+def qa(args: argparse.Namespace) -> None:
+    """Step 3: the same validation questions answered with the stage off and on (one process,
+    alternating per question so that machine load hits both alike)."""
+    from models.config import UragConfig
+    from pipeline.eval_qa import load_qa_questions
+    from pipeline.scoring import score_answer
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    questions = [
+        (i, q) for i, q in enumerate(load_qa_questions(SAMPLES)) if split_of(q.doc_id) == "val"
+    ][:: args.stride][: args.limit]
+    folio = _folio(args.library)
+    answerer = folio.answerer
+    base = answerer.config
+    on = base.model_copy(
+        update={
+            "use_urag": True,
+            "urag": UragConfig(
+                layer=args.layer, keep=args.keep, scorer=args.scorer, projection=args.projection
+            ),
+        }
+    )
+    warm = answerer.ask("What is this document about?", doc_ids=[questions[0][1].doc_id])
+    del warm
+    rows = []
+    path = out / f"qa-{args.scorer}-L{args.layer}-k{args.keep}.jsonl"
+    with path.open("w") as sink:
+        for index, q in questions:
+            row = {"index": index, "doc": q.doc_id, "format": q.answer_format, "gold": q.answer,
+                   "gold_pages": list(q.evidence_pages)}  # fmt: skip
+            for name, cfg in (("off", base), ("on", on)):
+                answer = answerer.ask(q.question, doc_ids=[q.doc_id], config=cfg)
+                stats = answer.stats
+                pages = sorted({e.page for e in answer.evidence})
+                kept_pages = list(stats.urag_pages) if name == "on" else pages
+                row[name] = {
+                    "prediction": answer.plain,
+                    "score": score_answer(answer.plain, q.answer, q.answer_format),
+                    "prefill_ms": round(stats.prefill_ms, 1),
+                    "ttft_ms": round(stats.ttft_ms, 1),
+                    "prompt_tokens": stats.prompt_tokens,
+                    "pages": kept_pages,
+                    "urag": None if name == "off" else list(stats.urag_kept),
+                    "deep_tokens": stats.prompt_tokens
+                    - (
+                        stats.stage("urag").total_tokens - stats.stage("urag").kept_tokens
+                        if name == "on" and stats.stage("urag")
+                        else 0
+                    ),  # fmt: skip
+                }
+            rows.append(row)
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+            print(index, row["off"]["score"], row["on"]["score"], row["off"]["prefill_ms"],
+                  row["on"]["prefill_ms"], flush=True)  # fmt: skip
+    summary = _qa_summary(rows)
+    (out / path.name.replace(".jsonl", ".json")).write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+def _qa_summary(rows: list[dict]) -> dict:
+    gold_rows = [r for r in rows if r["gold_pages"] and r["format"] != "None"]
+    summary = {"questions": len(rows)}
+    for name in ("off", "on"):
+        summary[name] = {
+            "accuracy": round(statistics.fmean(r[name]["score"] for r in rows), 4),
+            "prefill_ms_sum": round(sum(r[name]["prefill_ms"] for r in rows), 1),
+            "prefill_ms_p50": round(statistics.median(r[name]["prefill_ms"] for r in rows), 1),
+            "page_recall": round(
+                statistics.fmean(
+                    len(set(r["gold_pages"]) & set(r[name]["pages"])) / len(set(r["gold_pages"]))
+                    for r in gold_rows
+                ),
+                4,
+            )
+            if gold_rows
+            else None,  # fmt: skip
+        }
+    summary["prefill_saved"] = round(
+        1 - summary["on"]["prefill_ms_sum"] / summary["off"]["prefill_ms_sum"], 4
+    )
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    p = sub.add_parser("cache")
+    p.add_argument("--library", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--max-layer", type=int, default=10)
+    p.add_argument("--save-layers", type=int, nargs="*", default=[4, 6, 8])
+    p.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser("curve")
+    p.add_argument("--out", required=True)
+    p.add_argument("--keep", type=int, nargs="*", default=[2, 3, 4, 5])
+    p.add_argument("--at", type=int, default=6, help="layer whose kept-token share is reported")
+    p.add_argument("--projection")
+    p = sub.add_parser("qa")
+    p.add_argument("--library", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, default=24)
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--layer", type=int, default=6)
+    p.add_argument("--keep", type=int, default=4)
+    p.add_argument("--scorer", default="attention")
+    p.add_argument("--projection")
+    p.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    {"cache": cache, "curve": curve, "qa": qa}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
