@@ -5,7 +5,7 @@ are loaded and warmed by one question on another document first, so the timed pa
 only (the load is reported apart):
 
     HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=folio-library/models \\
-        .venv/bin/python -m bench.answer --library LIB --questions 8
+        .venv/bin/python -m bench.answer --library LIB --questions 8 --rounds 2
 
 Questions: the first N of the stride-8 dev subset of MMLongBench (`folio eval qa --stride 8`),
 each asked of its own document.
@@ -72,21 +72,31 @@ def main() -> None:
     parser.add_argument("--library", required=True, help="Library holding the dev documents.")
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--mode", choices=["loop", "batch"], help="Run one mode here (internal).")
+    parser.add_argument(
+        "--rounds", type=int, default=2,
+        help="Rounds of both modes, the order swapped each round (the first run of a session "
+        "also pays for cold disk caches).",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(_run(args.mode, args.library, args.questions)))
         return
-    results = []
-    for mode in ("loop", "batch"):
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.answer", "--library", args.library,
-             "--questions", str(args.questions), "--mode", mode],
-            capture_output=True, text=True, check=True, cwd=ROOT,
-        )  # fmt: skip
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps({k: v for k, v in results[-1].items() if k != "texts"}), flush=True)
-    same = results[0]["texts"] == results[1]["texts"]
-    print(f"same answers: {same}")
+    results: dict[str, list[dict]] = {"loop": [], "batch": []}
+    for round_ in range(args.rounds):
+        for mode in ("loop", "batch") if round_ % 2 == 0 else ("batch", "loop"):
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.answer", "--library", args.library,
+                 "--questions", str(args.questions), "--mode", mode],
+                capture_output=True, text=True, check=True, cwd=ROOT,
+            )  # fmt: skip
+            results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            shown = {k: v for k, v in results[mode][-1].items() if k != "texts"}
+            print(json.dumps({"round": round_ + 1} | shown), flush=True)
+    for mode, runs in results.items():
+        rates = sorted(r["questions_per_min"] for r in runs)
+        print(f"{mode}: questions/min per round {rates}, best {rates[-1]}")
+    texts = [r["texts"] for runs in results.values() for r in runs]
+    print(f"same answers in every run: {all(t == texts[0] for t in texts)}")
 
 
 if __name__ == "__main__":
