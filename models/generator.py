@@ -574,6 +574,11 @@ def load_generator(
 
     config = config or GeneratorConfig()
     start = time.perf_counter()
+    from models.attention import BACKEND_NAME, register_sparse_attention
+
+    if config.attn_implementation == BACKEND_NAME:
+        # transformers only knows backends registered before the model is built
+        register_sparse_attention()
     folder = resolve_model_dir(config.model, cache_dir)
     device_map, dtype = _placement(config)
     try:

@@ -279,6 +279,21 @@ def test_greedy_matches_transformers_generate(tiny: Generator) -> None:
     assert ours == theirs
 
 
+def test_the_sparse_attention_backend_is_a_setting(tiny_dir: Path, tiny: Generator) -> None:
+    """attn_implementation="folio_sparse" loads (the backend is registered first) and, below
+    its length threshold, answers exactly as SDPA does."""
+    config = GeneratorConfig(
+        model=str(tiny_dir), device="cpu", stop_at_newline=False, attn_implementation="folio_sparse"
+    )
+    sparse = load_generator(config)
+    sparse.eos_token_ids = frozenset()
+    assert sparse.model.config._attn_implementation == "folio_sparse"
+    assert (
+        sparse.generate(PROMPT, max_new_tokens=8).text
+        == tiny.generate(PROMPT, max_new_tokens=8).text
+    )
+
+
 def test_greedy_is_deterministic_and_sampling_is_seeded(tiny: Generator) -> None:
     first = tiny.generate(PROMPT, max_new_tokens=8)
     assert tiny.generate(PROMPT, max_new_tokens=8).text == first.text
