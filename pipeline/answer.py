@@ -15,9 +15,9 @@ Stages (each switchable per request through `AnswerConfig`):
 3. Generate (streamed).
 4. Cite: `[n]` in the answer cites evidence item n. An answer that cites nothing is attributed:
    to the best-ranked item holding a short answer verbatim, else to the item most similar to the
-   question and answer (dense encoder). Within an item, the cited region is the block holding the
-   answer, else the most similar block. "Not answerable" (when the model declines, or no evidence
-   was found) cites nothing.
+   question and answer (dense encoder); with URaG on, only among the items its deep layers read.
+   Within an item, the cited region is the block holding the answer, else the most similar block.
+   "Not answerable" (when the model declines, or no evidence was found) cites nothing.
 """
 
 from __future__ import annotations
@@ -616,7 +616,7 @@ class Answerer:
         citations: tuple[Citation, ...] = ()
         if not declined:
             sampler = self.sampler(cfg.sampler, generator)
-            citations = _cite(question, raw, items, names, sampler)
+            citations = _cite(question, raw, items, names, sampler, read=urag_kept or None)
         stats = AnswerStats(
             stages=tuple(stages),
             prompt_tokens=result.prompt_tokens,
@@ -1073,8 +1073,13 @@ def _cite(
     items: Sequence[_Item],
     names: Mapping[str, str],
     sampler: EvidenceSampler,
+    read: Collection[int] | None = None,
 ) -> tuple[Citation, ...]:
-    """Citations of an answer: the items it cites with `[n]`, else attributed ones."""
+    """Citations of an answer: the items it cites with `[n]`, else attributed ones.
+
+    `read`: the evidence numbers the model's deep layers read (URaG kept them); an answer is
+    only attributed to those. None: every item.
+    """
     if not items:
         return ()
     numbers: list[int] = []
@@ -1086,11 +1091,12 @@ def _cite(
     if numbers:
         similar = _Similarity(question, _core(answer), items, sampler)
         return tuple(_region(similar, items[n - 1], n, names, "cited") for n in numbers)
+    candidates = sorted(n - 1 for n in read) if read else list(range(len(items)))
     out: list[Citation] = []
     sentences = [s for s in _SENTENCE.split(answer.strip()) if _core(s)] or [answer]
     for sentence in sentences:
         similar = _Similarity(question, _core(sentence), items, sampler)
-        n = _attribute(similar, items)
+        n = _attribute(similar, items, candidates)
         citation = _region(similar, items[n - 1], n, names, "attributed")
         if all(c.block_id != citation.block_id for c in out):
             out.append(citation)
@@ -1121,14 +1127,15 @@ class _Similarity:
         return self._scores[block_id]
 
 
-def _attribute(similar: _Similarity, items: Sequence[_Item]) -> int:
-    """The evidence number an uncited answer (or sentence) comes from."""
+def _attribute(similar: _Similarity, items: Sequence[_Item], candidates: Sequence[int]) -> int:
+    """The evidence number an uncited answer (or sentence) comes from, among `candidates`
+    (0-based item indexes)."""
     core = similar.core
     if core and len(core.split()) <= _BARE_WORDS:
-        holding = [i for i, item in enumerate(items) if _contains(_normal(item.text), core)]
+        holding = [i for i in candidates if _contains(_normal(items[i].text), core)]
         if holding:
             return min(holding, key=lambda i: items[i].rank) + 1
-    best = max(range(len(items)), key=lambda i: max(similar.of(b.id) for b in items[i].blocks))
+    best = max(candidates, key=lambda i: max(similar.of(b.id) for b in items[i].blocks))
     return best + 1
 
 

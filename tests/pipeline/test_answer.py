@@ -279,6 +279,9 @@ def test_urag_keeps_the_best_items_and_reports_their_pages(lib, tiny, bow_encode
     assert urag.kept_tokens < urag.total_tokens and urag.ms > 0
     (kept,) = stats.urag_kept
     assert stats.urag_pages == (answer.evidence[kept - 1].page,)
+    # the tiny model cites no [n]: the answer is attributed, and only to what it read
+    assert answer.citations and {c.how for c in answer.citations} == {"attributed"}
+    assert {c.evidence for c in answer.citations} == {kept}
     again = Answer.from_dict(json.loads(json.dumps(answer.to_dict())))
     assert again == answer
 
