@@ -54,7 +54,7 @@ DATA = (
     / "mmlongbench"
     / "dev"
 )
-WORK = Path(os.environ.get("FOLIO_BENCH_DIR", "/tmp/folio-bench"))
+WORK = Path(os.environ.get("FOLIO_BENCH_DIR", ROOT / "bench-work" / "attention"))
 DOCUMENT = "NETFLIX_2015_10K.pdf"
 NEEDLE = "The secret passcode for the vault is {code}."
 NEEDLE_QUESTION = (

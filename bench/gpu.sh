@@ -3,14 +3,14 @@
 # reference, then the Triton block-sparse kernel against SDPA (FlashAttention backend) at long
 # lengths. Budget: under 8 minutes on one H100/H200-class GPU. Run from the repository root:
 #
-#     bash bench/gpu.sh            # results under ${OUT:-/tmp/folio-gpu}
+#     bash bench/gpu.sh            # results under ${OUT:-bench-work/gpu}
 #
 # Needs a Python with torch (CUDA build), triton, pytest and pydantic; nothing is downloaded.
 set -uo pipefail
-OUT="${OUT:-/tmp/folio-gpu}"
+cd "$(dirname "$0")/.."
+OUT="${OUT:-bench-work/gpu}"
 PY="${PYTHON:-python}"
 mkdir -p "$OUT"
-cd "$(dirname "$0")/.."
 unset TRITON_INTERPRET  # compile for the GPU, never interpret
 export HF_HUB_OFFLINE=1
 

@@ -3,7 +3,7 @@
 `latency`: a synthetic library of N chunks (default 100k) searched in every mode, side by side
 with plain bm25s and plain FAISS on the same data:
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.retrieval latency --chunks 100000 --json /tmp/lat.json
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.retrieval latency --chunks 100000 --json bench-work/lat.json
 
 The chunk texts are real words drawn with their frequencies in `../shared/data/ir` (so posting
 lists have natural lengths), 120 words each (the chunker's ~160 tokens). Encoding 100k chunks with
@@ -16,7 +16,7 @@ by the real models inside the timed region.
 `tune`: grid search of the fusion and feedback settings on the five IR collections (indexes
 cached under --cache, built on first use):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.retrieval tune --cache /tmp/folio-cache --json /tmp/tune.json
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.retrieval tune --cache bench-work/ir-cache --json bench-work/tune.json
 """
 
 from __future__ import annotations

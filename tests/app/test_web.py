@@ -72,7 +72,7 @@ def test_history_to_turns_reads_string_and_typed_block_content() -> None:
         {"role": "assistant", "content": "One."},
         {"role": "user", "content": [{"type": "text", "text": "Second?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "Two"}, {"type": "text", "text": "."}]},
-        {"role": "assistant", "content": {"type": "file", "path": "/tmp/x.png"}},
+        {"role": "assistant", "content": {"type": "file", "path": "figure.png"}},
         {"role": "user", "content": "Third?"},
     ]
     turns = history_to_turns(history)
