@@ -34,7 +34,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -591,7 +591,7 @@ class UragRunner:
             raise ValueError("call use(layout_prompt(generator, prompt)) and pass layout.inputs")
         t0 = time.perf_counter()
         logits, cache, self.selection = self.run(layout)
-        self.selection = _with_ms(self.selection, (time.perf_counter() - t0) * 1000)
+        self.selection = replace(self.selection, ms=(time.perf_counter() - t0) * 1000)
         return logits, cache
 
     def decode_step(self, tokens: torch.Tensor, cache: PrunableCache) -> torch.Tensor:
@@ -654,9 +654,3 @@ class UragRunner:
             ms=0.0,
         )
         return logits, cache, selection
-
-
-def _with_ms(selection: Selection, ms: float) -> Selection:
-    from dataclasses import replace
-
-    return replace(selection, ms=ms)

@@ -26,7 +26,7 @@ from sqlalchemy import delete, insert, select
 from pipeline.chunk import BlockRef, ChunkDraft, chunk_blocks
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
 from pipeline.parse import ParsedDocument, ParseError, parse_pdf, sha256_file
-from storage import Block, Chunk, Document, DocumentStatus, Library, Page
+from storage import SOURCE_PDF, Block, Chunk, Document, DocumentStatus, Library, Page
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def _store(
     final = library.assets_dir / doc_id
     if ingest_config.keep_source:
         partial.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, partial / "source.pdf")
+        shutil.copyfile(path, partial / SOURCE_PDF)
     old_chunk_ids: list[str] = []
     with library.sessions() as session, session.begin():
         if session.get(Document, doc_id) is not None:

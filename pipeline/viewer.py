@@ -57,7 +57,7 @@ class PageImage:
 
 def source_pdf(library: Library, doc_id: str) -> Path | None:
     """The library's copy of a document's PDF, or None when it keeps none."""
-    path = library.assets_dir / doc_id / "source.pdf"
+    path = library.source_pdf(doc_id)
     return path if path.is_file() else None
 
 

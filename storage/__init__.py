@@ -1,7 +1,7 @@
 """Storage: SQLAlchemy models and sessions, page-image assets, index folders."""
 
 from storage.config import StorageConfig
-from storage.db import Library, SchemaMismatchError, open_library
+from storage.db import SOURCE_PDF, Library, SchemaMismatchError, open_library
 from storage.models import (
     SCHEMA_VERSION,
     Block,
@@ -14,6 +14,7 @@ from storage.models import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SOURCE_PDF",
     "Block",
     "BlockKind",
     "Chunk",

@@ -20,6 +20,9 @@ class SchemaMismatchError(RuntimeError):
     """The database was written by another schema version of Folio."""
 
 
+SOURCE_PDF = "source.pdf"  # file name of a document's PDF copy inside its assets folder
+
+
 @dataclass(frozen=True)
 class Library:
     """An open library: engine, session factory and the folders beside the database."""
@@ -39,6 +42,10 @@ class Library:
     @property
     def models_dir(self) -> Path:
         return self.root / "models"
+
+    def source_pdf(self, doc_id: str) -> Path:
+        """Where the library keeps its copy of a document's PDF (when ingest keeps one)."""
+        return self.assets_dir / doc_id / SOURCE_PDF
 
     def asset_path(self, relative: str) -> Path:
         """Absolute path of an asset stored as a path relative to the library."""
