@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,23 +49,29 @@ class Folio:
         self._library: Library | None = None
         self._index: LibraryIndex | None = None
         self._answerer: Answerer | None = None
+        # NOTE: one Folio serves concurrent threads (the web app, a caller's pool); the lock makes
+        # the library, index and answerer open once. Each is thread-safe once open.
+        self._opening = threading.RLock()
         self._on_status = on_status or (lambda message: logger.info("%s", message))
 
     @property
     def library(self) -> Library:
         """The open library (opened, and created if needed, on first use)."""
-        if self._library is None:
-            self._library = open_library(self.settings.storage)
-        return self._library
+        with self._opening:
+            if self._library is None:
+                self._library = open_library(self.settings.storage)
+            return self._library
 
     @property
     def index(self) -> LibraryIndex:
         """The library's search index (models load on first use)."""
-        if self._index is None:
-            self._index = LibraryIndex(
-                self.library, self.settings.retrieval, self.settings.encoders, on_status=self._on_status
-            )
-        return self._index
+        with self._opening:
+            if self._index is None:
+                self._index = LibraryIndex(
+                    self.library, self.settings.retrieval, self.settings.encoders,
+                    on_status=self._on_status,
+                )
+            return self._index
 
     def ingest(
         self,
@@ -124,17 +131,18 @@ class Folio:
     @property
     def answerer(self) -> Answerer:
         """The question-answering pipeline (models load on the first question, once)."""
-        if self._answerer is None:
-            s = self.settings
-            self._answerer = Answerer(
-                self.library,
-                self.index,
-                s.answer,
-                s.generator,
-                s.encoders,
-                model_cache=s.model_cache,
-            )
-        return self._answerer
+        with self._opening:
+            if self._answerer is None:
+                s = self.settings
+                self._answerer = Answerer(
+                    self.library,
+                    self.index,
+                    s.answer,
+                    s.generator,
+                    s.encoders,
+                    model_cache=s.model_cache,
+                )
+            return self._answerer
 
     def ask(
         self, question: str, *, doc_ids: Sequence[str] | None = None, **overrides: Any

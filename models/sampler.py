@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -86,7 +87,8 @@ class EmbeddingCache:
     """Bounded LRU caches of text embeddings (by text) and image features (by path).
 
     Samplers that share one encoder can share one cache (a batch over the same documents
-    embeds each block once).
+    embeds each block once). Thread-safe: concurrent questions share it; encoding happens
+    outside the lock, so one question's embedding never holds up another's lookups.
 
     Args:
         max_items: Most entries kept in each cache.
@@ -96,12 +98,47 @@ class EmbeddingCache:
         self.max_items = max_items
         self.texts: OrderedDict[str, np.ndarray] = OrderedDict()
         self.images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def text_vectors(
+        self, texts: Sequence[str], encode: Callable[[list[str]], Sequence[np.ndarray]]
+    ) -> list[np.ndarray]:
+        """The embedding of each text, encoding (with `encode`) only those not cached."""
+        with self._lock:
+            found = {t: self.texts[t] for t in texts if t in self.texts}
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            for text, vector in zip(missing, encode(missing), strict=True):
+                found[text] = np.asarray(vector, dtype=np.float32)
+        with self._lock:
+            for text in texts:
+                self.texts[text] = found[text]
+                self.texts.move_to_end(text)
+            self._trim(self.texts)
+        return [found[t] for t in texts]
+
+    def image_vector(self, key: str, encode: Callable[[], np.ndarray | None]) -> np.ndarray | None:
+        """The cached features under `key`, else `encode()` (cached unless it returns None)."""
+        with self._lock:
+            if key in self.images:
+                self.images.move_to_end(key)
+                return self.images[key]
+        vector = encode()
+        if vector is not None:
+            with self._lock:
+                self.images[key] = vector
+                self._trim(self.images)
+        return vector
 
     def trim(self) -> None:
         """Forget the least recently used entries beyond `max_items`."""
-        for table in (self.texts, self.images):
-            while len(table) > self.max_items:
-                table.popitem(last=False)
+        with self._lock:
+            for table in (self.texts, self.images):
+                self._trim(table)
+
+    def _trim(self, table: OrderedDict[str, np.ndarray]) -> None:
+        while len(table) > self.max_items:
+            table.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -389,25 +426,15 @@ class EvidenceSampler:
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         """Document embeddings `[M, D]`, cached by text (batches often share documents)."""
-        table = self.cache.texts
-        missing = list(dict.fromkeys(t for t in texts if t not in table))
-        if missing:
-            for text, vector in zip(missing, self._text.encode_documents(missing), strict=True):
-                table[text] = np.asarray(vector, dtype=np.float32)
-        rows = []
-        for text in texts:
-            table.move_to_end(text)
-            rows.append(table[text])
-        self.cache.trim()
+        rows = self.cache.text_vectors(texts, self._text.encode_documents)
         if not rows:
             return np.zeros((0, 1), dtype=np.float32)
         return np.stack(rows)
 
     def _image_features(self, path: Path) -> np.ndarray | None:
         """L2-normalised features of a figure image (cached by path); None if unreadable."""
-        key = str(path)
-        table = self.cache.images
-        if key not in table:
+
+        def encode() -> np.ndarray | None:
             from PIL import Image, UnidentifiedImageError
 
             try:
@@ -418,9 +445,9 @@ class EvidenceSampler:
                     "figure image %s unreadable (%s); no duplicate check for it", path, exc
                 )
                 return None
-            table[key] = self._image.encode_images([picture])[0]
-            self.cache.trim()
-        return table[key]
+            return self._image.encode_images([picture])[0]
+
+        return self.cache.image_vector(str(path), encode)
 
 
 def _clean(text: str | None) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -411,12 +412,19 @@ class Answerer:
         self._samplers: dict[tuple[SamplerConfig, int], EvidenceSampler] = {}
         self._embeddings = EmbeddingCache()
         self._urag: dict[tuple[UragConfig, int], Any] = {}
+        # NOTE: concurrent questions (threads of the web app or of a caller) share the models;
+        # one lock makes sure each is loaded once. Questions themselves run without it.
+        self._loading = threading.RLock()
 
     # ------------------------------------------------------------------------- resources
 
     def generator(self, config: GeneratorConfig | None = None) -> Generator:
         """The loaded generator for `config` (loaded on first use; the last two are kept)."""
         config = config or self.generator_config
+        with self._loading:
+            return self._generator(config)
+
+    def _generator(self, config: GeneratorConfig) -> Generator:
         if config not in self._generators:
             if len(self._generators) >= 2:
                 oldest = self._generators.pop(next(iter(self._generators)))
@@ -427,6 +435,10 @@ class Answerer:
 
     def sampler(self, config: SamplerConfig, generator: Generator) -> EvidenceSampler:
         """The sampler for `config`, counting tokens with `generator`'s tokenizer."""
+        with self._loading:
+            return self._sampler(config, generator)
+
+    def _sampler(self, config: SamplerConfig, generator: Generator) -> EvidenceSampler:
         key = (config, id(generator))
         if key not in self._samplers:
             if self._text_encoder is None:
@@ -453,6 +465,10 @@ class Answerer:
 
     def urag(self, config: UragConfig, generator: Generator) -> Any:
         """The URaG runner (`models.urag.UragRunner`) for `config` on `generator`."""
+        with self._loading:
+            return self._urag_runner(config, generator)
+
+    def _urag_runner(self, config: UragConfig, generator: Generator) -> Any:
         key = (config, id(generator))
         if key not in self._urag:
             from models.urag import UragRunner
