@@ -30,7 +30,7 @@ from .evaluate import (
     reciprocal_rank,
 )
 from .fusion import fuse, fuse_arrays, fuse_rrf, normalize
-from .hybrid import EncodedQuery, HybridRetriever
+from .hybrid import EncodedChunks, EncodedQuery, HybridRetriever, SavedIndex, inspect_saved
 from .prf import rm3, rocchio_dense, rocchio_sparse
 from .sparse import BM25Index, SpladeIndex
 
@@ -42,6 +42,7 @@ __all__ = [
     "DenseEncoder",
     "DenseIndex",
     "DenseIndexKind",
+    "EncodedChunks",
     "EncodedQuery",
     "FusionConfig",
     "Hit",
@@ -51,6 +52,7 @@ __all__ = [
     "PRFConfig",
     "RetrievalConfig",
     "RetrievalMode",
+    "SavedIndex",
     "SparseEncoder",
     "SpladeConfig",
     "SpladeIndex",
@@ -60,6 +62,7 @@ __all__ = [
     "fuse",
     "fuse_arrays",
     "fuse_rrf",
+    "inspect_saved",
     "latency_summary",
     "load_beir",
     "ndcg_at_k",

@@ -1,4 +1,9 @@
-"""Index files: one `.npz` per index, written to a temporary file and renamed into place."""
+"""Index files: one `.npz` per index, written to a temporary file and renamed into place.
+
+A composed index (`HybridRetriever.save`) names its part files after the save's generation
+(`bm25.<generation>.npz`) and stamps the generation into each part, so parts of two saves can
+never be mistaken for one index.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +40,28 @@ def write_npz(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def part_path(directory: Path, file: str, generation: str | None) -> Path:
+    """Where a part is saved: `file` itself, or `<stem>.<generation>.npz` for a stamped save."""
+    if generation is None:
+        return Path(directory) / file
+    stem, _, suffix = file.rpartition(".")
+    return Path(directory) / f"{stem}.{generation}.{suffix}"
+
+
+def stamp(meta: dict[str, Any], generation: str | None) -> dict[str, Any]:
+    """`meta` with the save's generation recorded (unchanged when there is none)."""
+    return meta if generation is None else {**meta, "generation": generation}
+
+
+def check_generation(path: Path, meta: dict[str, Any], generation: str | None) -> None:
+    """Raise IndexMismatchError when a part file does not belong to the expected save."""
+    if generation is not None and meta.get("generation") != generation:
+        raise IndexMismatchError(
+            f"{path} belongs to save {meta.get('generation')!r}, not {generation!r}: "
+            "the index is torn; rebuild it"
+        )
 
 
 def read_npz(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterable, Sequence
 
 import Stemmer
@@ -69,6 +70,9 @@ class Analyzer:
             ) from exc
         self._stop = _STOPWORDS[stopwords] if stopwords else frozenset()
         self._cache: dict[str, str | None] = {}
+        # NOTE: PyStemmer's Stemmer objects are not thread-safe, and searches analyse queries
+        # while an ingest analyses chunks in another thread.
+        self._learning = threading.Lock()
 
     def analyze(self, text: str) -> list[str]:
         """Terms of one text, in order, stop words removed."""
@@ -86,6 +90,7 @@ class Analyzer:
         if not new:
             return
         keep = [w for w in new if w not in self._stop]
-        stems = self._stemmer.stemWords(keep) if self._stemmer else keep
+        with self._learning:
+            stems = self._stemmer.stemWords(keep) if self._stemmer else keep
         self._cache.update(dict.fromkeys(new & self._stop))
         self._cache.update(zip(keep, stems, strict=True))

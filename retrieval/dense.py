@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from ._io import check_meta, read_npz, write_npz
+from ._io import check_generation, check_meta, part_path, read_npz, stamp, write_npz
 from ._types import DenseEncoder, Hit
 from .config import DenseConfig, DenseIndexKind
 
@@ -70,6 +70,10 @@ class DenseIndex:
         """Ids of the indexed chunks, in insertion order."""
         return [c for c, ok in zip(self._ids, self._alive.tolist(), strict=True) if ok]
 
+    def compact(self) -> None:
+        """Drop deleted chunks from the FAISS index (what `save` does first)."""
+        self._compact()
+
     def add(self, items: Iterable[tuple[str, str]], *, batch_size: int = 256) -> None:
         """Encode and index (chunk_id, text) pairs; a chunk id already present is replaced.
 
@@ -91,6 +95,15 @@ class DenseIndex:
                 ids, texts = [], []
         if ids:
             self.add_vectors(ids, self._encoder.encode_documents(texts))
+
+    def encode_documents(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
+        """Vectors of `texts` for `add_vectors`: float32 [N, D] (no change to the index)."""
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)  # [N, D]
+        for i in range(0, len(texts), batch_size):
+            out[i : i + batch_size] = self._encoder.encode_documents(
+                list(texts[i : i + batch_size])
+            )
+        return out
 
     def add_vectors(self, chunk_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Index pre-computed vectors.
@@ -220,8 +233,11 @@ class DenseIndex:
             return np.zeros((0, self._dim), dtype=np.float32)
         return self._index.reconstruct_batch(slots)
 
-    def save(self, directory: Path) -> None:
-        """Write `directory/dense.npz` atomically (drops dead slots first)."""
+    def save(self, directory: Path, *, generation: str | None = None) -> None:
+        """Write `directory/dense.npz` (`dense.<generation>.npz` when given) atomically.
+
+        Drops dead slots first.
+        """
         self._compact()
         meta = {
             "kind": "dense",
@@ -233,20 +249,26 @@ class DenseIndex:
             "ids": np.asarray(self._ids, dtype=str),
             "faiss": faiss.serialize_index(self._index),
         }
-        write_npz(Path(directory) / self.FILE, meta, arrays)
+        write_npz(part_path(directory, self.FILE, generation), stamp(meta, generation), arrays)
 
     @classmethod
     def load(
-        cls, directory: Path, encoder: DenseEncoder, config: DenseConfig | None = None
+        cls,
+        directory: Path,
+        encoder: DenseEncoder,
+        config: DenseConfig | None = None,
+        *,
+        generation: str | None = None,
     ) -> DenseIndex:
-        """Read what `save` wrote.
+        """Read what `save` wrote (with the same `generation`).
 
         Raises:
             FileNotFoundError: If there is no saved dense index in `directory`.
-            IndexMismatchError: If it was built with another encoder.
+            IndexMismatchError: If it was built with another encoder, or belongs to another save.
         """
-        path = Path(directory) / cls.FILE
+        path = part_path(directory, cls.FILE, generation)
         meta, arrays = read_npz(path, "dense")
+        check_generation(path, meta, generation)
         check_meta(path, meta, {"encoder": encoder.name, "dim": int(encoder.dim)})
         self = cls(encoder, config)
         self._ids = arrays["ids"].tolist()

@@ -8,19 +8,22 @@ query, and interpolate again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import secrets
 import tempfile
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
-from ._io import FORMAT_VERSION
+from ._io import FORMAT_VERSION, part_path, read_npz
 from ._postings import TermWeights
 from ._types import DenseEncoder, Hit, IndexMismatchError, SparseEncoder
 from .config import RetrievalConfig, RetrievalMode
@@ -31,9 +34,10 @@ from .sparse import BM25Index, SpladeIndex
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EncodedQuery", "HybridRetriever"]
+__all__ = ["EncodedChunks", "EncodedQuery", "HybridRetriever", "SavedIndex", "inspect_saved"]
 
 _MANIFEST = "retriever.json"
+_PART_FILES = {"bm25": BM25Index.FILE, "splade": SpladeIndex.FILE, "dense": DenseIndex.FILE}
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,16 @@ class EncodedQuery:
     bm25: TermWeights | None = None
     splade: TermWeights | None = None
     dense: np.ndarray | None = None  # [D]
+
+
+@dataclass(frozen=True)
+class EncodedChunks:
+    """Chunks as each retriever indexes them, computed without touching the indexes."""
+
+    ids: list[str]
+    bm25: list[list[str]]  # analysed terms of each chunk
+    splade: sp.csr_matrix | None = None  # [N, V]
+    dense: np.ndarray | None = None  # [N, D]
 
 
 class HybridRetriever:
@@ -145,12 +159,59 @@ class HybridRetriever:
         Args:
             items: Pairs of chunk id (str) and text.
         """
+        self.add_encoded(self.encode_chunks(items))
+
+    def encode_chunks(self, items: Iterable[tuple[str, str]]) -> EncodedChunks:
+        """The slow half of `add` (analysis and the encoders), which leaves the indexes alone,
+        so a caller can run it outside its lock and then call `add_encoded`.
+
+        Args:
+            items: Pairs of chunk id (str) and text.
+        """
         items = list(items)
-        self._bm25.add(items)
+        for chunk_id, _ in items:
+            if not isinstance(chunk_id, str):
+                raise TypeError(
+                    f"chunk ids must be str, got {type(chunk_id).__name__} {chunk_id!r}"
+                )
+        ids = [cid for cid, _ in items]
+        texts = [text for _, text in items]
+        return EncodedChunks(
+            ids=ids,
+            bm25=self._bm25.analyze(texts),
+            splade=self._splade.encode_documents(texts) if self._splade is not None else None,
+            dense=self._dense.encode_documents(texts) if self._dense is not None else None,
+        )
+
+    def add_encoded(self, chunks: EncodedChunks, only: Collection[str] | None = None) -> None:
+        """Index chunks from `encode_chunks` (of this retriever or one with the same encoders).
+
+        Args:
+            chunks: The encoded chunks; an id already present is replaced.
+            only: If given, only the chunks with these ids.
+        """
+        rows = [i for i, cid in enumerate(chunks.ids) if only is None or cid in only]
+        if not rows:
+            return
+        ids = [chunks.ids[i] for i in rows]
+        self._bm25.add_analyzed(ids, [chunks.bm25[i] for i in rows])
         if self._splade is not None:
-            self._splade.add(items)
+            if chunks.splade is None:
+                raise ValueError("the chunks were encoded without SPLADE; encode them here")
+            self._splade.add_rows(ids, chunks.splade[rows])
         if self._dense is not None:
-            self._dense.add(items)
+            if chunks.dense is None:
+                raise ValueError(
+                    "the chunks were encoded without the dense model; encode them here"
+                )
+            self._dense.add_vectors(ids, chunks.dense[rows])
+
+    def compact(self) -> None:
+        """Drop deleted chunks and merge segments in every part; after it, `save` changes
+        nothing in memory (so it can run while searches do)."""
+        for index in (self._bm25, self._splade, self._dense):
+            if index is not None:
+                index.compact()
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Remove chunks from every retriever; unknown ids are ignored.
@@ -252,24 +313,55 @@ class HybridRetriever:
         ids, scores = fused
         return [Hit(c, s) for c, s in zip(ids[:k], scores[:k].tolist(), strict=True)]
 
-    def save(self, directory: Path) -> None:
-        """Write every index into `directory`, then `retriever.json` (atomically, last)."""
+    def save(self, directory: Path) -> str:
+        """Write every index into `directory`, then `retriever.json` (atomically, last).
+
+        Each save writes its parts under new names stamped with a fresh generation, and only
+        then replaces the manifest that names them: a crash at any point leaves the previous
+        save whole. Files of earlier (or unfinished) saves are removed after. One writer at a
+        time per directory (`pipeline.search.LibraryIndex` locks).
+
+        Returns:
+            The generation of this save (recorded in the manifest and in every part).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        generation = secrets.token_hex(6)
         parts = {"bm25": self._bm25}
         if self._splade is not None:
             parts["splade"] = self._splade
         if self._dense is not None:
             parts["dense"] = self._dense
         for index in parts.values():
-            index.save(directory)
-        manifest = {"format": FORMAT_VERSION, "chunks": len(self), "parts": sorted(parts)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{_MANIFEST}.", dir=directory)
+            index.save(directory, generation=generation)
+        ids = self._bm25.chunk_ids()
+        manifest = {
+            "format": FORMAT_VERSION,
+            "generation": generation,
+            "chunks": len(ids),
+            "ids_sha256": _ids_digest(ids),
+            "parts": sorted(parts),
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{_MANIFEST}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, directory / _MANIFEST)
+        _fsync_dir(directory)
+        for path in stray_files(directory):
+            path.unlink(missing_ok=True)
+        return generation
+
+    @staticmethod
+    def saved_generation(directory: Path) -> str | None:
+        """The generation of the save in `directory` (None: none, or saved before stamping)."""
+        try:
+            return json.loads((Path(directory) / _MANIFEST).read_text(encoding="utf-8")).get(
+                "generation"
+            )
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
 
     @classmethod
     def load(
@@ -285,35 +377,37 @@ class HybridRetriever:
         Raises:
             FileNotFoundError: If `directory` holds no saved retriever.
             IndexMismatchError: If an encoder is given whose index was not saved, an index was
-                built with other settings, or the parts disagree on the chunks they hold.
+                built with other settings, or the parts are not of one save (other generation,
+                other chunks, or chunks other than the manifest's).
         """
         directory = Path(directory)
-        path = directory / _MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"no saved retriever in {directory} ({_MANIFEST} missing)")
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = _read_manifest(directory)
+        generation = manifest.get("generation")
         config = config or RetrievalConfig()
         for name, enc in (("splade", sparse_encoder), ("dense", dense_encoder)):
             if enc is not None and name not in manifest["parts"]:
                 raise IndexMismatchError(
                     f"{directory} has no {name} index; rebuild it with that encoder"
                 )
-        bm25 = BM25Index.load(directory, config.bm25)
+        bm25 = BM25Index.load(directory, config.bm25, generation=generation)
         splade = (
-            SpladeIndex.load(directory, sparse_encoder, config.splade)
+            SpladeIndex.load(directory, sparse_encoder, config.splade, generation=generation)
             if sparse_encoder is not None
             else None
         )
         dense = (
-            DenseIndex.load(directory, dense_encoder, config.dense)
+            DenseIndex.load(directory, dense_encoder, config.dense, generation=generation)
             if dense_encoder is not None
             else None
         )
-        for name, index in (("splade", splade), ("dense", dense)):
-            if index is not None and len(index) != len(bm25):
-                raise IndexMismatchError(
-                    f"{directory}: {name} holds {len(index)} chunks, bm25 {len(bm25)}; rebuild the index"
-                )
+        ids = bm25.chunk_ids()
+        _check_parts(
+            directory,
+            manifest,
+            {"bm25": ids}
+            | ({"splade": splade.chunk_ids()} if splade is not None else {})
+            | ({"dense": dense.chunk_ids()} if dense is not None else {}),
+        )
         return cls(bm25=bm25, splade=splade, dense=dense, config=config)
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -419,3 +513,123 @@ class HybridRetriever:
                 beta=p.rocchio_beta,
             )
         return EncodedQuery(query.text, bm25, splade, dense)
+
+
+@dataclass(frozen=True)
+class SavedIndex:
+    """What `inspect_saved` found in an index folder."""
+
+    generation: str | None
+    parts: dict[str, set[str]] = field(default_factory=dict)  # part name -> chunk ids
+    problems: list[str] = field(default_factory=list)  # the save is torn or unreadable
+    stray: list[Path] = field(default_factory=list)  # files of no save, removed by the next
+
+    @property
+    def chunk_ids(self) -> set[str]:
+        """The chunk ids the save holds (those of BM25, which every save has)."""
+        return self.parts.get("bm25", set())
+
+
+def inspect_saved(directory: Path) -> SavedIndex:
+    """Check a saved retriever without loading any encoder: every part of the manifest is
+    there, of the manifest's generation, and holds the manifest's chunks.
+
+    Raises:
+        FileNotFoundError: If `directory` holds no saved retriever.
+    """
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    generation = manifest.get("generation")
+    parts: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for name in manifest.get("parts", []):
+        path = part_path(directory, _PART_FILES[name], generation)
+        try:
+            meta, arrays = read_npz(path, name)
+        except (FileNotFoundError, IndexMismatchError, ValueError, OSError) as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        if meta.get("generation") != generation:
+            problems.append(
+                f"{path.name} belongs to save {meta.get('generation')!r}, the manifest to {generation!r}"
+            )
+        ids = arrays["ids"].tolist()
+        if name == "dense" and len(set(ids)) != len(ids):
+            problems.append(f"{path.name} holds a chunk id twice")
+        parts[name] = ids
+    if not problems:
+        try:
+            _check_parts(directory, manifest, parts)
+        except IndexMismatchError as exc:
+            problems.append(str(exc))
+    return SavedIndex(
+        generation,
+        {name: set(ids) for name, ids in parts.items()},
+        problems,
+        stray_files(directory),
+    )
+
+
+def stray_files(directory: Path) -> list[Path]:
+    """Index files that the manifest does not name: earlier saves, and unfinished ones."""
+    directory = Path(directory)
+    try:
+        manifest = _read_manifest(directory)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    generation = manifest.get("generation")
+    keep = {part_path(directory, _PART_FILES[name], generation).name for name in manifest["parts"]}
+    stems = tuple(f.rpartition(".")[0] + "." for f in _PART_FILES.values())
+    out = []
+    for path in directory.iterdir():
+        name = path.name
+        ours = name.startswith(stems) and name.endswith(".npz")
+        unfinished = name.startswith(".") and name.endswith(".tmp")
+        if (ours and name not in keep) or unfinished:
+            out.append(path)
+    return sorted(out)
+
+
+def _read_manifest(directory: Path) -> dict:
+    path = directory / _MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved retriever in {directory} ({_MANIFEST} missing)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _check_parts(directory: Path, manifest: dict, parts: dict[str, Sequence[str]]) -> None:
+    """Raise IndexMismatchError unless every part holds the same chunks as the manifest."""
+    bm25 = set(parts["bm25"])
+    for name, ids in parts.items():
+        if name != "bm25" and set(ids) != bm25:
+            raise IndexMismatchError(
+                f"{directory}: {name} holds {len(ids)} chunks, bm25 {len(bm25)}, not the same "
+                "ones; rebuild the index"
+            )
+    if "chunks" in manifest and manifest["chunks"] != len(bm25):
+        raise IndexMismatchError(
+            f"{directory}: the manifest lists {manifest['chunks']} chunks, bm25 holds {len(bm25)}; "
+            "rebuild the index"
+        )
+    if "ids_sha256" in manifest and manifest["ids_sha256"] != _ids_digest(parts["bm25"]):
+        raise IndexMismatchError(
+            f"{directory}: the parts hold other chunks than the manifest; rebuild the index"
+        )
+
+
+def _ids_digest(ids: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the renames in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ._io import check_meta, read_npz, write_npz
+from ._io import check_generation, check_meta, part_path, read_npz, stamp, write_npz
 from ._postings import Postings, TermWeights
 from ._text import Analyzer
 from ._types import Hit, SparseEncoder
@@ -57,6 +57,10 @@ class _PostingsIndex:
     def chunk_ids(self) -> list[str]:
         """Ids of the indexed chunks, in insertion order."""
         return self._postings.chunk_ids()
+
+    def compact(self) -> None:
+        """Merge segments and drop deleted chunks (what `save` does first)."""
+        self._postings.compact()
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Remove chunks; unknown ids are ignored.
@@ -166,35 +170,40 @@ class BM25Index(_PostingsIndex):
         Args:
             items: Pairs of chunk id (str) and text.
         """
-        all_ids: list[str] = []
-        row_parts: list[np.ndarray] = []
-        col_parts: list[np.ndarray] = []
-        for ids, texts in _batched(items, _BATCH):
-            docs = self._analyzer.analyze_batch(texts)
-            vocab = self._vocab
-            for doc in docs:
-                for term in doc:
-                    if term not in vocab:
-                        vocab[term] = len(self._terms)
-                        self._terms.append(term)
-            lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-            cols = np.fromiter(
-                (vocab[t] for d in docs for t in d), dtype=np.int64, count=int(lengths.sum())
-            )
-            rows = np.repeat(np.arange(len(all_ids), len(all_ids) + len(ids)), lengths)
-            row_parts.append(rows)
-            col_parts.append(cols)
-            all_ids.extend(ids)
-        if not all_ids:
+        ids: list[str] = []
+        docs: list[list[str]] = []
+        for batch_ids, texts in _batched(items, _BATCH):
+            ids.extend(batch_ids)
+            docs.extend(self.analyze(texts))
+        self.add_analyzed(ids, docs)
+
+    def analyze(self, texts: Sequence[str]) -> list[list[str]]:
+        """The terms of each text, as `add_analyzed` takes them (no change to the index)."""
+        return self._analyzer.analyze_batch(list(texts))
+
+    def add_analyzed(self, chunk_ids: Sequence[str], docs: Sequence[Sequence[str]]) -> None:
+        """Index chunks whose texts went through `analyze`; an id already present is replaced."""
+        if len(chunk_ids) != len(docs):
+            raise ValueError(f"{len(chunk_ids)} chunk ids for {len(docs)} analysed texts")
+        if not chunk_ids:
             return
-        rows = np.concatenate(row_parts)
-        cols = np.concatenate(col_parts)
+        vocab = self._vocab
+        for doc in docs:
+            for term in doc:
+                if term not in vocab:
+                    vocab[term] = len(self._terms)
+                    self._terms.append(term)
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        cols = np.fromiter(
+            (vocab[t] for d in docs for t in d), dtype=np.int64, count=int(lengths.sum())
+        )
+        rows = np.repeat(np.arange(len(chunk_ids)), lengths)
         # coo -> csr sums duplicate (row, term) pairs into term frequencies
         mat = sp.coo_matrix(
             (np.ones(len(rows), dtype=np.float32), (rows, cols)),
-            shape=(len(all_ids), len(self._terms)),
+            shape=(len(chunk_ids), len(self._terms)),
         ).tocsr()
-        self._postings.add(all_ids, mat)
+        self._postings.add(list(chunk_ids), mat)
 
     def encode_query(self, query: str) -> TermWeights:
         """Query term counts, over terms the index knows."""
@@ -232,8 +241,11 @@ class BM25Index(_PostingsIndex):
             self._norm = (key, tfn)
         return self._norm[1]
 
-    def save(self, directory: Path) -> None:
-        """Write `directory/bm25.npz` atomically (compacts the index first)."""
+    def save(self, directory: Path, *, generation: str | None = None) -> None:
+        """Write `directory/bm25.npz` (`bm25.<generation>.npz` when given) atomically.
+
+        Compacts the index first.
+        """
         arrays = self._postings.state()
         arrays["vocab"] = np.asarray(self._terms, dtype=str)
         meta = {
@@ -241,18 +253,22 @@ class BM25Index(_PostingsIndex):
             "stemmer": self._config.stemmer,
             "stopwords": self._config.stopwords,
         }
-        write_npz(Path(directory) / self.FILE, meta, arrays)
+        write_npz(part_path(directory, self.FILE, generation), stamp(meta, generation), arrays)
 
     @classmethod
-    def load(cls, directory: Path, config: BM25Config | None = None) -> BM25Index:
-        """Read what `save` wrote.
+    def load(
+        cls, directory: Path, config: BM25Config | None = None, *, generation: str | None = None
+    ) -> BM25Index:
+        """Read what `save` wrote (with the same `generation`).
 
         Raises:
             FileNotFoundError: If there is no saved BM25 index in `directory`.
-            IndexMismatchError: If it was built with another stemmer or stop-word list.
+            IndexMismatchError: If it was built with another stemmer or stop-word list, or
+                belongs to another save.
         """
-        path = Path(directory) / cls.FILE
+        path = part_path(directory, cls.FILE, generation)
         meta, arrays = read_npz(path, "bm25")
+        check_generation(path, meta, generation)
         self = cls(config)
         check_meta(
             path, meta, {"stemmer": self._config.stemmer, "stopwords": self._config.stopwords}
@@ -317,14 +333,25 @@ class SpladeIndex(_PostingsIndex):
             batch_size: Texts per encoder call (bounds memory).
         """
         ids: list[str] = []
-        parts: list[sp.csr_matrix] = []
-        for batch_ids, texts in _batched(items, batch_size):
-            parts.append(
-                _prune_rows(self._encoder.encode_documents(texts), self._config.doc_max_terms)
-            )
+        texts: list[str] = []
+        for batch_ids, batch_texts in _batched(items, batch_size):
             ids.extend(batch_ids)
+            texts.extend(batch_texts)
         if ids:
-            self.add_rows(ids, sp.vstack(parts, format="csr"))
+            self.add_rows(ids, self.encode_documents(texts, batch_size=batch_size))
+
+    def encode_documents(self, texts: Sequence[str], *, batch_size: int = 256) -> sp.csr_matrix:
+        """Pruned document term weights [N, V] for `add_rows` (no change to the index)."""
+        parts = [
+            _prune_rows(
+                self._encoder.encode_documents(list(texts[i : i + batch_size])),
+                self._config.doc_max_terms,
+            )
+            for i in range(0, len(texts), batch_size)
+        ]
+        if not parts:
+            return sp.csr_matrix((0, self._encoder.vocab_size), dtype=np.float32)
+        return sp.vstack(parts, format="csr")
 
     def add_rows(self, chunk_ids: Sequence[str], rows: sp.csr_matrix) -> None:
         """Index pre-computed document term weights [N, V] (pruned to `doc_max_terms`)."""
@@ -350,27 +377,37 @@ class SpladeIndex(_PostingsIndex):
             out.append(tw.top(self._config.query_max_terms))
         return out
 
-    def save(self, directory: Path) -> None:
-        """Write `directory/splade.npz` atomically (compacts the index first)."""
+    def save(self, directory: Path, *, generation: str | None = None) -> None:
+        """Write `directory/splade.npz` (`splade.<generation>.npz` when given) atomically.
+
+        Compacts the index first.
+        """
         meta = {
             "kind": "splade",
             "encoder": self._encoder.name,
             "vocab_size": self._encoder.vocab_size,
         }
-        write_npz(Path(directory) / self.FILE, meta, self._postings.state())
+        path = part_path(directory, self.FILE, generation)
+        write_npz(path, stamp(meta, generation), self._postings.state())
 
     @classmethod
     def load(
-        cls, directory: Path, encoder: SparseEncoder, config: SpladeConfig | None = None
+        cls,
+        directory: Path,
+        encoder: SparseEncoder,
+        config: SpladeConfig | None = None,
+        *,
+        generation: str | None = None,
     ) -> SpladeIndex:
-        """Read what `save` wrote.
+        """Read what `save` wrote (with the same `generation`).
 
         Raises:
             FileNotFoundError: If there is no saved SPLADE index in `directory`.
-            IndexMismatchError: If it was built with another encoder.
+            IndexMismatchError: If it was built with another encoder, or belongs to another save.
         """
-        path = Path(directory) / cls.FILE
+        path = part_path(directory, cls.FILE, generation)
         meta, arrays = read_npz(path, "splade")
+        check_generation(path, meta, generation)
         check_meta(path, meta, {"encoder": encoder.name, "vocab_size": encoder.vocab_size})
         self = cls(encoder, config)
         self._postings = Postings.from_state(arrays)
