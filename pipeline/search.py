@@ -3,8 +3,15 @@
 The database is the source of truth. The index lives in `<library>/index/` and records the
 settings it was built with; on open it is compared with the stored chunks and repaired (chunks
 missing from it are added, chunks no longer stored are removed), so a crash between the database
-commit and the index save never leaves a chunk unsearchable or a hit pointing nowhere. An index
-built with other encoder settings is rebuilt from the stored chunks, never queried stale.
+commit and the index save never leaves a chunk unsearchable or a hit pointing nowhere: that
+reconcile is the index's journal replay. An index built with other encoder settings is rebuilt
+from the stored chunks, never queried stale.
+
+Each save is a new generation of part files made current by replacing one manifest, so a crash
+mid-save leaves the previous save whole (`HybridRetriever.save`). Processes take a lock file in
+the index folder around saving and around open-and-reconcile; a process that finds a newer
+generation on disk before a search (another process ingested) loads it. Within a process,
+searches share the index while adding, removing, saving and reloading take turns.
 """
 
 from __future__ import annotations
@@ -15,19 +22,30 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Sequence
+import threading
+import zipfile
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 
 from models.config import EncoderConfig
 from pipeline.eval_retrieval import make_encoders
 from retrieval import Hit, HybridRetriever, IndexMismatchError, RetrievalConfig, RetrievalMode
-from storage import Chunk, Document, DocumentStatus, Library
+from storage import Chunk, Document, DocumentStatus, FileLock, Library
 
 logger = logging.getLogger(__name__)
 
 _KEY_FILE = "index-key.json"
+LOCK_FILE = ".lock"  # in the index folder; never removed, so every process locks one file
+_MANIFEST = "retriever.json"
+_STEP = 512  # chunks embedded per step of a reconcile (a progress message each)
+# What a damaged or half-written index can raise on load; any of them means: rebuild it.
+_UNUSABLE = (
+    FileNotFoundError, IndexMismatchError, ValueError, OSError, KeyError, zipfile.BadZipFile,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,12 +71,12 @@ def index_key(retrieval: RetrievalConfig, encoders: EncoderConfig) -> str:
         "encoders": encoders.model_dump(
             mode="json", include={"dense_model", "sparse_model", "dense_max_length", "sparse_max_length"}
         ),
-        "parts": _parts(retrieval),
+        "parts": index_parts(retrieval),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _parts(config: RetrievalConfig) -> list[str]:
+def index_parts(config: RetrievalConfig) -> list[str]:
     """Which indexes the library keeps: BM25 always, dense and SPLADE when fusion uses them."""
     parts = ["bm25"]
     if config.fusion.dense_weight > 0 or config.mode == RetrievalMode.DENSE:
@@ -68,8 +86,53 @@ def _parts(config: RetrievalConfig) -> list[str]:
     return parts
 
 
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds off new readers. Not reentrant."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writing or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class LibraryIndex:
     """Search over a library's chunks; also the `ChunkIndex` that ingestion keeps in step.
+
+    Thread-safe: `search` calls run together; `add`, `remove`, `flush`, `sync` and the first
+    open take turns and hold searches off only while they change the index in memory (chunks
+    are embedded before that). Search through `search` (not `retriever`) from several threads.
 
     Args:
         library: the open library.
@@ -89,87 +152,238 @@ class LibraryIndex:
         self._config = retrieval
         self._encoders = encoders
         self._retriever: HybridRetriever | None = None
+        self._generation: str | None = None  # the save the in-memory index started from
+        self._manifest_seen: tuple[int, int, int] | None = None  # (inode, mtime, size)
+        self._encoder_pair: tuple | None = None
         self._dirty = False
         self._status = on_status or (lambda message: logger.info("%s", message))
+        self._writer = threading.RLock()  # one writer at a time in this process
+        self._rw = _ReadWriteLock()  # searches read; in-memory changes and swaps write
 
     @property
-    def directory(self):
+    def directory(self) -> Path:
         return self._library.index_dir
 
     @property
-    def retriever(self) -> HybridRetriever:
-        """The retriever, loaded (or built) and reconciled with the stored chunks on first use."""
-        if self._retriever is None:
-            self._retriever = self._open()
-            self._reconcile(self._retriever)
-        return self._retriever
+    def generation(self) -> str | None:
+        """The saved generation the in-memory index started from (None before the first open)."""
+        return self._generation
 
-    def _open(self) -> HybridRetriever:
-        parts = _parts(self._config)
-        modes = [RetrievalMode(p) for p in parts]
-        dense, sparse = make_encoders(modes, self._config, self._encoders)
-        key = index_key(self._config, self._encoders)
-        key_path = self.directory / _KEY_FILE
-        stored = json.loads(key_path.read_text())["key"] if key_path.is_file() else None
-        if stored == key:
-            try:
-                return HybridRetriever.load(
-                    self.directory, dense_encoder=dense, sparse_encoder=sparse, config=self._config
-                )
-            except (FileNotFoundError, IndexMismatchError, ValueError, OSError) as exc:
-                self._status(f"search index unusable ({exc}); rebuilding it from the stored chunks")
-        elif stored is not None:
-            self._status("search settings changed since the index was built; rebuilding it")
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(key_path, json.dumps({"key": key, "parts": parts}))
-        self._dirty = True
-        return HybridRetriever.create(dense_encoder=dense, sparse_encoder=sparse, config=self._config)
+    @property
+    def retriever(self) -> HybridRetriever:
+        """The retriever, loaded (or built) and reconciled with the stored chunks on first use.
+
+        Use it from one thread at a time; `search` is the thread-safe way to query.
+        """
+        retriever = self._retriever
+        if retriever is None:
+            with self._writer:
+                if self._retriever is None:
+                    with self._index_lock():
+                        opened = self._load_reconciled()
+                    with self._rw.write():
+                        self._retriever = opened
+                retriever = self._retriever
+        return retriever
 
     def sync(self) -> tuple[int, int]:
-        """Make the index hold exactly the stored chunks; returns (added, removed)."""
-        return self._reconcile(self.retriever)
+        """Make the index hold exactly the stored chunks (and save it); returns (added, removed)."""
+        self.retriever  # noqa: B018 - opens (and reconciles) on first use
+        with self._writer, self._index_lock():
+            added, removed = self._reconcile(self._retriever, live=True)
+            if added or removed or self._dirty:
+                self._dirty = True
+                self._save_locked()
+        return added, removed
 
-    def _reconcile(self, retriever: HybridRetriever) -> tuple[int, int]:
+    def refresh(self) -> bool:
+        """Load the index another process saved since this one was read; True if it did.
+
+        Cheap when nothing changed (one stat of the manifest). Skipped, to be tried again on
+        the next call, while another thread of this process or another process writes it.
+        """
+        if self._retriever is None:
+            return False
+        try:
+            st = os.stat(self.directory / _MANIFEST)
+        except FileNotFoundError:
+            return False
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen == self._manifest_seen:
+            return False
+        if not self._writer.acquire(blocking=False):
+            return False
+        try:
+            lock = FileLock(self.directory / LOCK_FILE)
+            if not lock.acquire(blocking=False):
+                return False
+            try:
+                if HybridRetriever.saved_generation(self.directory) == self._generation:
+                    self._remember_manifest()
+                    return False
+                self._status("the search index changed on disk; loading it")
+                self._reload_locked()
+                return True
+            finally:
+                lock.release()
+        finally:
+            self._writer.release()
+
+    def part_chunk_ids(self) -> dict[str, set[str]]:
+        """The chunk ids each part of the in-memory index holds ("bm25", "dense", "splade")."""
+        self.retriever  # noqa: B018 - opens (and reconciles) on first use
+        with self._rw.read():
+            retriever = self._retriever
+            parts = {"bm25": retriever.bm25, "dense": retriever.dense, "splade": retriever.splade}
+            return {name: set(part.chunk_ids()) for name, part in parts.items() if part is not None}
+
+    # --- opening, reconciling, saving (callers hold self._writer and the index lock) -------
+
+    @contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        """The index folder's lock file, held alone (between processes and LibraryIndex objects)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.directory / LOCK_FILE):
+            yield
+
+    def _encoder_objects(self) -> tuple:
+        if self._encoder_pair is None:
+            modes = [RetrievalMode(p) for p in index_parts(self._config)]
+            self._encoder_pair = make_encoders(modes, self._config, self._encoders)
+        return self._encoder_pair
+
+    def _load_or_create(self) -> tuple[HybridRetriever, bool]:
+        """The saved retriever, or a new empty one (True) when none is usable."""
+        dense, sparse = self._encoder_objects()
+        key = index_key(self._config, self._encoders)
+        key_path = self.directory / _KEY_FILE
+        try:
+            stored = json.loads(key_path.read_text())["key"] if key_path.is_file() else None
+        except (ValueError, KeyError, OSError):
+            stored = "unreadable"
+        if stored == key:
+            try:
+                loaded = HybridRetriever.load(
+                    self.directory, dense_encoder=dense, sparse_encoder=sparse, config=self._config
+                )
+                return loaded, False
+            except _UNUSABLE as exc:
+                self._status(f"search index unusable ({exc}); rebuilding it from the stored chunks")
+        elif stored == "unreadable":
+            self._status(f"search index unusable (cannot read {_KEY_FILE}); rebuilding it")
+        elif stored is not None:
+            self._status("search settings changed since the index was built; rebuilding it")
+        _clear(self.directory)
+        _atomic_write(key_path, json.dumps({"key": key, "parts": index_parts(self._config)}))
+        return HybridRetriever.create(dense_encoder=dense, sparse_encoder=sparse, config=self._config), True
+
+    def _load_reconciled(self) -> HybridRetriever:
+        """Load (or build) the saved index, replay the database into it, save if that changed it."""
+        retriever, created = self._load_or_create()
+        generation = HybridRetriever.saved_generation(self.directory) if not created else None
+        added, removed = self._reconcile(retriever, live=False)
+        if created or added or removed or generation is None:
+            generation = self._save(retriever)
+        self._generation = generation
+        self._dirty = False
+        self._remember_manifest()
+        return retriever
+
+    def _reload_locked(self) -> None:
+        """Swap in what is on disk, replayed against the database (our own unsaved changes are
+        in the database too: ingestion commits before it adds)."""
+        fresh = self._load_reconciled()
+        with self._rw.write():
+            old, self._retriever = self._retriever, fresh
+        if old is not None and old is not fresh:
+            old.close()
+
+    def _reconcile(self, retriever: HybridRetriever, *, live: bool) -> tuple[int, int]:
+        """Add stored chunks the index lacks and drop indexed chunks no longer stored.
+
+        `live`: the retriever is the one searches use (change it under the write lock).
+        """
         with self._library.sessions() as session:
             stored = set(session.scalars(select(Chunk.id)))
-        indexed = set(retriever.bm25.chunk_ids())
+        with self._rw.read() if live else nullcontext():
+            indexed = set(retriever.bm25.chunk_ids())
         missing = stored - indexed
         extra = indexed - stored
         if extra:
-            retriever.delete(extra)
+            with self._rw.write() if live else nullcontext():
+                retriever.delete(extra)
         if missing:
             with self._library.sessions() as session:
                 rows = list(session.execute(select(Chunk.id, Chunk.text).where(Chunk.id.in_(missing))))
-            step = 512
-            for start in range(0, len(rows), step):
-                self._status(f"indexing chunks {start + 1}-{min(start + step, len(rows))} of {len(rows)}")
-                retriever.add([(cid, text) for cid, text in rows[start : start + step]])
+            for start in range(0, len(rows), _STEP):
+                self._status(f"indexing chunks {start + 1}-{min(start + _STEP, len(rows))} of {len(rows)}")
+                encoded = retriever.encode_chunks(rows[start : start + _STEP])
+                with self._rw.write() if live else nullcontext():
+                    retriever.add_encoded(encoded)
         if missing or extra:
-            self._dirty = True
-            self.flush()
+            logger.info("index: replayed the database: %d chunks added, %d removed", len(missing), len(extra))
         return len(missing), len(extra)
+
+    def _save(self, retriever: HybridRetriever) -> str:
+        """Save `retriever` (compacted first, apart from searches, then written beside them)."""
+        live = retriever is self._retriever
+        with self._rw.write() if live else nullcontext():
+            retriever.compact()
+        logger.info("index: saving %d chunks", len(retriever))
+        with self._rw.read() if live else nullcontext():
+            generation = retriever.save(self.directory)
+        logger.info("index: saved generation %s", generation)
+        return generation
+
+    def _save_locked(self) -> None:
+        """Save the in-memory index, unless another process saved since it was read: then
+        that save, replayed against the database, replaces it (and is saved)."""
+        if HybridRetriever.saved_generation(self.directory) != self._generation:
+            self._reload_locked()
+            return
+        self._generation = self._save(self._retriever)
+        self._dirty = False
+        self._remember_manifest()
+
+    def _remember_manifest(self) -> None:
+        try:
+            st = os.stat(self.directory / _MANIFEST)
+            self._manifest_seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            self._manifest_seen = None
 
     # --- ChunkIndex (what ingestion calls) ---------------------------------------------------
 
     def add(self, chunks: Sequence[tuple[str, str]]) -> None:
         retriever = self.retriever
         # The first open reconciles with the database, which may already have added these.
-        new = [(cid, text) for cid, text in chunks if cid not in retriever]
-        if new:
-            retriever.add(new)
+        with self._rw.read():
+            new = [(cid, text) for cid, text in chunks if cid not in retriever]
+        if not new:
+            return
+        logger.info("index: adding %d chunks", len(new))
+        encoded = retriever.encode_chunks(new)  # the slow part, outside every lock
+        with self._writer:
+            current = self._retriever  # a reload may have swapped it (same encoders)
+            with self._rw.write():
+                current.add_encoded(encoded, only={cid for cid in encoded.ids if cid not in current})
             self._dirty = True
+        logger.info("index: added %d chunks", len(new))
 
     def remove(self, chunk_ids: Sequence[str]) -> None:
         if chunk_ids:
-            self.retriever.delete(chunk_ids)
-            self._dirty = True
+            self.retriever  # noqa: B018 - opens (and reconciles) on first use
+            with self._writer:
+                with self._rw.write():
+                    self._retriever.delete(chunk_ids)
+                self._dirty = True
 
     def flush(self) -> None:
-        """Save the index if it changed (each part atomically, the manifest last)."""
-        if self._dirty and self._retriever is not None:
-            self._retriever.save(self.directory)
-            self._dirty = False
+        """Save the index if it changed (a new generation of part files, the manifest last)."""
+        with self._writer:
+            if self._dirty and self._retriever is not None:
+                with self._index_lock():
+                    self._save_locked()
 
     # --- search ------------------------------------------------------------------------------
 
@@ -192,7 +406,10 @@ class LibraryIndex:
         allowed = self.chunk_ids_of(doc_ids) if doc_ids is not None else None
         if allowed is not None and not allowed:
             return []
-        hits = self.retriever.search(query, k, mode=mode, allowed=allowed)
+        self.refresh()
+        self.retriever  # noqa: B018 - opens (and reconciles) on first use
+        with self._rw.read():
+            hits = self._retriever.search(query, k, mode=mode, allowed=allowed)
         return self.describe(hits)
 
     def chunk_ids_of(self, doc_ids: Collection[str]) -> set[str]:
@@ -233,6 +450,18 @@ class LibraryIndex:
                 )
             )
         return out
+
+
+def _clear(directory: Path) -> None:
+    """Empty the index folder, all but its lock file (which other processes may hold)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _atomic_write(path, text: str) -> None:

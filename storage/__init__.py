@@ -1,7 +1,7 @@
 """Storage: SQLAlchemy models and sessions, page-image assets, index folders."""
 
 from storage.config import StorageConfig
-from storage.db import SOURCE_PDF, Library, SchemaMismatchError, open_library
+from storage.db import SOURCE_PDF, FileLock, Library, SchemaMismatchError, open_library
 from storage.models import (
     SCHEMA_VERSION,
     Block,
@@ -20,6 +20,7 @@ __all__ = [
     "Chunk",
     "Document",
     "DocumentStatus",
+    "FileLock",
     "Library",
     "Page",
     "SchemaMismatchError",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,57 @@ class SchemaMismatchError(RuntimeError):
 
 
 SOURCE_PDF = "source.pdf"  # file name of a document's PDF copy inside its assets folder
+INGEST_LOCK = ".ingest.lock"  # in the library folder: held (shared) while an ingest runs
+
+
+class FileLock:
+    """An advisory lock on a file (`fcntl.flock`), between processes and between threads.
+
+    Each `acquire` opens the file anew, so two holders in one process exclude each other like
+    two processes do. Not reentrant. The lock goes with the process: a killed holder frees it.
+
+    Args:
+        path: the lock file (created if missing; its parent must exist).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        self._guard = threading.Lock()
+
+    def acquire(self, *, shared: bool = False, blocking: bool = True) -> bool:
+        """Take the lock (shared: with other shared holders); False if `blocking` is off and
+        it is held the other way."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._guard:
+            if self._fd is not None:
+                os.close(fd)
+                raise RuntimeError(f"{self.path}: this FileLock is already held (not reentrant)")
+            self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Let go of the lock (closing the file frees it)."""
+        with self._guard:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -42,6 +96,11 @@ class Library:
     @property
     def models_dir(self) -> Path:
         return self.root / "models"
+
+    def ingest_lock(self) -> FileLock:
+        """The lock an ingest holds shared while it writes; `folio check --repair` takes it
+        alone before removing the asset folders of unfinished documents."""
+        return FileLock(self.root / INGEST_LOCK)
 
     def source_pdf(self, doc_id: str) -> Path:
         """Where the library keeps its copy of a document's PDF (when ingest keeps one)."""
