@@ -20,6 +20,7 @@ from typing import Any
 from app.settings import Settings
 from pipeline.answer import Answer, Answerer, resolve_options
 from pipeline.batch import BatchProgress, BatchQuestion, as_batch, load_batch, run_batch
+from pipeline.check import CheckReport, check_library
 from pipeline.ingest import IngestResult, Progress, delete_document, find_pdfs, ingest
 from pipeline.library import DocumentInfo, Library, list_documents, open_library
 from pipeline.search import LibraryIndex, SearchHit
@@ -251,6 +252,21 @@ class Folio:
 
         return run_batch(
             batch, ask_one, out=Path(out) if out is not None else None, on_progress=on_progress
+        )
+
+    def check(self, *, repair: bool = False) -> CheckReport:
+        """Verify the library (database, documents, search index, asset folders).
+
+        Args:
+            repair: also mark incomplete documents failed (ingest them again) and remove
+                leftovers of interrupted runs.
+
+        Returns:
+            A `CheckReport`: `ok`, `problems`, every finding (`line()` each), `summary()`.
+        """
+        s = self.settings
+        return check_library(
+            self.library, s.retrieval, s.encoders, repair=repair, index=self.index, on_status=self._on_status
         )
 
     def close(self) -> None:

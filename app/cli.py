@@ -195,6 +195,26 @@ def delete_command(doc: Annotated[str, typer.Argument(help="Document id or uniqu
     console.print(f"deleted {removed.doc_id[:12]} {removed.file_name}")
 
 
+@app.command("check")
+def check_command(
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Mark incomplete documents failed and remove leftovers of interrupted runs.")
+    ] = False,
+) -> None:
+    """Verify the library: database integrity, whole documents, the search index, asset folders."""
+    folio = _folio()
+    try:
+        report = folio.check(repair=repair)
+    finally:
+        folio.close()
+    for finding in report.findings:
+        style = {"error": "red", "leftover": "yellow"}.get(finding.severity, "dim")
+        console.print(finding.line(), style=style, markup=False, highlight=False, soft_wrap=True)
+    console.print(report.summary(), highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @app.command("serve")
 def serve_command(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1: this machine only).")] = None,
