@@ -128,6 +128,10 @@ def ingest(
             continue
         todo.append((i, path, doc_id))
 
+    # NOTE: shared with other ingests; `folio check --repair` takes it alone before it removes
+    # the asset folders of unfinished documents, so it never removes this run's work.
+    busy = library.ingest_lock()
+    busy.acquire(shared=True)
     try:
         for i, path, outcome in _parse_all(todo, library, parse_config, ingest_config, password, notify):
             if isinstance(outcome, ParsedDocument):
@@ -138,6 +142,7 @@ def ingest(
                 logger.info("%s", outcome)
             notify(Progress("document", path, result=results[i]))
     finally:
+        busy.release()
         # NOTE: saved once per run, not per document; a crash before this is repaired when the
         # index is next opened (LibraryIndex reconciles it with the stored chunks).
         if index is not None:
@@ -254,6 +259,7 @@ def _store(
 ) -> IngestResult:
     """Write one parsed document in one transaction, then bring the indexes in step."""
     doc_id = parsed.doc_id
+    logger.info("storing %s (%d pages)", path.name, parsed.page_count)
     partial = library.assets_dir / f"{doc_id}.partial"
     final = library.assets_dir / doc_id
     if ingest_config.keep_source:
