@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from retrieval import (
+    DenseIndex,
     FusionConfig,
     Hit,
     HybridRetriever,
@@ -13,6 +14,7 @@ from retrieval import (
     PRFConfig,
     RetrievalConfig,
     RetrievalMode,
+    inspect_saved,
 )
 
 QUERIES = [
@@ -128,3 +130,78 @@ def test_with_config_rejects_index_settings(retriever) -> None:
         retriever.with_config(RetrievalConfig(bm25=BM25Config(stemmer=None)))
     with pytest.raises(ValueError):
         retriever.with_config(RetrievalConfig(dense=DenseConfig(hnsw_m=8)))
+
+
+def test_each_save_is_a_generation_and_older_files_go(tmp_path: Path, retriever) -> None:
+    first = retriever.save(tmp_path)
+    retriever.delete(["c9"])
+    second = retriever.save(tmp_path)
+    assert first != second and HybridRetriever.saved_generation(tmp_path) == second
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(
+        [f"bm25.{second}.npz", f"dense.{second}.npz", f"splade.{second}.npz", "retriever.json"]
+    )
+    saved = inspect_saved(tmp_path)
+    assert not saved.problems and not saved.stray and saved.generation == second
+    assert saved.chunk_ids == set(retriever.bm25.chunk_ids())
+    assert set(saved.parts) == {"bm25", "dense", "splade"}
+
+
+def test_a_save_cut_short_leaves_the_previous_one_whole(
+    tmp_path: Path, retriever, dense_encoder, sparse_encoder, monkeypatch
+) -> None:
+    first = retriever.save(tmp_path)
+    retriever.delete(["c1"])
+
+    def crash(*_args, **_kwargs) -> None:
+        raise OSError("disk full")
+
+    # BM25 and SPLADE are written, then the dense part fails: the manifest still names `first`.
+    monkeypatch.setattr(DenseIndex, "save", crash)
+    with pytest.raises(OSError):
+        retriever.save(tmp_path)
+    assert HybridRetriever.saved_generation(tmp_path) == first
+    saved = inspect_saved(tmp_path)
+    assert not saved.problems and len(saved.stray) == 2  # the new bm25 and splade parts
+    loaded = HybridRetriever.load(tmp_path, dense_encoder=dense_encoder, sparse_encoder=sparse_encoder)
+    assert "c1" in loaded and len(loaded) == len(retriever) + 1
+    monkeypatch.undo()
+    retriever.save(tmp_path)
+    assert not inspect_saved(tmp_path).stray
+
+
+def test_parts_of_two_saves_are_a_torn_index(
+    tmp_path: Path, retriever, dense_encoder, sparse_encoder
+) -> None:
+    """Parts with as many chunks but not the same ones (the length check alone passed these)."""
+    old = tmp_path / "old"
+    new = tmp_path / "new"
+    retriever.save(old)
+    retriever.delete(["c1"])
+    retriever.add([("c10", "a chunk added later about wings")])
+    gen = retriever.save(new)
+    # Forge the worst case: an older dense part under the new save's name and stamp.
+    stale = DenseIndex.load(old, dense_encoder, generation=HybridRetriever.saved_generation(old))
+    stale.save(new, generation=gen)
+    with pytest.raises(IndexMismatchError, match="not the same"):
+        HybridRetriever.load(new, dense_encoder=dense_encoder, sparse_encoder=sparse_encoder)
+    assert inspect_saved(new).problems
+    # A part stamped by another save is refused before its chunks are even compared.
+    (new / f"splade.{gen}.npz").unlink()
+    (old / f"splade.{HybridRetriever.saved_generation(old)}.npz").rename(new / f"splade.{gen}.npz")
+    with pytest.raises(IndexMismatchError, match="torn"):
+        HybridRetriever.load(new, sparse_encoder=sparse_encoder)
+
+
+def test_encoded_chunks_added_later_equal_add(corpus, dense_encoder, sparse_encoder) -> None:
+    direct = HybridRetriever.create(dense_encoder=dense_encoder, sparse_encoder=sparse_encoder)
+    direct.add(corpus)
+    staged = HybridRetriever.create(dense_encoder=dense_encoder, sparse_encoder=sparse_encoder)
+    encoded = staged.encode_chunks(corpus)
+    assert len(staged) == 0  # encoding leaves the index alone
+    staged.add_encoded(encoded, only={cid for cid, _ in corpus[:4]})
+    assert len(staged) == 4
+    staged.add_encoded(encoded)
+    for mode in RetrievalMode:
+        for q in QUERIES:
+            assert staged.search(q, 5, mode=mode) == direct.search(q, 5, mode=mode)
