@@ -156,6 +156,7 @@ class LibraryIndex:
         self._manifest_seen: tuple[int, int, int] | None = None  # (inode, mtime, size)
         self._encoder_pair: tuple | None = None
         self._dirty = False
+        self._last_replay = (0, 0)  # what the last open replayed from the database
         self._status = on_status or (lambda message: logger.info("%s", message))
         self._writer = threading.RLock()  # one writer at a time in this process
         self._rw = _ReadWriteLock()  # searches read; in-memory changes and swaps write
@@ -187,14 +188,23 @@ class LibraryIndex:
         return retriever
 
     def sync(self) -> tuple[int, int]:
-        """Make the index hold exactly the stored chunks (and save it); returns (added, removed)."""
-        self.retriever  # noqa: B018 - opens (and reconciles) on first use
-        with self._writer, self._index_lock():
-            added, removed = self._reconcile(self._retriever, live=True)
-            if added or removed or self._dirty:
-                self._dirty = True
-                self._save_locked()
-        return added, removed
+        """Make the index hold exactly the stored chunks (and save it).
+
+        Returns:
+            (added, removed): chunks replayed from the database, counting those of the first
+            open when this call made it.
+        """
+        with self._writer:
+            opened = (0, 0)
+            if self._retriever is None:
+                self.retriever  # noqa: B018 - opens (and reconciles)
+                opened = self._last_replay
+            with self._index_lock():
+                added, removed = self._reconcile(self._retriever, live=True)
+                if added or removed or self._dirty:
+                    self._dirty = True
+                    self._save_locked()
+        return added + opened[0], removed + opened[1]
 
     def refresh(self) -> bool:
         """Load the index another process saved since this one was read; True if it did.
@@ -282,6 +292,7 @@ class LibraryIndex:
         retriever, created = self._load_or_create()
         generation = HybridRetriever.saved_generation(self.directory) if not created else None
         added, removed = self._reconcile(retriever, live=False)
+        self._last_replay = (added, removed)
         if created or added or removed or generation is None:
             generation = self._save(retriever)
         self._generation = generation
