@@ -37,6 +37,13 @@ class ServeConfig(BaseModel):
     max_upload_mb: float = Field(default=100, gt=0, description="Largest PDF accepted by upload, in MB.")
     max_upload_pages: int = Field(default=2000, ge=1, description="Most pages of an uploaded PDF.")
     max_upload_files: int = Field(default=50, ge=1, description="Most PDFs in one upload.")
+    concurrent_questions: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Questions answered at the same time (others wait their turn); uploads "
+        "and deletes run beside them, one at a time.",
+    )
     preload: bool = Field(
         default=True,
         description="Load the search index and the answering models in the background as soon "

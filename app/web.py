@@ -78,6 +78,7 @@ STAGE_NAMES = {
     "sample": "Sample (WuKong)",
     "budget": "Budget (rank order)",
     "first-pages": "First pages",
+    "screen": "Screen (sentences addressed to the model)",
     "prompt": "Prompt (evidence / all tokens)",
     "generate": "Generate (tokens / most allowed)",
 }
@@ -904,7 +905,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
             on_upload,
             [upload, ask_about],
             [progress, *library_outputs, upload],
-            concurrency_id="folio-work",
+            concurrency_id="folio-library",
             concurrency_limit=1,
             show_progress="hidden",
         )
@@ -924,7 +925,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
             [to_delete, ask_about],
             [delete_note, *library_outputs],
             js="(doc, selected) => (doc && confirm('Delete this document and everything derived from it?')) ? [doc, selected] : [null, selected]",
-            concurrency_id="folio-work",
+            concurrency_id="folio-library",
             concurrency_limit=1,
         )
 
@@ -1047,8 +1048,10 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                 on_ask,
                 ask_inputs,
                 ask_outputs,
-                concurrency_id="folio-work",
-                concurrency_limit=1,
+                # NOTE: questions run beside an upload (the library and index are thread-safe);
+                # more than a few at once only share the same cores.
+                concurrency_id="folio-ask",
+                concurrency_limit=limits.concurrent_questions,
                 show_progress="hidden",
             )
             for trigger in (message.submit, send.click)

@@ -17,6 +17,7 @@ conditions). `prefill` also takes `inputs_embeds` (REFRAG feeds chunk embeddings
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -29,12 +30,13 @@ from jinja2.exceptions import TemplateError
 
 from models._decoding import StopReason, StopTextTracker, select_next_token
 from models._packaged import PACKAGED_MODELS, ModelSourceError, resolve_model_dir
-from models._prompt import Evidence, Prompt, build_prompt, load_image
+from models._prompt import EVIDENCE_IS_DATA, Evidence, Prompt, build_prompt, defuse, load_image
 from models.config import DeviceChoice, DTypeChoice, GeneratorConfig, PromptStyle
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EVIDENCE_IS_DATA",
     "PACKAGED_GENERATORS",
     "Evidence",
     "Generation",
@@ -45,6 +47,7 @@ __all__ = [
     "PromptInputs",
     "StopReason",
     "build_prompt",
+    "defuse",
     "load_generator",
 ]
 
@@ -191,6 +194,16 @@ class Generator:
     def device(self) -> torch.device:
         """Device of the input embeddings (where prompts go)."""
         return self.model.get_input_embeddings().weight.device
+
+    @functools.cached_property
+    def control_tokens(self) -> tuple[str, ...]:
+        """Strings the tokenizer turns into control tokens wherever they appear in text
+        (`<|im_start|>`, `<end_of_turn>`, ...): what `defuse` rewrites in quoted evidence."""
+        tokenizer = self.tokenizer
+        found = set(getattr(tokenizer, "all_special_tokens", []))
+        decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        found.update(t.content for t in decoder.values() if len(t.content) > 1)
+        return tuple(sorted(t for t in found if t and not t.isspace()))
 
     @property
     def is_multimodal(self) -> bool:

@@ -34,9 +34,17 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 
 from models.config import EncoderConfig, GeneratorConfig, SamplerConfig, UragConfig
-from models.generator import Evidence, Generator, build_prompt, load_generator
+from models.generator import (
+    EVIDENCE_IS_DATA,
+    Evidence,
+    Generator,
+    build_prompt,
+    defuse,
+    load_generator,
+)
 from models.sampler import Candidate, EmbeddingCache, EvidenceSampler, SampleResult
 from pipeline.config import AnswerConfig, ContextMode
+from pipeline.guard import screen
 from pipeline.scoring import NOT_ANSWERABLE, is_not_answerable
 from pipeline.search import LibraryIndex, SearchHit
 from storage import Block, Chunk, Document, DocumentStatus, Library
@@ -66,6 +74,7 @@ _WORD = re.compile(r"\w+")
 _FIGURES = frozenset({"figure", "table"})
 _SHORT_FIGURE_TEXT = 40
 _QUOTE_CHARS = 300
+_ALL_SCREENED = "(left out: text addressed to the model)"
 _BARE_WORDS = 8
 
 
@@ -150,7 +159,7 @@ class AnswerStats:
 
     Attributes:
         stages: Per-stage stats in order (retrieve, candidates, sample | budget | first-pages,
-            prompt, generate).
+            screen (sentences kept of the evidence's), urag, prompt, generate).
         prompt_tokens: Tokens of the rendered prompt.
         new_tokens: Tokens generated.
         ttft_ms: From the question to the first answer text (retrieval, sampling and prefill).
@@ -541,6 +550,7 @@ class Answerer:
             items = []
         names = self._file_names({i.doc_id for i in items})
         several_docs = len({i.doc_id for i in items}) > 1
+        read = self._quoted_texts(items, cfg, generator, count, stages)
         refs = tuple(
             EvidenceRef(
                 number=n,
@@ -551,10 +561,10 @@ class Answerer:
                 kind=item.kind,
                 score=round(float(item.score), 4),
                 tokens=item.tokens,
-                text=item.text,
+                text=text,
                 image=str(item.image) if item.image is not None else None,
             )
-            for n, item in enumerate(items, start=1)
+            for n, (item, text) in enumerate(zip(items, read, strict=True), start=1)
         )
         common = {
             "question": question,
@@ -577,12 +587,15 @@ class Answerer:
 
         evidence = [
             Evidence(
-                text=_label(item, names, several_docs) + item.text,
+                text=_label(item, names, several_docs) + text,
                 image=item.image if generator.is_multimodal else None,
             )
-            for item in items
+            for item, text in zip(items, read, strict=True)
         ]
         instructions = CITE_INSTRUCTION if cfg.ask_citations else generator.config.instructions
+        if cfg.quote_evidence and evidence:
+            instructions = f"{instructions} {EVIDENCE_IS_DATA}".strip()
+            question = defuse(question, generator.control_tokens, role_lines=False)
         prompt = build_prompt(question, evidence, instructions=instructions)
         t_prompt = time.perf_counter()
         runner = None
@@ -658,6 +671,43 @@ class Answerer:
         )
 
     # --------------------------------------------------------------------------- evidence
+
+    def _quoted_texts(
+        self,
+        items: Sequence[_Item],
+        cfg: AnswerConfig,
+        generator: Generator,
+        count: Callable[[str], int],
+        stages: list[StageStats],
+    ) -> list[str]:
+        """The text of each item as the model reads it: screened, then quoted as data."""
+        started = time.perf_counter()
+        texts = [item.text for item in items]
+        if cfg.screen_instructions and texts:
+            results = [screen(text) for text in texts]
+            removed = [r for r in results if r.removed]
+            for item, result in zip(items, results, strict=True):
+                if result.removed:
+                    logger.warning(
+                        "left out of the prompt, addressed to the model (%s p. %d): %s",
+                        item.doc_id[:12], item.page, " | ".join(result.removed)[:300],
+                    )  # fmt: skip
+            texts = [r.text or _ALL_SCREENED for r in results]
+            total = sum(r.sentences for r in results)
+            tokens = sum(i.tokens for i in items)
+            stages.append(
+                StageStats(
+                    "screen",
+                    total - sum(len(r.removed) for r in removed),
+                    total,
+                    tokens - sum(count(" ".join(r.removed)) for r in removed),
+                    tokens,
+                    (time.perf_counter() - started) * 1000,
+                )
+            )
+        if cfg.quote_evidence:
+            texts = [defuse(text, generator.control_tokens) for text in texts]
+        return texts
 
     def _retrieved(
         self,

@@ -114,6 +114,17 @@ class AnswerConfig(BaseModel):
         default=48, ge=1, description="Most tokens of one answer (short answers)."
     )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    quote_evidence: bool = Field(
+        default=True,
+        description="Quote evidence as data: the instructions say never to follow text in it, "
+        "control tokens written in documents (<|im_start|>) and lines posing as prompt turns "
+        "('Question:') are defused.",
+    )
+    screen_instructions: bool = Field(
+        default=True,
+        description="Leave out of the prompt evidence sentences addressed to the model "
+        "('ignore previous instructions', 'reply only with ...'); they stay in the library.",
+    )
     use_urag: bool = Field(
         default=False,
         description="URaG after the sampler: the model's first layers score the evidence items "

@@ -228,3 +228,99 @@ def bow_encoder() -> BagOfWordsEncoder:
 def bow_encoder_class() -> type[BagOfWordsEncoder]:
     """The fake encoder class (to patch in where code builds its own encoder)."""
     return BagOfWordsEncoder
+
+
+# ------------------------------------------------ `folio serve` and a browser, for web tests
+# Shared by tests/app/test_web_e2e.py and tests/reliability/test_web_concurrency.py.
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (no browser downloads), or None when it is not installed."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, server, timeout: float) -> None:  # noqa: ANN001 - a Popen
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"folio serve exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"folio serve did not answer at {url} within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def start_folio_server(tmp_path_factory: pytest.TempPathFactory):
+    """A function `(settings: dict, artifacts: Path) -> (url, log)` that runs `folio serve` on a
+    free loopback port with an empty library and those settings; stopped when the module ends,
+    its log copied into `artifacts`."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    started: list[tuple[subprocess.Popen, Path, Path]] = []
+
+    def start(settings: dict, artifacts: Path) -> tuple[str, Path]:
+        work = tmp_path_factory.mktemp("folio-serve")
+        config = work / "settings.json"
+        config.write_text(json.dumps(settings))
+        port = _free_port()
+        log = work / "serve.log"
+        folio = Path(sys.executable).with_name("folio")
+        command = [str(folio), "--library", str(work / "lib"), "--config", str(config)]
+        command += ["serve", "--port", str(port)]
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "PYTHONUNBUFFERED": "1",
+        }
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work
+            )
+        started.append((process, log, artifacts))
+        url = f"http://127.0.0.1:{port}/"
+        _wait_http(url, process, timeout=120)
+        return url, log
+
+    yield start
+    for process, log, artifacts in started:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, artifacts / "serve.log")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium driven by Playwright."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        # NOTE: --no-sandbox because CI runs as root.
+        instance = p.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=["--no-sandbox"]
+        )
+        yield instance
+        instance.close()

@@ -13,14 +13,8 @@ Screenshots go to `test-artifacts/web/` (git-ignored; FOLIO_TEST_ARTIFACTS to mo
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,101 +27,23 @@ QUESTION = "Which retriever is trained on question and passage pairs?"
 HIGHLIGHT = (230, 81, 0)  # pipeline.viewer's outline colour
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 pytestmark = pytest.mark.skipif(
-    _chromium() is None, reason="Debian's chromium is not installed (make system-deps installs it)"
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (make system-deps installs it)"
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, server: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"folio serve exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"folio serve did not answer at {url} within {timeout:.0f} s")
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path):
-    """`folio serve` on a free loopback port with an empty library; yields (url, log path)."""
-    work = tmp_path_factory.mktemp("web-e2e")
-    config = work / "tiny.json"
-    config.write_text(
-        json.dumps(
-            {
-                "retrieval": {"mode": "bm25", "fusion": {"dense_weight": 0, "splade_weight": 0}},
-                "parse": {"ocr": "never"},
-                "ingest": {"workers": 1},
-                "generator": {"model": str(tiny_lm_dir), "device": "cpu"},
-                "answer": {
-                    "max_new_tokens": 6,
-                    "token_budget": 400,
-                    "sampler": {"image_features": False},
-                },
-                "serve": {"max_upload_mb": 20},
-            }
-        )
-    )
-    port = _free_port()
-    log = work / "serve.log"
-    folio = Path(sys.executable).with_name("folio")
-    command = [
-        str(folio),
-        "--library",
-        str(work / "lib"),
-        "--config",
-        str(config),
-        "serve",
-        "--port",
-        str(port),
-    ]
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "PYTHONUNBUFFERED": "1",
+def server(start_folio_server, tiny_lm_dir: Path):
+    """`folio serve` with an empty library; yields (url, log path)."""
+    settings = {
+        "retrieval": {"mode": "bm25", "fusion": {"dense_weight": 0, "splade_weight": 0}},
+        "parse": {"ocr": "never"},
+        "ingest": {"workers": 1},
+        "generator": {"model": str(tiny_lm_dir), "device": "cpu"},
+        "answer": {"max_new_tokens": 6, "token_budget": 400, "sampler": {"image_features": False}},
+        "serve": {"max_upload_mb": 20},
     }
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_http(url, process, timeout=120)
-        yield url, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(log, ARTIFACTS / "serve.log")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        # NOTE: the system chromium (no browser downloads); --no-sandbox because CI runs as root.
-        instance = p.chromium.launch(
-            executable_path=_chromium(), headless=True, args=["--no-sandbox"]
-        )
-        yield instance
-        instance.close()
+    return start_folio_server(settings, ARTIFACTS)
 
 
 def _shot(page, name: str) -> None:

@@ -139,9 +139,12 @@ def test_stream_yields_deltas_then_an_answer_with_stage_stats(lib, tiny, bow_enc
         "retrieve",
         "candidates",
         "sample",
+        "screen",
         "prompt",
         "generate",
     ]
+    screen = stats.stage("screen")
+    assert screen.kept_items == screen.total_items > 0  # nothing in the sample addresses the model
     sample = stats.stage("sample")
     assert 0 < sample.kept_items <= sample.total_items
     assert sample.kept_tokens <= FAST.token_budget and sample.kept_tokens <= sample.total_tokens
