@@ -27,6 +27,7 @@ from rich.table import Table
 
 from app.api import Folio
 from app.cli_eval import eval_app
+from app.settings import is_loopback, parse_auth
 from pipeline.config import OcrMode, ParserKind
 from pipeline.ingest import Progress as IngestProgress
 from pipeline.ingest import count_pages, find_pdfs
@@ -229,9 +230,6 @@ def serve_command(
     if allow_no_auth:
         serve["allow_no_auth"] = True
     folio = _folio(**({"serve": serve} if serve else {}))
-    from app.web import is_loopback, parse_auth
-    from app.web import serve as serve_app
-
     limits = folio.settings.serve
     try:
         credentials = parse_auth(limits.auth)
@@ -245,6 +243,7 @@ def serve_command(
                 "or --allow-no-auth"
             )
         err.print(f"[yellow]warning:[/yellow] serving {limits.host} without a password", highlight=False)
+    from app.web import serve as serve_app  # NOTE: imports gradio (seconds): only when serving
 
     def ready(url: str) -> None:
         console.print(

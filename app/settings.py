@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,27 @@ def _deep_merge(*layers: dict[str, Any]) -> dict[str, Any]:
             else:
                 out[key] = value
     return out
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    """("user", "password") from "user:password".
+
+    Raises:
+        ValueError: Not of the form user:password.
+    """
+    if auth is None:
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("auth must look like user:password (both parts non-empty)")
+    return user, password

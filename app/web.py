@@ -15,7 +15,6 @@ conversation, and the answers its chips point into, are kept per browser session
 from __future__ import annotations
 
 import html
-import ipaddress
 import logging
 import queue
 import re
@@ -1218,30 +1217,6 @@ document.addEventListener("click", function (event) {
 }, true);
 </script>
 """
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def parse_auth(auth: str | None) -> tuple[str, str] | None:
-    """("user", "password") from "user:password".
-
-    Raises:
-        ValueError: Not of the form user:password.
-    """
-    if auth is None:
-        return None
-    user, sep, password = auth.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("auth must look like user:password (both parts non-empty)")
-    return user, password
 
 
 def serve(

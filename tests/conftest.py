@@ -268,9 +268,9 @@ def _wait_http(url: str, server, timeout: float) -> None:  # noqa: ANN001 - a Po
 
 @pytest.fixture(scope="module")
 def start_folio_server(tmp_path_factory: pytest.TempPathFactory):
-    """A function `(settings: dict, artifacts: Path) -> (url, log)` that runs `folio serve` on a
-    free loopback port with an empty library and those settings; stopped when the module ends,
-    its log copied into `artifacts`."""
+    """A function `(settings, artifacts, env=None) -> (url, log)` that runs `folio serve` on a
+    free loopback port with an empty library, those settings and extra environment variables;
+    stopped when the module ends, its log copied into `artifacts`."""
     import json
     import shutil
     import subprocess
@@ -278,7 +278,7 @@ def start_folio_server(tmp_path_factory: pytest.TempPathFactory):
 
     started: list[tuple[subprocess.Popen, Path, Path]] = []
 
-    def start(settings: dict, artifacts: Path) -> tuple[str, Path]:
+    def start(settings: dict, artifacts: Path, env: dict | None = None) -> tuple[str, Path]:
         work = tmp_path_factory.mktemp("folio-serve")
         config = work / "settings.json"
         config.write_text(json.dumps(settings))
@@ -292,6 +292,7 @@ def start_folio_server(tmp_path_factory: pytest.TempPathFactory):
             "HF_HUB_OFFLINE": "1",
             "GRADIO_ANALYTICS_ENABLED": "False",
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         with log.open("w") as out:
             process = subprocess.Popen(

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from app import Folio
 from app.cli import app
+from app.settings import is_loopback, parse_auth
 from app.web import (
     AskOptions,
     Reply,
@@ -24,9 +25,7 @@ from app.web import (
     documents_html,
     format_answer,
     history_to_turns,
-    is_loopback,
     mark_stopped,
-    parse_auth,
     progress_html,
     respond,
     stage_rows,
