@@ -104,6 +104,7 @@ class AskOptions:
         mode: Retrieval mode, or "default" for the configured one.
         k: Chunks retrieved.
         budget: Evidence tokens in the prompt.
+        urag: URaG: the model's first layers choose the evidence its deeper layers read.
     """
 
     context: str = "retrieved"
@@ -111,6 +112,7 @@ class AskOptions:
     mode: str = "default"
     k: int = 20
     budget: int = 1000
+    urag: bool = False
 
     def overrides(self) -> dict[str, Any]:
         """The `Folio.ask` overrides these switches stand for."""
@@ -119,6 +121,7 @@ class AskOptions:
             "sampler": bool(self.sampler),
             "k": int(self.k),
             "budget": int(self.budget),
+            "use_urag": bool(self.urag),
         }
         if self.mode and self.mode != "default":
             out["mode"] = self.mode
@@ -391,17 +394,32 @@ def summary_markdown(stats: AnswerStats | None) -> str:
         return "No statistics: the question failed before answering."
     evidence = {"retrieved": "retrieved passages", "first-pages": "first pages", "none": "none"}
     sampler = "WuKong sampler on" if stats.sampler else "sampler off"
-    return (
+    lines = [
         f"**Prompt** {stats.prompt_tokens} tokens · **First token** {stats.ttft_ms / 1000:.2f} s · "
         f"**Decode** {stats.tokens_per_s:.1f} tokens/s · **Generated** {stats.new_tokens} tokens · "
-        f"**Total** {stats.total_ms / 1000:.2f} s\n\n"
+        f"**Total** {stats.total_ms / 1000:.2f} s",
         f"Model `{Path(stats.model).name or stats.model}` · evidence: "
-        f"{evidence.get(stats.context, stats.context)} · {sampler}"
-    )
+        f"{evidence.get(stats.context, stats.context)} · {sampler}",
+    ]
+    urag = stats.stage("urag")
+    if urag is not None:
+        pages = ", ".join(str(p) for p in sorted(set(stats.urag_pages))) or "none"
+        lines.append(
+            f"**URaG** the deeper layers read {urag.kept_items} of {urag.total_items} evidence "
+            f"items ({' '.join(f'[{n}]' for n in stats.urag_kept)}; pages {pages})"
+        )
+    screen = stats.stage("screen")
+    if screen is not None and screen.kept_items < screen.total_items:
+        left = screen.total_items - screen.kept_items
+        lines.append(
+            f"**Screened** {left} sentence{'s' if left != 1 else ''} of the evidence addressed "
+            "the model and were left out of the prompt"
+        )
+    return "\n\n".join(lines)
 
 
 STAGE_HEADERS = ["Stage", "Kept", "of", "Tokens kept", "of", "ms"]
-EVIDENCE_HEADERS = ["[n]", "Document", "Page", "Kind", "Score", "Tokens", "Text"]
+EVIDENCE_HEADERS = ["[n]", "Document", "Page", "Kind", "Score", "Tokens", "Deep layers", "Text"]
 RETRIEVED_HEADERS = ["#", "Document", "Page", "Kind", "Score", "Text"]
 
 
@@ -423,7 +441,11 @@ def stage_rows(stats: AnswerStats | None) -> list[list[Any]]:
 
 
 def evidence_rows(answer: Answer) -> list[list[Any]]:
-    """The numbered evidence the model read (the sampled blocks)."""
+    """The numbered evidence the model read (the sampled blocks); with URaG on, whether the
+    deeper layers read each item."""
+    stats = answer.stats
+    urag_on = stats is not None and stats.stage("urag") is not None
+    kept = set(stats.urag_kept) if urag_on else set()
     return [
         [
             f"[{e.number}]",
@@ -432,6 +454,7 @@ def evidence_rows(answer: Answer) -> list[list[Any]]:
             e.kind,
             round(e.score, 3),
             e.tokens,
+            ("read" if e.number in kept else "dropped") if urag_on else "all",
             _snippet(e.text),
         ]
         for e in answer.evidence
@@ -808,6 +831,11 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                             value=answer_cfg.use_sampler,
                             label="WuKong sampler (off: retrieved chunks in rank order)",
                         )
+                        use_urag = gr.Checkbox(
+                            value=answer_cfg.use_urag,
+                            label="URaG (the model's first layers choose the evidence its "
+                            "deeper layers read)",
+                        )
                         mode = gr.Dropdown(
                             MODE_CHOICES,
                             value=str(answer_cfg.retrieval_mode or "default"),
@@ -929,8 +957,9 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
         )
 
         def on_ask(
-            text, history, answers, selected, ctx, sampler, mode_value, k_value, budget_value
-        ):
+            text, history, answers, selected, ctx, sampler, mode_value, k_value, budget_value,
+            urag_value,
+        ):  # fmt: skip
             question = (text or "").strip()
             history = list(history or [])
             if not question:
@@ -942,6 +971,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                 mode_value or "default",
                 int(k_value),
                 int(budget_value),
+                bool(urag_value),
             )
             before = list(history)
             history += [
@@ -1033,7 +1063,9 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
             return rendered.image, page_caption(rendered, chip)
 
         chip_outputs = [page_image, page_info, figures, view, tabs]
-        ask_inputs = [message, chatbot, session, ask_about, context, use_sampler, mode, k, budget]
+        ask_inputs = [
+            message, chatbot, session, ask_about, context, use_sampler, mode, k, budget, use_urag,
+        ]  # fmt: skip
         ask_outputs = [
             message,
             chatbot,

@@ -23,6 +23,7 @@ from app.web import (
     citation_chips,
     document_choices,
     documents_html,
+    evidence_rows,
     format_answer,
     history_to_turns,
     mark_stopped,
@@ -140,7 +141,11 @@ def test_respond_streams_partial_text_then_the_answer_with_chips() -> None:
     assert all(r.answer is None for r in replies[:-1])
     assert replies[-1].answer is answer and "(#folio-cite-1-0 " in replies[-1].text
     assert folio.calls == [
-        ("What is it?", ["d1"], {"context": "retrieved", "sampler": False, "k": 5, "budget": 300, "mode": "bm25"})
+        (
+            "What is it?",
+            ["d1"],
+            {"context": "retrieved", "sampler": False, "k": 5, "budget": 300, "use_urag": False, "mode": "bm25"},
+        )
     ]
     assert "mode" not in AskOptions().overrides()
 
@@ -236,6 +241,33 @@ def test_transparency_shows_stage_costs_evidence_and_headlines() -> None:
     assert "Sample (WuKong)" in tables and "The answer is 42." in tables
     assert "No chunks retrieved." in tables
     assert summary_markdown(None).startswith("No statistics")
+
+
+def test_transparency_shows_what_urag_kept_and_what_the_screen_left_out() -> None:
+    from dataclasses import replace
+
+    answer = _answer(_citation(5))
+    evidence = (
+        *answer.evidence,
+        EvidenceRef(2, "d1", "paper.pdf", 9, (109,), "text", 0.40, 80, "Unrelated."),
+    )
+    stats = replace(
+        answer.stats,
+        stages=(
+            *answer.stats.stages,
+            StageStats("screen", 11, 12, 190, 200, 0.4),
+            StageStats("urag", 1, 2, 120, 200, 310.0),
+        ),
+        urag_kept=(1,),
+        urag_pages=(5,),
+    )
+    answer = replace(answer, evidence=evidence, stats=stats)
+    summary = summary_markdown(answer.stats)
+    assert "**URaG** the deeper layers read 1 of 2 evidence items ([1]; pages 5)" in summary
+    assert "**Screened** 1 sentence of the evidence addressed the model" in summary
+    assert [row[6] for row in evidence_rows(answer)] == ["read", "dropped"]
+    assert [row[6] for row in evidence_rows(_answer())] == ["all"]
+    assert AskOptions(urag=True).overrides()["use_urag"] is True
 
 
 # ------------------------------------------------------------------------- build and serve
