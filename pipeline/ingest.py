@@ -9,14 +9,9 @@ the same command again finishes the job.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import queue
 import shutil
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +20,7 @@ from sqlalchemy import delete, insert, select
 
 from pipeline.chunk import BlockRef, ChunkDraft, chunk_blocks
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
+from pipeline.isolation import TaskOutcome, TaskStatus, WorkerPool, emit
 from pipeline.parse import ParsedDocument, ParseError, parse_pdf, sha256_file
 from storage import SOURCE_PDF, Block, Chunk, Document, DocumentStatus, Library, Page
 
@@ -164,25 +160,23 @@ def _existing(library: Library, doc_id: str) -> Document | None:
 # ------------------------------------------------------------------------------------ parsing
 
 
-_worker_events = None  # the progress queue, set in each worker process by _init_worker
-
-
-def _init_worker(events) -> None:  # noqa: ANN001 - a multiprocessing queue
-    """NOTE: must be top-level for pickling; the queue is inherited when the worker starts."""
-    global _worker_events
-    _worker_events = events
+def _init_worker() -> None:
+    """NOTE: must be top-level for pickling (it runs in each worker process when it starts)."""
     logging.basicConfig(level=logging.WARNING)
 
 
 def _parse_worker(
     path: str, doc_id: str, config: ParseConfig, asset_dir: str, prefix: str, password: str | None
 ) -> ParsedDocument | str:
-    """Parse one PDF in a worker process. NOTE: must be top-level for pickling."""
+    """Parse one PDF in a worker process. NOTE: must be top-level for pickling.
+
+    Raises:
+        MemoryError: out of the worker's memory limit (the pool reports it, and recycles the worker).
+    """
     source = Path(path)
 
     def on_page(done: int, total: int, ocr_pages: int) -> None:
-        if _worker_events is not None:
-            _worker_events.put((path, done, total, ocr_pages))
+        emit((path, done, total, ocr_pages))
 
     try:
         return parse_pdf(
@@ -196,54 +190,62 @@ def _parse_worker(
         )
     except ParseError as exc:
         return str(exc)
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - one bad PDF must never stop a batch
         return f"{source.name}: unexpected parser error ({type(exc).__name__}: {exc})".splitlines()[0]
 
 
 def _parse_all(todo, library, parse_config, ingest_config, password, notify):
-    """Yield (index, path, ParsedDocument | error message) as workers finish."""
+    """Yield (index, path, ParsedDocument | error message) as workers finish.
+
+    Each document is parsed in a worker process under a deadline and a memory limit; a document
+    that crashes, hangs or exhausts its worker fails alone (the worker is replaced).
+    """
     if not todo:
         return
-    # NOTE: spawn, not fork: the parent may hold model threads (API, web app) that fork would copy.
-    context = multiprocessing.get_context("spawn")
-    events = context.Queue()
-    stop = threading.Event()
 
-    def relay() -> None:
-        while not stop.is_set():
-            try:
-                path, done, total, ocr_pages = events.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            except (EOFError, OSError):
-                return
-            notify(Progress("page", Path(path), done, total, ocr_pages=ocr_pages))
+    def relay(event: tuple[str, int, int, int]) -> None:
+        path, done, total, ocr_pages = event
+        notify(Progress("page", Path(path), done, total, ocr_pages=ocr_pages))
 
-    relay_thread = threading.Thread(target=relay, daemon=True)
-    relay_thread.start()
-    workers = max(1, min(ingest_config.workers, len(todo), os.cpu_count() or 1))
-    try:
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(events,)
-        ) as pool:
-            futures: list[tuple[int, Path, Future]] = []
-            for i, path, doc_id in todo:
-                partial = library.assets_dir / f"{doc_id}.partial"
-                shutil.rmtree(partial, ignore_errors=True)
-                future = pool.submit(
-                    _parse_worker, str(path), doc_id, parse_config, str(partial), f"assets/{doc_id}", password
-                )
-                futures.append((i, path, future))
-            for i, path, future in futures:
-                try:
-                    outcome = future.result()
-                except BrokenProcessPool:
-                    outcome = f"{path.name}: the parser crashed on this file"
-                yield i, path, outcome
-    finally:
-        stop.set()
-        relay_thread.join(timeout=2)
-        events.close()
+    tasks = []
+    for i, path, doc_id in todo:
+        partial = library.assets_dir / f"{doc_id}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        tasks.append((i, (str(path), doc_id, parse_config, str(partial), f"assets/{doc_id}", password)))
+    paths = {i: path for i, path, _ in todo}
+    with WorkerPool(
+        _parse_worker,
+        workers=max(1, min(ingest_config.workers, len(todo), os.cpu_count() or 1)),
+        timeout_s=ingest_config.parse_timeout_s,
+        memory_mb=ingest_config.parse_memory_mb,
+        on_event=relay,
+        initializer=_init_worker,
+    ) as pool:
+        for outcome in pool.run(tasks):
+            path = paths[outcome.key]
+            if outcome.status == TaskStatus.OK:
+                yield outcome.key, path, outcome.value
+            else:
+                yield outcome.key, path, parse_failure(path.name, outcome, ingest_config)
+
+
+def parse_failure(name: str, outcome: TaskOutcome, config: IngestConfig) -> str:
+    """The one-line reason for a parse that did not return: what happened and the fix."""
+    if outcome.status == TaskStatus.TIMEOUT:
+        return (
+            f"{name}: parsing took longer than {config.parse_timeout_s:g} s; "
+            "raise FOLIO_INGEST__PARSE_TIMEOUT_S or split the file"
+        )
+    if outcome.status == TaskStatus.MEMORY:
+        return (
+            f"{name}: parsing ran out of memory (limit {config.parse_memory_mb} MB); "
+            "raise FOLIO_INGEST__PARSE_MEMORY_MB or split the file"
+        )
+    if outcome.status == TaskStatus.CRASH:
+        return f"{name}: the parser crashed ({outcome.detail}); the file is probably damaged, try re-saving it"
+    return f"{name}: unexpected parser error ({outcome.detail})"
 
 
 # ------------------------------------------------------------------------------------ storing
