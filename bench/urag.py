@@ -42,16 +42,14 @@ def _folio(library: str):
 
 def _evidence_prompt(answerer, question: str, doc: str, cfg):
     """The evidence items and the prompt exactly as `Answerer.stream` builds them."""
-    from models.generator import Evidence, build_prompt
-    from pipeline.answer import _label
+    from pipeline.answer import _token_counter
 
     generator = answerer.generator()
     docs = answerer._resolve_docs([doc])
     items = answerer._retrieved(question, docs, cfg, generator, [])
     names = answerer._file_names({i.doc_id for i in items})
-    several = len({i.doc_id for i in items}) > 1
-    evidence = [Evidence(text=_label(i, names, several) + i.text) for i in items]
-    return items, build_prompt(question, evidence, instructions=generator.config.instructions)
+    texts = answerer._quoted_texts(items, cfg, generator, _token_counter(generator), [])
+    return items, answerer.build_prompt(question, items, texts, names, cfg, generator)
 
 
 def cache(args: argparse.Namespace) -> None:
@@ -201,6 +199,7 @@ def qa(args: argparse.Namespace) -> None:
     """Step 3: the same validation questions answered with the stage off and on (one process,
     alternating per question so that machine load hits both alike)."""
     from models.config import UragConfig
+    from models.urag import prefill_flops
     from pipeline.eval_qa import load_qa_questions
     from pipeline.scoring import score_answer
 
@@ -222,12 +221,17 @@ def qa(args: argparse.Namespace) -> None:
     )
     warm = answerer.ask("What is this document about?", doc_ids=[questions[0][1].doc_id])
     del warm
+    model_config = answerer.generator().model.config
+    model_config = getattr(model_config, "text_config", model_config)
     rows = []
     path = out / f"qa-{args.scorer}-L{args.layer}-k{args.keep}.jsonl"
     with path.open("w") as sink:
         for index, q in questions:
             row = {"index": index, "doc": q.doc_id, "format": q.answer_format, "gold": q.answer,
                    "gold_pages": list(q.evidence_pages)}  # fmt: skip
+            # Retrieval alone: the pages of the k chunks the sampler starts from.
+            hits = folio.search(q.question, k=base.k, doc_ids=[q.doc_id])
+            row["retrieved_pages"] = sorted({h.page for h in hits})
             for name, cfg in (("off", base), ("on", on)):
                 answer = answerer.ask(q.question, doc_ids=[q.doc_id], config=cfg)
                 stats = answer.stats
@@ -248,6 +252,12 @@ def qa(args: argparse.Namespace) -> None:
                         else 0
                     ),  # fmt: skip
                 }
+                row[name]["gflops"] = round(
+                    prefill_flops(
+                        model_config, stats.prompt_tokens, row[name]["deep_tokens"], args.layer
+                    ) / 1e9,
+                    2,
+                )  # fmt: skip
             rows.append(row)
             sink.write(json.dumps(row) + "\n")
             sink.flush()
@@ -279,6 +289,18 @@ def _qa_summary(rows: list[dict]) -> dict:
     summary["prefill_saved"] = round(
         1 - summary["on"]["prefill_ms_sum"] / summary["off"]["prefill_ms_sum"], 4
     )
+    if all("gflops" in r["off"] for r in rows):
+        off, on = (sum(r[name]["gflops"] for r in rows) for name in ("off", "on"))
+        summary["prefill_gflops"] = {"off": round(off, 1), "on": round(on, 1)}
+        summary["flops_saved"] = round(1 - on / off, 4)
+    if gold_rows and all("retrieved_pages" in r for r in gold_rows):
+        summary["retrieval_page_recall"] = round(
+            statistics.fmean(
+                len(set(r["gold_pages"]) & set(r["retrieved_pages"])) / len(set(r["gold_pages"]))
+                for r in gold_rows
+            ),
+            4,
+        )
     return summary
 
 

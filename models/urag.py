@@ -502,6 +502,62 @@ def select_top(scores: torch.Tensor, tokens: Sequence[int], config: UragConfig) 
     return sorted(kept)
 
 
+# ----------------------------------------------------------------------------- compute
+
+
+def prefill_flops(
+    config: Any,
+    prompt_tokens: int,
+    kept_tokens: int | None = None,
+    layer: int | None = None,
+    *,
+    causal: bool = True,
+) -> int:
+    """FLOPs (2 per multiply-add) of a prefill, plain or pruned by URaG after `layer`.
+
+    Counts the matrix products: per token and layer the attention projections and the MLP; per
+    query-key pair the scores and the weighted sum (causal; a sliding-window layer sees at most
+    its window); the LM head for the last token only. Norms, rotary and softmax are left out
+    (under 1% here).
+
+    Args:
+        config: The decoder's Hugging Face text config (hidden_size, num_attention_heads, ...).
+        prompt_tokens: Tokens of the whole prompt (T).
+        kept_tokens: Tokens the layers after `layer` run on (None: nothing pruned).
+        layer: The scoring layer L; layers 0..L run on all T tokens.
+        causal: Count the query-key pairs causal attention needs (False: the full square a
+            dense kernel computes before masking).
+    """
+    hidden = config.hidden_size
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    layers = config.num_hidden_layers
+    types = getattr(config, "layer_types", None) or ["full_attention"] * layers
+    window = getattr(config, "sliding_window", None)
+    linear = 2 * (
+        hidden * heads * head_dim  # q
+        + 2 * hidden * kv_heads * head_dim  # k, v
+        + heads * head_dim * hidden  # o
+        + 3 * hidden * config.intermediate_size  # gate, up, down
+    )
+    per_pair = 2 * 2 * heads * head_dim  # q.k and p.v
+
+    def pairs(n: int, sliding: bool) -> int:
+        if not causal:
+            return n * n
+        if not sliding or not window or n <= window:
+            return n * (n + 1) // 2
+        return window * (window + 1) // 2 + (n - window) * window
+
+    total = 2 * hidden * config.vocab_size  # the LM head, last position
+    for index in range(layers):
+        pruned = kept_tokens is not None and layer is not None and index > layer
+        n = kept_tokens if pruned else prompt_tokens
+        total += n * linear + pairs(n, types[index] == "sliding_attention") * per_pair
+    return total
+
+
 # ----------------------------------------------------------------------------- the stage
 
 

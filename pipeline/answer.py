@@ -38,6 +38,7 @@ from models.generator import (
     EVIDENCE_IS_DATA,
     Evidence,
     Generator,
+    Prompt,
     build_prompt,
     defuse,
     load_generator,
@@ -549,7 +550,6 @@ class Answerer:
         else:
             items = []
         names = self._file_names({i.doc_id for i in items})
-        several_docs = len({i.doc_id for i in items}) > 1
         read = self._quoted_texts(items, cfg, generator, count, stages)
         refs = tuple(
             EvidenceRef(
@@ -585,18 +585,7 @@ class Answerer:
             yield Answer(text=NOT_ANSWERABLE, stats=stats, not_answerable=True, **common)
             return
 
-        evidence = [
-            Evidence(
-                text=_label(item, names, several_docs) + text,
-                image=item.image if generator.is_multimodal else None,
-            )
-            for item, text in zip(items, read, strict=True)
-        ]
-        instructions = CITE_INSTRUCTION if cfg.ask_citations else generator.config.instructions
-        if cfg.quote_evidence and evidence:
-            instructions = f"{instructions} {EVIDENCE_IS_DATA}".strip()
-            question = defuse(question, generator.control_tokens, role_lines=False)
-        prompt = build_prompt(question, evidence, instructions=instructions)
+        prompt = self.build_prompt(question, items, read, names, cfg, generator)
         t_prompt = time.perf_counter()
         runner = None
         if cfg.use_urag and items and not prompt.images:
@@ -671,6 +660,33 @@ class Answerer:
         )
 
     # --------------------------------------------------------------------------- evidence
+
+    def build_prompt(
+        self,
+        question: str,
+        items: Sequence[_Item],
+        texts: Sequence[str],
+        names: Mapping[str, str],
+        cfg: AnswerConfig,
+        generator: Generator,
+    ) -> Prompt:
+        """The prompt of a question: instructions, the items labelled and numbered, the question.
+
+        `texts` are the items' texts as the model reads them (`_quoted_texts`).
+        """
+        several_docs = len({i.doc_id for i in items}) > 1
+        evidence = [
+            Evidence(
+                text=_label(item, names, several_docs) + text,
+                image=item.image if generator.is_multimodal else None,
+            )
+            for item, text in zip(items, texts, strict=True)
+        ]
+        instructions = CITE_INSTRUCTION if cfg.ask_citations else generator.config.instructions
+        if cfg.quote_evidence and evidence:
+            instructions = f"{instructions} {EVIDENCE_IS_DATA}".strip()
+            question = defuse(question, generator.control_tokens, role_lines=False)
+        return build_prompt(question, evidence, instructions=instructions)
 
     def _quoted_texts(
         self,

@@ -277,3 +277,34 @@ def test_the_shipped_projection_loads_at_the_default_layer() -> None:
     projection = MaxSimProjection.load(DEFAULT_PROJECTION)
     assert projection.layer == UragConfig().layer
     assert projection.proj.in_features == 896  # Qwen2.5-Coder-0.5B's hidden size
+
+
+@pytest.mark.parametrize("name", ["qwen2"])
+def test_prefill_flops_match_torch_flop_counter(name: str, tokenizer) -> None:
+    """The analytic count equals what torch counts for a dense forward of the same prompt."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.urag import prefill_flops
+
+    model = MODELS[name](len(tokenizer))
+    model.config._attn_implementation = "eager"  # the full square, as `causal=False` counts
+    ids = torch.randint(0, len(tokenizer), (1, 37))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(input_ids=ids, logits_to_keep=1)
+    assert prefill_flops(model.config, 37, causal=False) == counter.get_total_flops()
+
+
+def test_pruned_prefill_flops_count_the_deep_layers_on_kept_tokens() -> None:
+    from models.urag import prefill_flops
+
+    config = _qwen2(100).config
+    full = prefill_flops(config, 200)
+    assert prefill_flops(config, 200, kept_tokens=200, layer=1) == full
+    pruned = prefill_flops(config, 200, kept_tokens=50, layer=1)
+    shallow = prefill_flops(config, 200, kept_tokens=0, layer=1)
+    # Layers 0..1 on 200 tokens; layers 2..3 on 50: the pruned count lies between.
+    assert shallow < pruned < full
+    head = 2 * config.hidden_size * config.vocab_size
+    assert (full - head) == 2 * (shallow - head)  # four equal layers, two of them kept
+    gemma = _gemma3(100).config  # sliding layers see at most their 16-token window
+    assert prefill_flops(gemma, 64) < prefill_flops(gemma, 64, causal=False)
