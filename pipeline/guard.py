@@ -34,7 +34,7 @@ _PATTERNS = [
     r"\b(if you are|as) an? (ai|assistant|chatbot|llm|large language model|language model)\b",
     # dictated output: "reply only with X", "always answer 'X'"
     r"\b(respond|reply|answer|say|output|print|write)\b[^.!?\n]{0,30}\b(only|exactly|always)\b"
-    r"[^.!?\n]{0,20}(with|the word|the phrase|:|[\"'\u201c\u2018])",
+    r"[^.!?\n]{0,20}(with\b|the word|the phrase|[\"'\u201c\u2018]|:\s*(?-i:[\"'\u201c\u2018A-Z]))",
     r"\b(always|only)\s+(respond|reply|answer|say|output)\s+(with\b|[\"'\u201c\u2018]|"
     r"(?-i:[A-Z][A-Z0-9-]{2,})\b)",
     # chat-template markers written into a document
