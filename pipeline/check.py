@@ -13,7 +13,7 @@ What a crash may leave, and what the check makes of it:
   chunk must be in every part and nothing else;
 - a killed ingest leaves `<doc>.partial` folders and, between moving a document's images into
   place and its commit, asset folders of no document: leftovers, removed by `repair` (and
-  overwritten when the same file is ingested again).
+  cleared by the next ingest that runs alone).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, func, select, text, update
 
 from models.config import EncoderConfig
+from pipeline.ingest import leftover_assets
 from pipeline.search import LOCK_FILE, LibraryIndex, index_key
 from retrieval import RetrievalConfig, inspect_saved
 from storage import Block, Chunk, Document, DocumentStatus, FileLock, Library, Page
@@ -144,7 +145,7 @@ def check_library(
 
 def _check_database(library: Library, report: CheckReport, repair: bool) -> None:
     if library.engine.dialect.name != "sqlite":
-        report.add("database", Severity.INFO, f"{library.engine.dialect.name}: integrity checks are SQLite's only")
+        _check_rows_have_documents(library, report, repair)
         return
     with library.engine.connect() as conn:
         rows = [r[0] for r in conn.execute(text("PRAGMA integrity_check"))]
@@ -159,6 +160,20 @@ def _check_database(library: Library, report: CheckReport, repair: bool) -> None
                 conn.execute(text(f"DELETE FROM {table} WHERE rowid = :rowid"), {"rowid": rowid})
             fixed = True
         report.add("database", Severity.ERROR, f"{table} row {rowid} points to a missing {parent} row", fixed)
+
+
+def _check_rows_have_documents(library: Library, report: CheckReport, repair: bool) -> None:
+    """Other databases: what `PRAGMA foreign_key_check` finds on SQLite, by a join (the server
+    enforces the foreign keys and keeps its own pages whole, so none is expected)."""
+    for table in (Page, Block, Chunk):
+        orphan = ~select(Document.id).where(Document.id == table.doc_id).exists()
+        with library.sessions() as session:
+            ids = list(session.scalars(select(table.id).where(orphan)))
+        if ids and repair:
+            with library.sessions() as session, session.begin():
+                session.execute(delete(table).where(orphan))
+        for row_id in ids[:20]:
+            report.add("database", Severity.ERROR, f"{table.__tablename__} row {row_id} points to a missing documents row", repair)
 
 
 # ----------------------------------------------------------------------------- documents
@@ -237,19 +252,11 @@ def _mark_failed(library: Library, doc_id: str, message: str) -> None:
 
 def _check_asset_folders(library: Library, report: CheckReport, repair: bool) -> None:
     """`<doc>.partial` folders and folders of no OK document (call with the ingest lock held)."""
-    if not library.assets_dir.is_dir():
-        return
-    with library.sessions() as session:
-        ok = set(session.scalars(select(Document.id).where(Document.status == DocumentStatus.OK)))
-    for path in sorted(library.assets_dir.iterdir()):
-        if not path.is_dir():
-            continue
+    for path in leftover_assets(library):
         if path.name.endswith(_PARTIAL):
             why = "images of a document whose parsing or storing was interrupted"
-        elif path.name not in ok:
-            why = "images of no stored document (interrupted before its commit, or failed since)"
         else:
-            continue
+            why = "images of no stored document (interrupted before its commit, or failed since)"
         if repair:
             shutil.rmtree(path, ignore_errors=True)
         report.add("assets", Severity.LEFTOVER, f"assets/{path.name}: {why}", repair)

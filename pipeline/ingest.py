@@ -125,8 +125,13 @@ def ingest(
         todo.append((i, path, doc_id))
 
     # NOTE: shared with other ingests; `folio check --repair` takes it alone before it removes
-    # the asset folders of unfinished documents, so it never removes this run's work.
+    # the asset folders of unfinished documents, so it never removes this run's work. Alone
+    # here, this run clears what killed runs left (documents it skips would keep them).
     busy = library.ingest_lock()
+    if busy.acquire(blocking=False):
+        for leftover in leftover_assets(library):
+            shutil.rmtree(leftover, ignore_errors=True)
+        busy.release()
     busy.acquire(shared=True)
     try:
         for i, path, outcome in _parse_all(todo, library, parse_config, ingest_config, password, notify):
@@ -383,6 +388,21 @@ def _record_failure(library: Library, doc_id: str, path: Path, error: str, parse
     return IngestResult(path, doc_id, "failed", error=error)
 
 
+def leftover_assets(library: Library) -> list[Path]:
+    """Asset folders of no stored document: `<doc>.partial` folders of an interrupted parse or
+    store, and folders of no OK document (moved into place by a store killed before its
+    commit). Meaningful only while no ingest runs (hold `library.ingest_lock()` alone)."""
+    if not library.assets_dir.is_dir():
+        return []
+    with library.sessions() as session:
+        ok = set(session.scalars(select(Document.id).where(Document.status == DocumentStatus.OK)))
+    return sorted(
+        path
+        for path in library.assets_dir.iterdir()
+        if path.is_dir() and (path.name.endswith(".partial") or path.name not in ok)
+    )
+
+
 def delete_document(library: Library, doc_id: str, index: ChunkIndex | None = None) -> Document:
     """Delete a document (by id or unique id prefix) with its pages, blocks, chunks and images.
 
@@ -390,7 +410,7 @@ def delete_document(library: Library, doc_id: str, index: ChunkIndex | None = No
         LookupError: no document, or more than one, matches.
     """
     with library.sessions() as session, session.begin():
-        matches = list(session.scalars(select(Document).where(Document.id.startswith(doc_id))))
+        matches = list(session.scalars(select(Document).where(Document.id_prefix(doc_id))))
         if not matches:
             raise LookupError(f"no document with id {doc_id!r} (see `folio docs`)")
         if len(matches) > 1:

@@ -43,3 +43,29 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
     assert unknown.exit_code == 1 and "no document with id 'abc'" in unknown.output
     preset = runner.invoke(app, ["--config", "nope", "--library", str(tmp_path / "lib"), "docs"])
     assert preset.exit_code == 1 and "no config file or preset 'nope'" in preset.output
+
+
+def test_check_reports_one_line_per_finding_and_exits_1_on_errors(
+    tmp_path: Path, sample_pdf: Path, monkeypatch
+) -> None:
+    import sqlite3
+
+    monkeypatch.setenv("FOLIO_RETRIEVAL__MODE", "bm25")
+    monkeypatch.setenv("FOLIO_RETRIEVAL__FUSION__DENSE_WEIGHT", "0")
+    lib = tmp_path / "lib"
+    runner.invoke(app, ["--library", str(lib), "ingest", str(sample_pdf), "--ocr", "never", "--workers", "1"])
+    clean = runner.invoke(app, ["--library", str(lib), "check"])
+    assert clean.exit_code == 0 and clean.output.startswith("ok: 1 documents (0 failed)"), clean.output
+    (lib / "assets" / ("0" * 64 + ".partial")).mkdir()
+    leftover = runner.invoke(app, ["--library", str(lib), "check"])
+    assert leftover.exit_code == 0 and "leftover: assets: assets/0000" in leftover.output
+    with sqlite3.connect(lib / "folio.db") as db:
+        db.execute("DELETE FROM pages WHERE number = 1")
+    broken = runner.invoke(app, ["--library", str(lib), "check"])
+    assert broken.exit_code == 1, broken.output
+    assert "error: documents: " in broken.output and "1 of its 2 pages stored" in broken.output
+    repaired = runner.invoke(app, ["--library", str(lib), "check", "--repair"])
+    assert repaired.exit_code == 0 and repaired.output.count("(repaired)") == 2, repaired.output
+    assert "Traceback" not in broken.output + repaired.output
+    again = runner.invoke(app, ["--library", str(lib), "check"])
+    assert again.exit_code == 0 and again.output.startswith("ok: 1 documents (1 failed)"), again.output
