@@ -91,6 +91,23 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# MuPDF's errors: pymupdf raises RuntimeError or ValueError from most calls, but its own
+# FzError* classes (not RuntimeErrors) from some, e.g. get_pixmap on an oversized image.
+MUPDF_ERRORS = (RuntimeError, ValueError, pymupdf.mupdf.FzErrorBase)
+
+
+def raise_if_out_of_memory(exc: BaseException) -> None:
+    """Turn MuPDF's failed allocation into MemoryError: out of memory is a limit, not damage."""
+    if isinstance(exc, pymupdf.mupdf.FzErrorSystem) and "malloc" in str(exc):
+        raise MemoryError(str(exc)) from exc
+
+
+def _detail(exc: BaseException, path: Path) -> str:
+    """An exception's message as a short line, without the file's full path (the name leads)."""
+    text = " ".join(str(exc).replace(str(path), path.name).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def open_pdf(path: Path, password: str | None = None) -> pymupdf.Document:
     """Open a PDF or raise ParseError with a one-line reason and fix."""
     name = path.name
@@ -105,18 +122,25 @@ def open_pdf(path: Path, password: str | None = None) -> pymupdf.Document:
         raise ParseError(f"{name}: not a PDF (no %PDF header)")
     try:
         doc = pymupdf.open(path, filetype="pdf")
-    except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
-        raise ParseError(f"{name}: malformed PDF that MuPDF cannot repair ({exc})") from exc
-    if doc.needs_pass:
-        if password is None:
-            doc.close()
-            raise ParseError(f"{name}: encrypted; pass its password with --password")
-        if not doc.authenticate(password):
-            doc.close()
-            raise ParseError(f"{name}: encrypted and the password given is wrong")
-    if doc.page_count == 0:
+    except MUPDF_ERRORS as exc:
+        raise_if_out_of_memory(exc)
+        raise ParseError(f"{name}: malformed PDF that MuPDF cannot repair ({_detail(exc, path)})") from exc
+    try:
+        if doc.needs_pass:
+            if password is None:
+                raise ParseError(f"{name}: encrypted; pass its password with --password")
+            if not doc.authenticate(password):
+                raise ParseError(f"{name}: encrypted and the password given is wrong")
+        # NOTE: the page tree is read here; a damaged one (a /Count of -1) raises, not returns 0.
+        if doc.page_count == 0:
+            raise ParseError(f"{name}: no pages (the page tree is empty or unreadable)")
+    except MUPDF_ERRORS as exc:
         doc.close()
-        raise ParseError(f"{name}: no pages (the page tree is empty or unreadable)")
+        raise_if_out_of_memory(exc)
+        raise ParseError(f"{name}: damaged page tree that MuPDF cannot read ({_detail(exc, path)})") from exc
+    except ParseError:
+        doc.close()
+        raise
     return doc
 
 
@@ -181,9 +205,10 @@ def parse_pdf(
                 boxes = layout_boxes[index] if layout_boxes is not None else None
                 pages.append(_parse_page(page, config, asset_dir, asset_prefix, boxes))
                 ocr_pages += pages[-1].ocr_used
-            except (RuntimeError, ValueError) as exc:
+            except MUPDF_ERRORS as exc:
+                raise_if_out_of_memory(exc)
                 # NOTE: one damaged page must not lose the whole document; keep an empty page.
-                logger.warning("%s: page %d unreadable (%s); kept empty", path.name, index + 1, exc)
+                logger.warning("%s: page %d unreadable (%s); kept empty", path.name, index + 1, _detail(exc, path))
                 pages.append(_empty_page(index + 1))
             if on_page is not None:
                 on_page(index + 1, doc.page_count, ocr_pages)
