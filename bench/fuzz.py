@@ -57,7 +57,7 @@ class Seed:
     variants: dict[str, bytes]  # "orig": the (cut) file; "objstm": with object streams; "plain": uncompressed
 
 
-def prepare_seeds(data_dir: Path, pages: int = 3, plain_max_bytes: int = 4 << 20) -> list[Seed]:
+def prepare_seeds(data_dir: Path, pages: int = 2, plain_max_bytes: int = 4 << 20) -> list[Seed]:
     """Read the seed PDFs; cut long ones to their first `pages` pages and add re-saved variants.
 
     Only the seeds (trusted files) are opened here; mutated bytes are only ever parsed in workers.
@@ -235,11 +235,11 @@ def decompression_bomb(data: bytes, rng: random.Random) -> bytes:
     }
     draw = b"q 500 0 0 600 50 100 cm /Im0 Do Q"
     if kind == "content":  # millions of drawing operators
-        megabytes = rng.choices([1, 4, 16], weights=[6, 3, 1])[0]
+        megabytes = rng.choices([1, 4, 16], weights=[7, 2, 1])[0]
         objects[first + 3] = _stream(b"/Filter /FlateDecode", _zeros_flate(megabytes, b"0 0 m 9 9 l S\n"), compress=False)
         resources = b""
     else:
-        side = rng.choices([8_000, 20_000, 40_000], weights=[4, 4, 2])[0] if kind != "liar" else 65_000
+        side = rng.choices([8_000, 20_000, 40_000], weights=[6, 3, 1])[0] if kind != "liar" else 65_000
         if kind == "liar":  # declares a huge image, holds a few bytes
             image = _stream(b"/Filter /FlateDecode", zlib.compress(bytes(4096)), compress=False)
         elif kind == "double":  # Flate inside Flate: a 1:1,000,000 ratio
@@ -403,9 +403,9 @@ def run(
     workers: int = 1,
     timeout_s: float = 30.0,
     memory_mb: int | None = None,
-    ocr_fraction: float = 0.02,
+    ocr_fraction: float = 0.01,
     data_dir: Path = SHARED_DATA,
-    seed_pages: int = 3,
+    seed_pages: int = 2,
     batch: int = 8,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -538,8 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--timeout-s", type=float, default=30.0, help="Parse deadline per case.")
     parser.add_argument("--memory-mb", type=int, default=None, help="Memory limit (default: ingest's).")
-    parser.add_argument("--ocr-fraction", type=float, default=0.02, help="Share of cases parsed with OCR on.")
-    parser.add_argument("--seed-pages", type=int, default=3, help="Cut seed PDFs to this many pages.")
+    parser.add_argument("--ocr-fraction", type=float, default=0.01, help="Share of cases parsed with OCR on.")
+    parser.add_argument("--seed-pages", type=int, default=2, help="Cut seed PDFs to this many pages.")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=WORK.parent / "fuzz.json")
     parser.add_argument("--case", type=int, default=None, help="Only write this case's file (see --keep).")
