@@ -1,7 +1,8 @@
 """Storage: SQLAlchemy models and sessions, page-image assets, index folders."""
 
 from storage.config import StorageConfig
-from storage.db import SOURCE_PDF, FileLock, Library, SchemaMismatchError, open_library
+from storage.db import SOURCE_PDF, FileLock, Library, open_library
+from storage.migrate import SchemaMismatchError
 from storage.models import (
     SCHEMA_VERSION,
     Block,
@@ -10,6 +11,7 @@ from storage.models import (
     Document,
     DocumentStatus,
     Page,
+    User,
 )
 
 __all__ = [
@@ -25,5 +27,6 @@ __all__ = [
     "Page",
     "SchemaMismatchError",
     "StorageConfig",
+    "User",
     "open_library",
 ]

@@ -1,4 +1,5 @@
-"""Open a library: the database engine (SQLite WAL by default), its schema check, and its folders."""
+"""Open a library: the database engine (SQLite WAL by default, or PostgreSQL), its schema
+(created or upgraded by `storage.migrate`), and its folders."""
 
 from __future__ import annotations
 
@@ -10,17 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.config import StorageConfig
-from storage.models import SCHEMA_VERSION, Base, Meta
+from storage.migrate import SchemaMismatchError as SchemaMismatchError  # raised by open_library
+from storage.migrate import ensure_schema
+from storage.models import Meta
 
 logger = logging.getLogger(__name__)
-
-
-class SchemaMismatchError(RuntimeError):
-    """The database was written by another schema version of Folio."""
 
 
 SOURCE_PDF = "source.pdf"  # file name of a document's PDF copy inside its assets folder
@@ -79,7 +77,11 @@ class FileLock:
 
 @dataclass(frozen=True)
 class Library:
-    """An open library: engine, session factory and the folders beside the database."""
+    """An open library: engine, session factory and the folders beside the database.
+
+    The folders (page images, search index, models) are in the library folder whatever the
+    database: with PostgreSQL shared by several machines each keeps its own folder for now.
+    """
 
     root: Path
     engine: Engine
@@ -125,11 +127,21 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
     cursor.close()
 
 
+def _postgres_session(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI types
+    # NOTE: `created` is a timestamp without time zone holding UTC, as SQLite stores it;
+    # PostgreSQL would convert an aware datetime to the server's zone, so the session is UTC.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
+
+
 def open_library(config: StorageConfig, *, create: bool = True) -> Library:
     """Open (and by default create) the library described by `config`.
 
+    An older database is upgraded in place (see `storage.migrate`).
+
     Raises:
-        SchemaMismatchError: the database holds another schema version.
+        SchemaMismatchError: the database is newer than this Folio, or unreadable.
         FileNotFoundError: `create` is False and the library does not exist.
     """
     root = config.library.expanduser().resolve()
@@ -141,29 +153,16 @@ def open_library(config: StorageConfig, *, create: bool = True) -> Library:
     engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
-    _ensure_schema(engine, url)
+    elif engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _postgres_session)
+    try:
+        ensure_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     library = Library(root=root, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
     library.assets_dir.mkdir(exist_ok=True)
     return library
-
-
-def _ensure_schema(engine: Engine, url: str) -> None:
-    try:
-        Base.metadata.create_all(engine)
-        with Session(engine) as session:
-            row = session.get(Meta, "schema_version")
-            if row is None:
-                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                session.commit()
-                return
-            found = int(row.value)
-    except OperationalError as exc:
-        raise SchemaMismatchError(f"cannot read the library database at {url}: {exc.orig}") from exc
-    if found != SCHEMA_VERSION:
-        raise SchemaMismatchError(
-            f"library database {url} has schema version {found}, this Folio expects "
-            f"{SCHEMA_VERSION}: use a new library folder or re-ingest into one"
-        )
 
 
 def schema_version(library: Library) -> int:

@@ -9,15 +9,43 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, ColumnElement, Dialect, ForeignKey, Index, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Bump when the tables change; `open_library` refuses a database made by another version.
-SCHEMA_VERSION = 1
+# The number of the newest migration in storage/migrations/versions (revision "0002" is 2).
+# A change to the tables needs a new revision there and this bumped; `open_library` upgrades
+# older databases to it and refuses newer ones.
+SCHEMA_VERSION = 2
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class DocumentText(TypeDecorator[str]):
+    """Text that comes from a document (file name, title, page and block text).
+
+    NUL characters become U+FFFD because PostgreSQL cannot store them (SQLite can; a broken PDF
+    may yield them), and a bounded column keeps its first `length` characters because
+    PostgreSQL refuses longer values where SQLite keeps them (a PDF title may be any length).
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, length: int | None = None) -> None:
+        super().__init__()
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Dialect):  # noqa: ANN201 - a TypeEngine
+        # NOTE: not through dialect.type_descriptor, which turns Text into VARCHAR on psycopg.
+        return String(self.length) if self.length else Text()
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        value = value.replace("\x00", "\ufffd")
+        return value[: self.length] if self.length else value
 
 
 class Base(DeclarativeBase):
@@ -46,19 +74,40 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(String(256))
 
 
+class User(Base):
+    """Someone the library belongs to, for a library shared by several people.
+
+    No rows yet: documents without an owner belong to the single local user.
+    """
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created: Mapped[datetime] = mapped_column(default=_now)
+
+
 class Document(Base):
     """One PDF, identified by the SHA-256 of its bytes."""
 
     __tablename__ = "documents"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    file_name: Mapped[str] = mapped_column(String(1024))
-    title: Mapped[str | None] = mapped_column(String(1024))
+    file_name: Mapped[str] = mapped_column(DocumentText(1024))
+    title: Mapped[str | None] = mapped_column(DocumentText(1024))
     page_count: Mapped[int] = mapped_column(default=0)
     parser_version: Mapped[str] = mapped_column(String(64))
     status: Mapped[DocumentStatus] = mapped_column(String(16))
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(DocumentText())
     size_bytes: Mapped[int] = mapped_column(default=0)
     created: Mapped[datetime] = mapped_column(default=_now)
+    # NOTE: NULL is the single local user. Deleting a user with documents is refused (no
+    # cascade): their documents' image folders and index entries must go through delete first.
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", name="fk_documents_owner_id_users"))
+
+    @classmethod
+    def id_prefix(cls, prefix: str) -> ColumnElement[bool]:
+        """Documents whose id starts with `prefix`, alike on every database (SQLite's LIKE
+        ignores case, PostgreSQL's does not; `%` and `_` in the prefix are plain characters)."""
+        return cls.id.startswith(prefix.strip().lower(), autoescape=True)
 
     pages: Mapped[list[Page]] = relationship(
         back_populates="document", passive_deletes=True, order_by="Page.number"
@@ -69,6 +118,7 @@ class Document(Base):
     chunks: Mapped[list[Chunk]] = relationship(
         back_populates="document", passive_deletes=True
     )
+    __table_args__ = (Index("ix_documents_owner_id", "owner_id"),)
 
 
 class Page(Base):
@@ -81,7 +131,7 @@ class Page(Base):
     width: Mapped[float]
     height: Mapped[float]
     rotation: Mapped[int] = mapped_column(default=0)
-    text: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(DocumentText(), default="")
     has_text_layer: Mapped[bool] = mapped_column(default=True)
     ocr_used: Mapped[bool] = mapped_column(default=False)
     thumbnail: Mapped[str | None] = mapped_column(String(512))
@@ -102,7 +152,7 @@ class Block(Base):
     y0: Mapped[float]
     x1: Mapped[float]
     y1: Mapped[float]
-    text: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(DocumentText(), default="")
     reading_order: Mapped[int]
     asset: Mapped[str | None] = mapped_column(String(512))
     caption_of: Mapped[int | None] = mapped_column(
@@ -128,7 +178,7 @@ class Chunk(Base):
     page_start: Mapped[int]
     page_end: Mapped[int]
     block_ids: Mapped[list[int]] = mapped_column(JSON)
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(DocumentText())
     token_count: Mapped[int]
 
     document: Mapped[Document] = relationship(back_populates="chunks")
