@@ -62,15 +62,16 @@ class IngestConfig(BaseModel):
         default=1800,
         gt=0,
         description="Most seconds parsing one document may take; past it the parser is stopped "
-        "and the document recorded as failed (a hung or hostile file). Text PDFs parse at 30+ "
-        "pages/s; OCR takes ~7 s a page on two cores, so long scanned books need more.",
+        "and the document recorded as failed (a hung or hostile file). Text PDFs parse at ~30 "
+        "pages/s, OCR at 4-7 s a page on two cores: scanned books over ~250 pages need more.",
     )
     parse_memory_mb: int = Field(
         default=2048,
         ge=64,
         description="Most memory (address space, MB) parsing one document may add to the parser "
         "process; past it the document is recorded as failed (e.g. a decompression bomb). "
-        "Measured peaks: ~350 MB for a 619-page text PDF, ~550 MB with OCR or the layout parser.",
+        "Measured peaks: ~350 MB for a 619-page text PDF, ~460 MB with OCR, ~600 MB with the "
+        "layout parser (117 pages).",
     )
     keep_source: bool = Field(
         default=True, description="Keep a copy of each PDF in the library (page viewer, --reindex)."
