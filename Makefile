@@ -14,12 +14,14 @@ PORT    ?= 7860
 
 setup: system-deps $(STAMP)
 
-# Tesseract for OCR; Debian's chromium for the browser tests (Playwright drives it; no downloads).
+# Tesseract for OCR; Debian's chromium for the browser tests (Playwright drives it; no downloads);
+# PostgreSQL's server for the tests that run a library on it (they start their own in /tmp).
 system-deps:
 	@missing=""; \
 	{ command -v tesseract >/dev/null 2>&1 && [ -f /usr/share/tesseract-ocr/5/tessdata/osd.traineddata ]; } || \
 	  missing="tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; }
 
 $(STAMP): pyproject.toml requirements-models.txt
