@@ -114,7 +114,8 @@ def test_a_library_made_before_alembic_is_upgraded_in_place(database_url: str | 
     source.dispose()
 
 
-def test_processes_opening_an_old_library_at_once_upgrade_it_once(database_url: str | None, tmp_path: Path) -> None:
+def test_four_openers_of_an_old_library_at_once_upgrade_it_once(database_url: str | None, tmp_path: Path) -> None:
+    """Threads with an engine each: the lock is per connection, as between processes."""
     config = _make_v1_library(tmp_path, database_url)
     start = threading.Barrier(4)
     outcomes: list[object] = []
