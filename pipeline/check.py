@@ -28,7 +28,7 @@ from sqlalchemy import delete, func, select, text, update
 
 from models.config import EncoderConfig
 from pipeline.ingest import leftover_assets
-from pipeline.search import LOCK_FILE, LibraryIndex, index_key
+from pipeline.search import LOCK_FILE, LibraryIndex, document_version, index_key
 from retrieval import RetrievalConfig, inspect_saved
 from storage import Block, Chunk, Document, DocumentStatus, FileLock, Library, Page
 
@@ -303,6 +303,9 @@ def _check_index(
             f"{len(ids - stored)} unknown one(s)",
         )  # fmt: skip
     if not wrong:
+        stale = {d for d, v in _document_versions(library).items() if index.document_versions().get(d) != v}
+        if stale:
+            report.add("index", Severity.ERROR, f"after opening, the index holds older texts of {len(stale)} document(s)")
         saved = inspect_saved(library.index_dir)
         if saved.problems or saved.generation != index.generation:
             report.add("index", Severity.ERROR, f"after opening, the saved index is not the open one: {saved.problems}")
@@ -343,10 +346,23 @@ def _check_saved_index(
         report.add("index", Severity.INFO, "the index was built with other settings: rebuilt when opened")
         return []
     behind, ahead = len(stored - saved.chunk_ids), len(saved.chunk_ids - stored)
-    if behind or ahead:
+    held = saved.meta.get("doc_versions", {})
+    current = _document_versions(library)
+    changed = sum(1 for did, v in held.items() if did in current and current[did] != v)
+    if behind or ahead or changed:
         report.add(
             "index", Severity.INFO,
             f"the saved index (generation {saved.generation}) is behind the database by {behind} "
-            f"new and {ahead} deleted chunk(s): replayed when opened",
+            f"new and {ahead} deleted chunk(s), and {changed} document(s) stored again: replayed "
+            "when opened",
         )  # fmt: skip
     return []
+
+
+def _document_versions(library: Library) -> dict[str, str]:
+    """doc_id -> version, for the documents that have chunks (what the index should hold)."""
+    with library.sessions() as session:
+        rows = session.execute(
+            select(Document.id, Document.created).where(Document.id.in_(select(Chunk.doc_id).distinct()))
+        )
+        return {did: document_version(created) for did, created in rows}

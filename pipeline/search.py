@@ -157,6 +157,9 @@ class LibraryIndex:
         self._encoder_pair: tuple | None = None
         self._dirty = False
         self._last_replay = (0, 0)  # what the last open replayed from the database
+        # doc_id -> version (`Document.created`) of the texts the in-memory index holds: a
+        # document stored again keeps its chunk ids, so ids alone cannot tell stale texts.
+        self._versions: dict[str, str] = {}
         self._status = on_status or (lambda message: logger.info("%s", message))
         self._writer = threading.RLock()  # one writer at a time in this process
         self._rw = _ReadWriteLock()  # searches read; in-memory changes and swaps write
@@ -200,9 +203,11 @@ class LibraryIndex:
                 self.retriever  # noqa: B018 - opens (and reconciles)
                 opened = self._last_replay
             with self._index_lock():
-                added, removed = self._reconcile(self._retriever, live=True)
-                if added or removed or self._dirty:
+                added, removed, versions = self._reconcile(self._retriever, self._versions, live=True)
+                if added or removed or versions != self._versions:
+                    self._versions = versions
                     self._dirty = True
+                if self._dirty:
                     self._save_locked()
         return added + opened[0], removed + opened[1]
 
@@ -291,10 +296,12 @@ class LibraryIndex:
         """Load (or build) the saved index, replay the database into it, save if that changed it."""
         retriever, created = self._load_or_create()
         generation = HybridRetriever.saved_generation(self.directory) if not created else None
-        added, removed = self._reconcile(retriever, live=False)
+        saved = {} if created else HybridRetriever.saved_meta(self.directory).get("doc_versions", {})
+        added, removed, versions = self._reconcile(retriever, saved, live=False)
         self._last_replay = (added, removed)
-        if created or added or removed or generation is None:
-            generation = self._save(retriever)
+        if created or added or removed or generation is None or versions != saved:
+            generation = self._save(retriever, versions)
+        self._versions = versions
         self._generation = generation
         self._dirty = False
         self._remember_manifest()
@@ -309,17 +316,23 @@ class LibraryIndex:
         if old is not None and old is not fresh:
             old.close()
 
-    def _reconcile(self, retriever: HybridRetriever, *, live: bool) -> tuple[int, int]:
-        """Add stored chunks the index lacks and drop indexed chunks no longer stored.
+    def _reconcile(
+        self, retriever: HybridRetriever, versions: dict[str, str], *, live: bool
+    ) -> tuple[int, int, dict[str, str]]:
+        """Add stored chunks the index lacks or holds an older version of, and drop indexed
+        chunks no longer stored; returns (added, removed, the document versions now held).
 
-        `live`: the retriever is the one searches use (change it under the write lock).
+        `versions`: the document versions `retriever` holds (documents it lacks are taken as
+        current). `live`: the retriever is the one searches use (change it under the write lock).
         """
         with self._library.sessions() as session:
-            stored = set(session.scalars(select(Chunk.id)))
+            stored = {cid: did for cid, did in session.execute(select(Chunk.id, Chunk.doc_id))}
+            current = {did: document_version(created) for did, created in session.execute(select(Document.id, Document.created))}
         with self._rw.read() if live else nullcontext():
             indexed = set(retriever.bm25.chunk_ids())
-        missing = stored - indexed
-        extra = indexed - stored
+        changed = {did for did, v in versions.items() if did in current and current[did] != v}
+        missing = (stored.keys() - indexed) | {cid for cid, did in stored.items() if did in changed}
+        extra = indexed - stored.keys()
         if extra:
             with self._rw.write() if live else nullcontext():
                 retriever.delete(extra)
@@ -330,19 +343,28 @@ class LibraryIndex:
                 self._status(f"indexing chunks {start + 1}-{min(start + _STEP, len(rows))} of {len(rows)}")
                 encoded = retriever.encode_chunks(rows[start : start + _STEP])
                 with self._rw.write() if live else nullcontext():
-                    retriever.add_encoded(encoded)
+                    retriever.add_encoded(encoded)  # replaces the older texts of changed documents
         if missing or extra:
-            logger.info("index: replayed the database: %d chunks added, %d removed", len(missing), len(extra))
-        return len(missing), len(extra)
+            logger.info(
+                "index: replayed the database: %d chunks added (%d documents changed), %d removed",
+                len(missing), len(changed), len(extra),
+            )  # fmt: skip
+        return len(missing), len(extra), {did: current[did] for did in set(stored.values())}
 
-    def _save(self, retriever: HybridRetriever) -> str:
+    def document_versions(self) -> dict[str, str]:
+        """doc_id -> version (`Document.created`) of the texts the in-memory index holds."""
+        self.retriever  # noqa: B018 - opens (and reconciles) on first use
+        with self._writer:
+            return dict(self._versions)
+
+    def _save(self, retriever: HybridRetriever, versions: dict[str, str]) -> str:
         """Save `retriever` (compacted first, apart from searches, then written beside them)."""
         live = retriever is self._retriever
         with self._rw.write() if live else nullcontext():
             retriever.compact()
         logger.info("index: saving %d chunks", len(retriever))
         with self._rw.read() if live else nullcontext():
-            generation = retriever.save(self.directory)
+            generation = retriever.save(self.directory, meta={"doc_versions": versions})
         logger.info("index: saved generation %s", generation)
         return generation
 
@@ -352,7 +374,7 @@ class LibraryIndex:
         if HybridRetriever.saved_generation(self.directory) != self._generation:
             self._reload_locked()
             return
-        self._generation = self._save(self._retriever)
+        self._generation = self._save(self._retriever, self._versions)
         self._dirty = False
         self._remember_manifest()
 
@@ -374,10 +396,21 @@ class LibraryIndex:
             return
         logger.info("index: adding %d chunks", len(new))
         encoded = retriever.encode_chunks(new)  # the slow part, outside every lock
+        with self._library.sessions() as session:
+            versions = {
+                did: document_version(created)
+                for did, created in session.execute(
+                    select(Document.id, Document.created)
+                    .join(Chunk, Chunk.doc_id == Document.id)
+                    .where(Chunk.id.in_(encoded.ids))
+                    .distinct()
+                )
+            }
         with self._writer:
             current = self._retriever  # a reload may have swapped it (same encoders)
             with self._rw.write():
                 current.add_encoded(encoded, only={cid for cid in encoded.ids if cid not in current})
+            self._versions.update(versions)
             self._dirty = True
         logger.info("index: added %d chunks", len(new))
 
@@ -428,7 +461,7 @@ class LibraryIndex:
         with self._library.sessions() as session:
             ids: set[str] = set()
             for prefix in doc_ids:
-                docs = list(session.scalars(select(Document.id).where(Document.id.startswith(prefix))))
+                docs = list(session.scalars(select(Document.id).where(Document.id_prefix(prefix))))
                 if len(docs) != 1:
                     what = "no document" if not docs else f"{len(docs)} documents"
                     raise LookupError(f"{what} with id {prefix!r} (see `folio docs`)")
@@ -461,6 +494,11 @@ class LibraryIndex:
                 )
             )
         return out
+
+
+def document_version(created) -> str:  # noqa: ANN001 - a datetime (or what a driver returns for one)
+    """A document's version: when its rows were written (storing it again writes them anew)."""
+    return created.isoformat() if hasattr(created, "isoformat") else str(created)
 
 
 def _clear(directory: Path) -> None:

@@ -313,13 +313,17 @@ class HybridRetriever:
         ids, scores = fused
         return [Hit(c, s) for c, s in zip(ids[:k], scores[:k].tolist(), strict=True)]
 
-    def save(self, directory: Path) -> str:
+    def save(self, directory: Path, *, meta: dict | None = None) -> str:
         """Write every index into `directory`, then `retriever.json` (atomically, last).
 
         Each save writes its parts under new names stamped with a fresh generation, and only
         then replaces the manifest that names them: a crash at any point leaves the previous
         save whole. Files of earlier (or unfinished) saves are removed after. One writer at a
         time per directory (`pipeline.search.LibraryIndex` locks).
+
+        Args:
+            directory: The index folder.
+            meta: JSON-able facts the caller keeps with this save (read back by `saved_meta`).
 
         Returns:
             The generation of this save (recorded in the manifest and in every part).
@@ -341,6 +345,7 @@ class HybridRetriever:
             "chunks": len(ids),
             "ids_sha256": _ids_digest(ids),
             "parts": sorted(parts),
+            "meta": meta or {},
         }
         fd, tmp = tempfile.mkstemp(prefix=f".{_MANIFEST}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -362,6 +367,16 @@ class HybridRetriever:
             )
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+
+    @staticmethod
+    def saved_meta(directory: Path) -> dict:
+        """The `meta` given to the save in `directory` (empty: none, or no save)."""
+        try:
+            return json.loads((Path(directory) / _MANIFEST).read_text(encoding="utf-8")).get(
+                "meta", {}
+            )
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
 
     @classmethod
     def load(
@@ -521,6 +536,7 @@ class SavedIndex:
 
     generation: str | None
     parts: dict[str, set[str]] = field(default_factory=dict)  # part name -> chunk ids
+    meta: dict = field(default_factory=dict)  # what the saver kept with the save
     problems: list[str] = field(default_factory=list)  # the save is torn or unreadable
     stray: list[Path] = field(default_factory=list)  # files of no save, removed by the next
 
@@ -565,6 +581,7 @@ def inspect_saved(directory: Path) -> SavedIndex:
     return SavedIndex(
         generation,
         {name: set(ids) for name, ids in parts.items()},
+        manifest.get("meta", {}),
         problems,
         stray_files(directory),
     )

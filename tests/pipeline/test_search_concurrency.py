@@ -184,3 +184,35 @@ def test_another_process_save_is_picked_up_and_merged(library) -> None:
     assert web.part_chunk_ids()["dense"] == stored
     assert cli.search("doc3", k=3, mode="dense") and cli.part_chunk_ids()["bm25"] == stored
     assert HybridRetriever.saved_generation(library.index_dir) == web.generation == cli.generation
+
+
+def test_a_document_stored_again_is_replayed_with_its_new_texts(library) -> None:
+    """`--reindex` keeps chunk ids; killed after its commit and before the index save, the
+    saved index holds the old texts under the new rows' ids: the next open must notice."""
+    doc_id = _doc_id(1)
+    rows = [(f"{doc_id[:16]}:{i}", f"alpha wing {i}") for i in range(6)]
+    with library.sessions() as session, session.begin():
+        session.add(Document(id=doc_id, file_name="d1.pdf", title=None, page_count=0,
+                             parser_version="v1", status=DocumentStatus.OK, error=None))  # fmt: skip
+        session.flush()
+        session.add_all(Chunk(id=cid, doc_id=doc_id, ordinal=i, kind="text", page_start=1, page_end=1,
+                              block_ids=[], text=t, token_count=3) for i, (cid, t) in enumerate(rows))  # fmt: skip
+    first = _index(library)
+    first.add(rows)
+    first.flush()
+    # Stored again as `_store` does (delete, insert), with new texts; the process dies before
+    # it touches the index.
+    with library.sessions() as session, session.begin():
+        session.execute(delete(Document).where(Document.id == doc_id))
+    with library.sessions() as session, session.begin():
+        session.add(Document(id=doc_id, file_name="d1.pdf", title=None, page_count=0,
+                             parser_version="v2", status=DocumentStatus.OK, error=None))  # fmt: skip
+        session.flush()
+        session.add_all(Chunk(id=cid, doc_id=doc_id, ordinal=i, kind="text", page_start=1, page_end=1,
+                              block_ids=[], text=f"omega wing {i}", token_count=3) for i, (cid, _) in enumerate(rows))  # fmt: skip
+    reopened = _index(library)
+    assert reopened.sync() == (6, 0)
+    assert len(reopened.search("omega", k=10, mode="bm25")) == 6
+    assert reopened.search("alpha", k=10, mode="bm25") == []
+    assert {h.text.split()[0] for h in reopened.search("omega wing", k=10, mode="dense")} == {"omega"}
+    assert _index(library).sync() == (0, 0)  # the replay was saved with the new versions
