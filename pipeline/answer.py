@@ -957,7 +957,7 @@ class Answerer:
                 matches = list(
                     session.scalars(
                         select(Document.id)
-                        .where(Document.id.startswith(given))
+                        .where(Document.id_prefix(given))
                         .where(Document.status == DocumentStatus.OK)
                     )
                 )
