@@ -590,6 +590,25 @@ def apply_progress(rows: Mapping[Path, UploadRow], event: Progress) -> None:
         _finish(row, event.result)
 
 
+def drain_progress(
+    rows: Mapping[Path, UploadRow], events: queue.Queue[Progress], *, seconds: float
+) -> bool:
+    """Apply the ingestion events that arrive within `seconds`; whether any did.
+
+    NOTE: bounded in time, not "until the queue is quiet": a parser sends page events faster
+    than any quiet gap, and the page would then show nothing until the document is parsed.
+    """
+    deadline = time.monotonic() + seconds
+    changed = False
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            apply_progress(rows, events.get(timeout=left))
+        except queue.Empty:
+            break
+        changed = True
+    return changed
+
+
 def _finish(row: UploadRow, result: IngestResult) -> None:
     row.state = result.status if result.status in ("added", "unchanged", "failed") else "failed"
     if result.status == "added":
@@ -914,14 +933,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                 worker = threading.Thread(target=run, name="folio-ingest", daemon=True)
                 worker.start()
                 while worker.is_alive() or not events.empty():
-                    changed = False
-                    try:
-                        while True:
-                            apply_progress(rows, events.get(timeout=0.3))
-                            changed = True
-                    except queue.Empty:
-                        pass
-                    if changed:
+                    if drain_progress(rows, events, seconds=0.3):
                         yield progress_html(list(rows.values())), *skip3, gr.skip()
                 for row in rows.values():
                     if row.state not in ("added", "unchanged", "failed", "rejected"):

@@ -306,3 +306,34 @@ def test_serve_refuses_a_public_address_without_a_password(tmp_path: Path, monke
     monkeypatch.setenv("FOLIO_SERVE__ALLOW_NO_AUTH", "true")
     result = runner.invoke(app, [*library, "serve", "--host", "0.0.0.0"])
     assert result.exit_code == 0 and "without a password" in result.output
+
+
+def test_progress_shows_while_page_events_keep_coming(tmp_path: Path) -> None:
+    """A parser sends page events without a quiet gap: the panel must still update."""
+    import queue
+    import threading
+    import time
+
+    from app.web import drain_progress
+    from pipeline.ingest import Progress
+
+    path = tmp_path / "long.pdf"
+    rows = {path: UploadRow(path.name)}
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def parser() -> None:
+        page = 0
+        while not stop.is_set():
+            page += 1
+            events.put(Progress("page", path, page, 10**9))
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=parser, daemon=True)
+    thread.start()
+    try:
+        assert drain_progress(rows, events, seconds=0.2)
+        assert rows[path].state == "parsing" and rows[path].pages_done > 0
+    finally:
+        stop.set()
+        thread.join()
