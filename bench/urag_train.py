@@ -8,7 +8,7 @@ softmax mass of the positives among all segments of the prompt (MaxSim scores / 
 Only the train documents (`bench.urag.split_of`) are used; the validation documents are scored
 at the end, never used to pick anything.
 
-    nice -n 15 .venv/bin/python -m bench.urag_train --out /work/scratch/urag/dev --layer 6 \\
+    nice -n 15 .venv/bin/python -m bench.urag_train --out bench-work/urag --layer 6 \\
         --save models/weights/urag_maxsim_qwen2.5-coder-0.5b.pt
 """
 
