@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
-from bench.fuzz import STRATEGIES, append_update, make_case, prepare_seeds, run
+from bench.fuzz import STRATEGIES, append_update, make_case, prepare_seeds, repeated_flate, run
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
 from pipeline.ingest import ingest
 from pipeline.parse import ParseError, parse_pdf
 from pipeline.sample import write_sample_pdf
-from storage import StorageConfig, open_library
+from storage import Page, StorageConfig, open_library
 
 NO_OCR = ParseConfig(ocr=OcrMode.NEVER)
 
@@ -124,3 +125,34 @@ def test_mupdf_running_out_of_memory_is_reported_as_memory(tmp_path: Path) -> No
     assert result.error == (
         "poster.pdf: parsing ran out of memory (limit 256 MB); raise FOLIO_INGEST__PARSE_MEMORY_MB or split the file"
     )
+
+
+def test_a_page_of_a_million_lines_keeps_its_text_within_the_limits(tmp_path: Path) -> None:
+    """Found by decompression_bomb: a 16 MB content stream of lines (1.2 million paths) made
+    get_cdrawings build a dict per path, over 1.7 GB, three times a page: the worker ran out of
+    memory, crashed (SIGSEGV) or raised SystemError ("unexpected parser error"). Here 4 MB
+    (300,000 paths, 434 MB in get_cdrawings) under a 256 MB limit: the text is still read."""
+    lines = repeated_flate((b"0 0 m 9 9 l S\n" * 80_000)[: 1 << 20], 4)
+    text = b"BT /F1 12 Tf 72 720 Td (A page drawn with a great many lines.) Tj ET\n"
+    data = append_update(b"%PDF-1.7\n", {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents [4 0 R 5 0 R] /Resources "
+           b"<< /Font << /F1 << /Type /Font /Subtype /Type1 /BaseFont /Helvetica >> >> >> >>",
+        4: b"<< /Length %d >>\nstream\n%s\nendstream" % (len(text), text),
+        5: b"<< /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream" % (len(lines), lines),
+    }, root=1)
+    path = tmp_path / "lines.pdf"
+    path.write_bytes(data)
+    library = open_library(StorageConfig(library=tmp_path / "lib"))
+    try:
+        (result,) = ingest(
+            [path], library, parse_config=NO_OCR, chunk_config=ChunkConfig(),
+            ingest_config=IngestConfig(workers=1, parse_memory_mb=256),
+        )
+        assert result.status == "added", result.error
+        with library.sessions() as s:
+            (page,) = s.scalars(select(Page).where(Page.doc_id == result.doc_id)).all()
+            assert "A page drawn with a great many lines." in page.text
+    finally:
+        library.close()
