@@ -230,6 +230,30 @@ def bow_encoder_class() -> type[BagOfWordsEncoder]:
     return BagOfWordsEncoder
 
 
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_lm_dir: Path):
+    """Settings for a Folio on the tiny model: BM25 only, no OCR, one parser worker.
+
+    A function: `tiny_settings(max_new_tokens=3, token_budget=400, **extra)` returns the dict.
+    """
+
+    def build(max_new_tokens: int = 3, token_budget: int = 400, **extra: dict) -> dict:
+        return {
+            "retrieval": {"mode": "bm25", "fusion": {"dense_weight": 0, "splade_weight": 0}},
+            "parse": {"ocr": "never"},
+            "ingest": {"workers": 1},
+            "generator": {"model": str(tiny_lm_dir), "device": "cpu"},
+            "answer": {
+                "max_new_tokens": max_new_tokens,
+                "token_budget": token_budget,
+                "sampler": {"image_features": False},
+            },
+            **extra,
+        }
+
+    return build
+
+
 # ------------------------------------------------ `folio serve` and a browser, for web tests
 # Shared by tests/app/test_web_e2e.py and tests/reliability/test_web_concurrency.py.
 

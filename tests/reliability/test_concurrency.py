@@ -33,16 +33,6 @@ NEW_DOCUMENTS = [
 ]
 
 
-def _settings(tiny_lm_dir: Path) -> dict:
-    return {
-        "retrieval": {"mode": "bm25", "fusion": {"dense_weight": 0, "splade_weight": 0}},
-        "parse": {"ocr": "never"},
-        "ingest": {"workers": 1},
-        "generator": {"model": str(tiny_lm_dir), "device": "cpu"},
-        "answer": {"max_new_tokens": 3, "token_budget": 300, "sampler": {"image_features": False}},
-    }
-
-
 @pytest.fixture(autouse=True)
 def _fake_text_encoder(bow_encoder_class):
     """The sampler's text encoder: the bag-of-words fake (MiniLM has its own tests)."""
@@ -52,7 +42,7 @@ def _fake_text_encoder(bow_encoder_class):
 
 
 def test_four_questions_while_an_ingest_runs(
-    tmp_path: Path, tiny_lm_dir: Path, shared_data: Path
+    tmp_path: Path, tiny_settings, shared_data: Path
 ) -> None:
     paths = [shared_data / "pdfs" / folder / name for folder, name in NEW_DOCUMENTS]
     for path in paths:
@@ -60,12 +50,12 @@ def test_four_questions_while_an_ingest_runs(
             pytest.skip(f"{path} not found (set FOLIO_SHARED_DATA)")
     sample = write_sample_pdf(tmp_path / "folio-guide.pdf")
     library = tmp_path / "lib"
-    with Folio(library=library, **_settings(tiny_lm_dir)) as folio:
+    with Folio(library=library, **tiny_settings(token_budget=300)) as folio:
         (first,) = folio.ingest([sample])
         assert first.status == "added"
 
     # A fresh Folio: the four threads also race to open the index and load the models.
-    with Folio(library=library, **_settings(tiny_lm_dir)) as folio:
+    with Folio(library=library, **tiny_settings(token_budget=300)) as folio:
         committed: dict[str, float] = {first.doc_id: 0.0}
         ingest_done = threading.Event()
         failures: list[str] = []

@@ -77,16 +77,6 @@ def test_the_screen_keeps_ordinary_sentences(sentence: str) -> None:
     assert screen(sentence).text == sentence
 
 
-def _settings(tiny_lm_dir: Path) -> dict:
-    return {
-        "retrieval": {"mode": "bm25", "fusion": {"dense_weight": 0, "splade_weight": 0}},
-        "parse": {"ocr": "never"},
-        "ingest": {"workers": 1},
-        "generator": {"model": str(tiny_lm_dir), "device": "cpu"},
-        "answer": {"max_new_tokens": 4, "token_budget": 400, "sampler": {"image_features": False}},
-    }
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _fake_text_encoder(bow_encoder_class):
     with pytest.MonkeyPatch.context() as patch:
@@ -95,12 +85,12 @@ def _fake_text_encoder(bow_encoder_class):
 
 
 @pytest.fixture(scope="module")
-def attacked(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path):
+def attacked(tmp_path_factory: pytest.TempPathFactory, tiny_settings):
     """A library holding the report once per attack (and clean); yields (folio, doc id by name)."""
     work = tmp_path_factory.mktemp("injection")
     pdfs = [write_report_pdf(work / "clean.pdf")]
     pdfs += [write_report_pdf(work / f"{a.name}.pdf", a.text) for a in ATTACKS]
-    with Folio(library=work / "lib", **_settings(tiny_lm_dir)) as folio:
+    with Folio(library=work / "lib", **tiny_settings(max_new_tokens=4)) as folio:
         results = folio.ingest(pdfs)
         assert [r.status for r in results] == ["added"] * len(pdfs)
         yield folio, {r.path.stem: r.doc_id for r in results}

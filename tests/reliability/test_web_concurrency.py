@@ -32,15 +32,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def server(start_folio_server, tiny_lm_dir: Path):
-    settings = {
-        "retrieval": {"mode": "bm25", "fusion": {"dense_weight": 0, "splade_weight": 0}},
-        "parse": {"ocr": "never"},
-        "ingest": {"workers": 1},
-        "generator": {"model": str(tiny_lm_dir), "device": "cpu"},
-        "answer": {"max_new_tokens": 6, "token_budget": 400, "sampler": {"image_features": False}},
-        "serve": {"max_upload_mb": 20, "concurrent_questions": 4},
-    }
+def server(start_folio_server, tiny_settings):
+    settings = tiny_settings(max_new_tokens=6, serve={"max_upload_mb": 20, "concurrent_questions": 4})
     return start_folio_server(settings, ARTIFACTS)
 
 
