@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from pipeline.chunk import BlockRef, ChunkDraft, chunk_blocks
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
 from pipeline.isolation import TaskOutcome, TaskStatus, WorkerPool, emit
+from pipeline.owners import owned_doc_id, owner_clause, owner_id
 from pipeline.parse import ParsedDocument, ParseError, parse_pdf, sha256_file
 from storage import SOURCE_PDF, Block, Chunk, Document, DocumentStatus, Library, Page
 
@@ -95,6 +97,7 @@ def ingest(
     reindex: bool = False,
     password: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    owner: str | None = None,
 ) -> list[IngestResult]:
     """Ingest PDFs into the library; one result per path, in order. Never raises for bad input.
 
@@ -105,14 +108,17 @@ def ingest(
         reindex: parse and store again even when the same bytes are already in the library.
         password: password for encrypted PDFs.
         on_progress: called in this process for every parsed page and finished document.
+        owner: the user whose library the documents join (None: the local user); the same
+            bytes make a separate document per owner (`pipeline.owners.owned_doc_id`).
     """
     notify = on_progress or (lambda _event: None)
+    owner_key = owner_id(library, owner, create=True)
     results: dict[int, IngestResult] = {}
     todo: list[tuple[int, Path, str]] = []
     parser_version = _parser_version(parse_config)
     for i, path in enumerate(paths):
         try:
-            doc_id = sha256_file(path)
+            doc_id = owned_doc_id(sha256_file(path), owner)
         except OSError as exc:
             results[i] = IngestResult(path, None, "failed", error=f"{path.name}: cannot read ({exc.strerror})")
             notify(Progress("document", path, result=results[i]))
@@ -136,10 +142,10 @@ def ingest(
     try:
         for i, path, outcome in _parse_all(todo, library, parse_config, ingest_config, password, notify):
             if isinstance(outcome, ParsedDocument):
-                results[i] = _store(outcome, path, library, chunk_config, ingest_config, index)
+                results[i] = _store(outcome, path, library, chunk_config, ingest_config, index, owner_key)
             else:
                 doc_id = next(d for j, _, d in todo if j == i)
-                results[i] = _record_failure(library, doc_id, path, outcome, parser_version)
+                results[i] = _record_failure(library, doc_id, path, outcome, parser_version, owner_key)
                 logger.info("%s", outcome)
             notify(Progress("document", path, result=results[i]))
     finally:
@@ -263,15 +269,45 @@ def _store(
     chunk_config: ChunkConfig,
     ingest_config: IngestConfig,
     index: ChunkIndex | None,
+    owner_key: int | None = None,
 ) -> IngestResult:
     """Write one parsed document in one transaction, then bring the indexes in step."""
     doc_id = parsed.doc_id
     logger.info("storing %s (%d pages)", path.name, parsed.page_count)
     partial = library.assets_dir / f"{doc_id}.partial"
-    final = library.assets_dir / doc_id
     if ingest_config.keep_source:
         partial.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, partial / SOURCE_PDF)
+    # NOTE: two processes storing the same new document at once both find no row and insert;
+    # the later commit fails on the primary key. Its second attempt finds the row and replaces it
+    # (same bytes, same parse), as a re-ingest would.
+    try:
+        old_chunk_ids, chunk_rows = _write_document(parsed, path, library, chunk_config, owner_key)
+    except IntegrityError:
+        logger.info("%s was stored by another process meanwhile; storing it again", path.name)
+        old_chunk_ids, chunk_rows = _write_document(parsed, path, library, chunk_config, owner_key)
+    if index is not None:
+        if old_chunk_ids:
+            index.remove(old_chunk_ids)
+        index.add([(row["id"], row["text"]) for row in chunk_rows])
+    return IngestResult(path, doc_id, "added", parsed.page_count, len(chunk_rows))
+
+
+def _write_document(
+    parsed: ParsedDocument,
+    path: Path,
+    library: Library,
+    chunk_config: ChunkConfig,
+    owner_key: int | None,
+) -> tuple[list[str], list[dict]]:
+    """One transaction: replace the document's rows, move its images into place.
+
+    Returns:
+        The chunk ids it replaced and the chunk rows it wrote.
+    """
+    doc_id = parsed.doc_id
+    partial = library.assets_dir / f"{doc_id}.partial"
+    final = library.assets_dir / doc_id
     old_chunk_ids: list[str] = []
     with library.sessions() as session, session.begin():
         if session.get(Document, doc_id) is not None:
@@ -289,6 +325,7 @@ def _store(
                 status=DocumentStatus.OK,
                 error=None,
                 size_bytes=path.stat().st_size,
+                owner_id=owner_key,
             )
         )
         session.flush()
@@ -312,11 +349,7 @@ def _store(
         if partial.exists():
             shutil.rmtree(final, ignore_errors=True)
             partial.rename(final)
-    if index is not None:
-        if old_chunk_ids:
-            index.remove(old_chunk_ids)
-        index.add([(row["id"], row["text"]) for row in chunk_rows])
-    return IngestResult(path, doc_id, "added", parsed.page_count, len(chunk_rows))
+    return old_chunk_ids, chunk_rows
 
 
 def _page_row(doc_id: str, page) -> dict:
@@ -364,7 +397,9 @@ def _chunk_row(doc_id: str, draft: ChunkDraft) -> dict:
     }
 
 
-def _record_failure(library: Library, doc_id: str, path: Path, error: str, parser_version: str) -> IngestResult:
+def _record_failure(
+    library: Library, doc_id: str, path: Path, error: str, parser_version: str, owner_key: int | None = None
+) -> IngestResult:
     """Record a failed document (replacing an earlier attempt) so `folio docs` shows why."""
     shutil.rmtree(library.assets_dir / f"{doc_id}.partial", ignore_errors=True)
     with library.sessions() as session, session.begin():
@@ -383,6 +418,7 @@ def _record_failure(library: Library, doc_id: str, path: Path, error: str, parse
                 status=DocumentStatus.FAILED,
                 error=error,
                 size_bytes=path.stat().st_size if path.exists() else 0,
+                owner_id=owner_key,
             )
         )
     return IngestResult(path, doc_id, "failed", error=error)
@@ -403,14 +439,21 @@ def leftover_assets(library: Library) -> list[Path]:
     )
 
 
-def delete_document(library: Library, doc_id: str, index: ChunkIndex | None = None) -> Document:
+def delete_document(
+    library: Library, doc_id: str, index: ChunkIndex | None = None, *, owner: str | None = None
+) -> Document:
     """Delete a document (by id or unique id prefix) with its pages, blocks, chunks and images.
+
+    Only `owner`'s documents match (None: the local user's).
 
     Raises:
         LookupError: no document, or more than one, matches.
     """
+    mine = owner_clause(library, owner)
     with library.sessions() as session, session.begin():
-        matches = list(session.scalars(select(Document).where(Document.id_prefix(doc_id))))
+        matches = list(
+            session.scalars(select(Document).where(Document.id_prefix(doc_id)).where(mine))
+        )
         if not matches:
             raise LookupError(f"no document with id {doc_id!r} (see `folio docs`)")
         if len(matches) > 1:

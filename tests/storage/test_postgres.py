@@ -148,3 +148,36 @@ def test_concurrent_writers_on_postgresql(postgres_url: str, tmp_path: Path, sam
         for doc_id in doc_ids:
             assert _shape(session, doc_id) == expected, doc_id
     library.close()
+
+
+def test_a_document_stored_meanwhile_by_another_process_is_replaced(
+    database_url: str | None, tmp_path: Path, sample_pdf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers of the same new PDF both find no row; the later insert collides on the key
+    and is retried as a replacement (here the other writer's commit is simulated: the existence
+    check is made to miss once)."""
+    from sqlalchemy.orm import Session
+
+    parsed = parse_pdf(sample_pdf, ParseConfig(ocr="never"))
+    store = {"chunk_config": ChunkConfig(), "ingest_config": IngestConfig(keep_source=False), "index": None}
+    library = open_library(StorageConfig(library=tmp_path / "lib", database_url=database_url))
+    _store(parsed, sample_pdf, library, **store)
+    with library.sessions() as session:
+        expected = _shape(session, parsed.doc_id)
+
+    real_get = Session.get
+    misses = []
+
+    def get_missing_once(self, entity, ident, **kwargs):  # noqa: ANN001, ANN202 - Session.get's
+        if entity is Document and not misses:
+            misses.append(ident)
+            return None
+        return real_get(self, entity, ident, **kwargs)
+
+    monkeypatch.setattr(Session, "get", get_missing_once)
+    result = _store(parsed, sample_pdf, library, **store)
+    assert misses == [parsed.doc_id] and result.status == "added"
+    with library.sessions() as session:
+        assert session.scalars(select(Document.id)).all() == [parsed.doc_id]
+        assert _shape(session, parsed.doc_id) == expected
+    library.close()
