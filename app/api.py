@@ -7,10 +7,14 @@ Example:
     >>> [d.title for d in folio.documents()]
     >>> answer = folio.ask("What dataset do they evaluate on?")
     >>> answer.text, [(c.file_name, c.page, c.quote) for c in answer.citations]
+
+Several users can share one library database (PostgreSQL): `Folio(..., user="alice")`, or
+`folio.as_user("alice")`, sees, adds, searches, asks about and deletes only alice's documents.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,9 +27,22 @@ from pipeline.batch import BatchProgress, BatchQuestion, as_batch, load_batch, r
 from pipeline.check import CheckReport, check_library
 from pipeline.ingest import IngestResult, Progress, delete_document, find_pdfs, ingest
 from pipeline.library import DocumentInfo, Library, list_documents, open_library
+from pipeline.owners import check_user_name
 from pipeline.search import LibraryIndex, SearchHit
 
 logger = logging.getLogger(__name__)
+
+
+class _Opened:
+    """What a Folio opens lazily, shared by its per-user views (`Folio.as_user`)."""
+
+    def __init__(self) -> None:
+        self.library: Library | None = None
+        self.index: LibraryIndex | None = None
+        self.answerer: Answerer | None = None
+        # NOTE: one Folio serves concurrent threads (the web app, a caller's pool); the lock makes
+        # the library, index and answerer open once. Each is thread-safe once open.
+        self.lock = threading.RLock()
 
 
 class Folio:
@@ -35,7 +52,12 @@ class Folio:
         settings: a Settings object; when None, built from `config` and `overrides`.
         config: a preset name or JSON file (see `Settings.load`).
         on_status: told about slow one-off work (loading models, building the search index).
+        user: whose documents this Folio sees and adds (default: `settings.user`; None: the
+            local user's). See `as_user`.
         **overrides: settings fields, e.g. `library="lib"`, `parse={"ocr": "never"}`.
+
+    Raises:
+        ValueError: A user name with characters other than letters, digits and . _ @ -.
     """
 
     def __init__(
@@ -44,35 +66,46 @@ class Folio:
         *,
         config: str | Path | None = None,
         on_status: Callable[[str], None] | None = None,
+        user: str | None = None,
         **overrides: Any,
     ):
         self.settings = settings or Settings.load(config, **overrides)
-        self._library: Library | None = None
-        self._index: LibraryIndex | None = None
-        self._answerer: Answerer | None = None
-        # NOTE: one Folio serves concurrent threads (the web app, a caller's pool); the lock makes
-        # the library, index and answerer open once. Each is thread-safe once open.
-        self._opening = threading.RLock()
+        name = user if user is not None else self.settings.user
+        self.user: str | None = check_user_name(name) if name is not None else None
+        self._opened = _Opened()
         self._on_status = on_status or (lambda message: logger.info("%s", message))
+
+    def as_user(self, user: str | None) -> Folio:
+        """The same library as seen by `user` (None: the local user), sharing the open
+        database, index and models; cheap enough to make per request.
+
+        Raises:
+            ValueError: A user name with characters other than letters, digits and . _ @ -.
+        """
+        view = copy.copy(self)
+        view.user = check_user_name(user) if user is not None else None
+        return view
 
     @property
     def library(self) -> Library:
         """The open library (opened, and created if needed, on first use)."""
-        with self._opening:
-            if self._library is None:
-                self._library = open_library(self.settings.storage)
-            return self._library
+        opened = self._opened
+        with opened.lock:
+            if opened.library is None:
+                opened.library = open_library(self.settings.storage)
+            return opened.library
 
     @property
     def index(self) -> LibraryIndex:
         """The library's search index (models load on first use)."""
-        with self._opening:
-            if self._index is None:
-                self._index = LibraryIndex(
+        opened = self._opened
+        with opened.lock:
+            if opened.index is None:
+                opened.index = LibraryIndex(
                     self.library, self.settings.retrieval, self.settings.encoders,
                     on_status=self._on_status,
                 )
-            return self._index
+            return opened.index
 
     def ingest(
         self,
@@ -101,19 +134,24 @@ class Folio:
             reindex=reindex,
             password=password,
             on_progress=on_progress,
+            owner=self.user,
         )
 
     def documents(self) -> list[DocumentInfo]:
-        """Every document in the library (failed ones too, with their error), newest first."""
-        return list_documents(self.library)
+        """Every document of this user (failed ones too, with their error), newest first."""
+        return list_documents(self.library, owner=self.user)
+
+    def owns(self, doc_id: str) -> bool:
+        """Whether `doc_id` (a full id) is one of this user's documents."""
+        return any(d.doc_id == doc_id for d in self.documents())
 
     def delete(self, doc_id: str) -> DocumentInfo:
-        """Delete a document by id or unique id prefix.
+        """Delete one of this user's documents by id or unique id prefix.
 
         Raises:
             LookupError: no document, or several, match.
         """
-        removed = delete_document(self.library, doc_id, self.index)
+        removed = delete_document(self.library, doc_id, self.index, owner=self.user)
         return DocumentInfo(
             removed.id, removed.file_name, removed.title, removed.page_count, 0,
             str(removed.status), removed.error, removed.created,
@@ -127,15 +165,16 @@ class Folio:
         Example:
             >>> [(h.file_name, h.page) for h in folio.search("dense retrieval", k=3)]
         """
-        return self.index.search(query, k=k, mode=mode, doc_ids=doc_ids)
+        return self.index.search(query, k=k, mode=mode, doc_ids=doc_ids, owner=self.user)
 
     @property
     def answerer(self) -> Answerer:
         """The question-answering pipeline (models load on the first question, once)."""
-        with self._opening:
-            if self._answerer is None:
+        opened = self._opened
+        with opened.lock:
+            if opened.answerer is None:
                 s = self.settings
-                self._answerer = Answerer(
+                opened.answerer = Answerer(
                     self.library,
                     self.index,
                     s.answer,
@@ -143,7 +182,7 @@ class Folio:
                     s.encoders,
                     model_cache=s.model_cache,
                 )
-            return self._answerer
+            return opened.answerer
 
     def ask(
         self, question: str, *, doc_ids: Sequence[str] | None = None, **overrides: Any
@@ -179,7 +218,9 @@ class Folio:
             >>> folio.ask("...", sampler=False, budget=600).stats.stage("budget")
         """
         config, generator = resolve_options(self.settings.answer, self.settings.generator, **overrides)
-        return self.answerer.ask(question, doc_ids=doc_ids, config=config, generator_config=generator)
+        return self.answerer.ask(
+            question, doc_ids=doc_ids, config=config, generator_config=generator, owner=self.user
+        )
 
     def ask_stream(
         self, question: str, *, doc_ids: Sequence[str] | None = None, **overrides: Any
@@ -197,7 +238,7 @@ class Folio:
         """
         config, generator = resolve_options(self.settings.answer, self.settings.generator, **overrides)
         return self.answerer.stream(
-            question, doc_ids=doc_ids, config=config, generator_config=generator
+            question, doc_ids=doc_ids, config=config, generator_config=generator, owner=self.user
         )
 
     def ask_batch(
@@ -248,6 +289,7 @@ class Folio:
                 config=config,
                 generator_config=generator,
                 id=item.id,
+                owner=self.user,
             )
 
         return run_batch(
@@ -270,10 +312,14 @@ class Folio:
         )
 
     def close(self) -> None:
-        self._answerer = None
-        if self._library is not None:
-            self._library.close()
-            self._library = None
+        """Close the library (for every view of it made by `as_user`)."""
+        opened = self._opened
+        with opened.lock:
+            opened.answerer = None
+            opened.index = None
+            if opened.library is not None:
+                opened.library.close()
+                opened.library = None
 
     def __enter__(self) -> Folio:
         return self

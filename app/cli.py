@@ -27,10 +27,13 @@ from rich.table import Table
 
 from app.api import Folio
 from app.cli_eval import eval_app
+from app.cli_users import user_app
 from app.settings import is_loopback, parse_auth
 from pipeline.config import OcrMode, ParserKind
 from pipeline.ingest import Progress as IngestProgress
 from pipeline.ingest import count_pages, find_pdfs
+from pipeline.library import SchemaMismatchError
+from pipeline.owners import has_accounts
 from retrieval.config import RetrievalMode
 
 app = typer.Typer(
@@ -41,6 +44,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(eval_app, name="eval")
+app.add_typer(user_app, name="user")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one-line errors must never wrap
 
@@ -48,6 +52,7 @@ err = Console(stderr=True, soft_wrap=True)  # one-line errors must never wrap
 class _State:
     library: Path | None = None
     config: str | None = None
+    user: str | None = None
 
 
 def _fail(message: str) -> typer.Exit:
@@ -58,6 +63,8 @@ def _fail(message: str) -> typer.Exit:
 def _folio(**overrides) -> Folio:
     if _State.library is not None:
         overrides["library"] = _State.library
+    if _State.user is not None:
+        overrides["user"] = _State.user
     try:
         return Folio(config=_State.config, on_status=lambda m: err.print(f"[dim]{m}[/dim]"), **overrides)
     except ValidationError as exc:
@@ -72,6 +79,9 @@ def _folio(**overrides) -> Folio:
 def _main(
     library: Annotated[Path | None, typer.Option("--library", "-l", help="Library folder (FOLIO_LIBRARY).")] = None,
     config: Annotated[str | None, typer.Option("--config", help="Preset name or JSON settings file.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", help="Act as this user of a shared library (FOLIO_USER); default: the local user.")
+    ] = None,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: debug).")] = 0,
 ) -> None:
     logging.basicConfig(
@@ -80,6 +90,7 @@ def _main(
     )
     _State.library = library
     _State.config = config
+    _State.user = user
 
 
 @app.command("ingest")
@@ -233,14 +244,15 @@ def serve_command(
     limits = folio.settings.serve
     try:
         credentials = parse_auth(limits.auth)
-    except ValueError as exc:
+        accounts = has_accounts(folio.library)
+    except (ValueError, SchemaMismatchError) as exc:
         raise _fail(str(exc)) from None
-    if credentials is None and not is_loopback(limits.host):
+    if credentials is None and not accounts and not is_loopback(limits.host):
         if not limits.allow_no_auth:
             raise _fail(
                 f"refusing to serve {limits.host} without a password (anyone who can reach it could "
                 "read and delete the library): add --auth user:password or FOLIO_SERVE__AUTH, "
-                "or --allow-no-auth"
+                "accounts with `folio user add NAME`, or --allow-no-auth"
             )
         err.print(f"[yellow]warning:[/yellow] serving {limits.host} without a password", highlight=False)
     from app.web import serve as serve_app  # NOTE: imports gradio (seconds): only when serving
@@ -253,7 +265,10 @@ def serve_command(
         )
 
     try:
-        serve_app(folio, host=limits.host, port=limits.port, auth=credentials, on_ready=ready)
+        serve_app(
+            folio, host=limits.host, port=limits.port, auth=credentials, accounts=accounts,
+            on_ready=ready,
+        )  # fmt: skip
     except OSError as exc:
         raise _fail(f"cannot listen on {limits.host}:{limits.port} ({exc})".splitlines()[0]) from None
     except KeyboardInterrupt:

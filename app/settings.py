@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the database (default: SQLite in the library)."
     )
+    user: str | None = Field(
+        default=None,
+        description="Whose documents to see and add in a library shared by several users "
+        "(None: the local user's). The web app takes it from each login instead.",
+    )
     parse: ParseConfig = Field(default_factory=ParseConfig)
     chunk: ChunkConfig = Field(default_factory=ChunkConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)

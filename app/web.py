@@ -14,6 +14,7 @@ conversation, and the answers its chips point into, are kept per browser session
 
 from __future__ import annotations
 
+import hmac
 import html
 import logging
 import queue
@@ -32,6 +33,7 @@ from app.api import Folio
 from pipeline.answer import Answer, AnswerStats
 from pipeline.ingest import IngestResult, Progress, count_pages
 from pipeline.library import DocumentInfo
+from pipeline.owners import check_login, list_users
 from pipeline.search import SearchHit
 from pipeline.viewer import PageImage, figure_assets, render_page
 
@@ -353,7 +355,14 @@ def respond(
 def page_view(
     folio: Folio, doc_id: str, page: int, highlights: Mapping[int, Sequence[BBox]] | None = None
 ) -> PageImage:
-    """Render a page of a document with the regions cited on it highlighted."""
+    """Render a page of one of `folio`'s user's documents with the regions cited on it
+    highlighted.
+
+    Raises:
+        LookupError: Not a document of this user.
+    """
+    if not folio.owns(doc_id):
+        raise LookupError(f"no document {doc_id[:12]} in your library")
     boxes = (highlights or {}).get(page, ())
     return render_page(folio.library, doc_id, page, boxes, dpi=_PAGE_DPI)
 
@@ -721,14 +730,32 @@ class Engine:
 # ------------------------------------------------------------------------------- the page
 
 
-def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
+def build_ui(
+    folio: Folio,
+    engine: Engine | None = None,
+    *,
+    accounts: bool = False,
+    local_login: str | None = None,
+) -> gr.Blocks:
     """The Folio web app as Gradio Blocks (not launched; `serve` launches it).
 
     Args:
         folio: The library the app serves.
         engine: Background model loading; a new idle one when None.
+        accounts: Logins are the library's accounts (`folio user add`): each session sees,
+            adds, asks about and deletes only its user's documents.
+        local_login: The name of the single `serve.auth` login, which sees the local user's
+            documents (as without a login).
     """
     engine = engine or Engine(folio)
+
+    def mine(request: gr.Request | None) -> Folio:
+        """The library as the signed-in user of this request sees it."""
+        name = getattr(request, "username", None)
+        if not accounts or name is None or name == local_login:
+            return folio.as_user(None) if accounts else folio
+        return folio.as_user(name)
+
     settings = folio.settings
     limits = settings.serve
     answer_cfg = settings.answer
@@ -879,8 +906,8 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
 
         # ------------------------------------------------------------------ handlers
 
-        def refresh_library(selected: list[str] | None):
-            documents = folio.documents()
+        def refresh_library(me: Folio, selected: list[str] | None):
+            documents = me.documents()
             ready = {d.doc_id for d in documents if d.status == "ok"}
             return (
                 documents_html(documents),
@@ -893,7 +920,8 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
 
         library_outputs = [doc_table, ask_about, to_delete]
 
-        def on_upload(files: list[str] | None, selected: list[str] | None):
+        def on_upload(files: list[str] | None, selected: list[str] | None, request: gr.Request):
+            me = mine(request)
             paths = [Path(f) for f in files or []]
             if not paths:
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -925,7 +953,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
 
                 def run() -> None:
                     try:
-                        folio.ingest(accepted, on_progress=events.put)
+                        me.ingest(accepted, on_progress=events.put)
                     except Exception as exc:  # noqa: BLE001 - shown in the page, logged in full
                         logger.exception("ingestion failed")
                         failure.append(f"{type(exc).__name__}: {exc}".splitlines()[0])
@@ -938,7 +966,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                 for row in rows.values():
                     if row.state not in ("added", "unchanged", "failed", "rejected"):
                         row.state, row.detail = "failed", failure[0] if failure else "not finished"
-            yield progress_html(list(rows.values())), *refresh_library(selected), None
+            yield progress_html(list(rows.values())), *refresh_library(me, selected), None
 
         upload.upload(
             on_upload,
@@ -949,15 +977,16 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
             show_progress="hidden",
         )
 
-        def on_delete(doc_id: str | None, selected: list[str] | None):
+        def on_delete(doc_id: str | None, selected: list[str] | None, request: gr.Request):
+            me = mine(request)
             if not doc_id:
-                return "Choose a document to delete.", *refresh_library(selected)
+                return "Choose a document to delete.", *refresh_library(me, selected)
             engine.wait()
             try:
-                removed = folio.delete(doc_id)
+                removed = me.delete(doc_id)
             except LookupError as exc:
-                return f"⚠️ {exc}", *refresh_library(selected)
-            return f"Deleted **{_markdown_text(removed.file_name)}**.", *refresh_library(selected)
+                return f"⚠️ {exc}", *refresh_library(me, selected)
+            return f"Deleted **{_markdown_text(removed.file_name)}**.", *refresh_library(me, selected)
 
         delete.click(
             on_delete,
@@ -970,8 +999,9 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
 
         def on_ask(
             text, history, answers, selected, ctx, sampler, mode_value, k_value, budget_value,
-            urag_value,
+            urag_value, request: gr.Request,
         ):  # fmt: skip
+            me = mine(request)
             question = (text or "").strip()
             history = list(history or [])
             if not question:
@@ -1001,7 +1031,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                 yield "", history, gr.skip(), *_no_panels()
             last = time.monotonic()
             for reply in respond(
-                question, before, folio, doc_ids=selected or None, options=options
+                question, before, me, doc_ids=selected or None, options=options
             ):
                 history[-1] = {"role": "assistant", "content": reply.text}
                 if reply.answer is None:
@@ -1019,7 +1049,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                 hits: list[SearchHit] = []
                 if answer.ok and options.context == "retrieved":
                     try:
-                        hits = folio.search(
+                        hits = me.search(
                             question,
                             k=options.k,
                             mode=options.overrides().get("mode"),
@@ -1029,7 +1059,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                         logger.info("retrieved chunks not shown: %s", exc)
                 panels = _answer_panels(answer, hits)
                 chips = citation_chips(answer)
-                shown = _show_chip(answer, turn, 0) if chips else (gr.skip(),) * 5
+                shown = _show_chip(me, answer, turn, 0) if chips else (gr.skip(),) * 5
                 yield gr.skip(), history, answers, *panels, *shown
 
         def _no_panels():
@@ -1041,7 +1071,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                 transparency_html(answer, hits) if answer.ok else "",
             )
 
-        def _show_chip(answer: Answer, turn: int, index: int):
+        def _show_chip(me: Folio, answer: Answer, turn: int, index: int):
             chips = citation_chips(answer)
             if not 0 <= index < len(chips):
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -1057,8 +1087,8 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                 "chip": index,
                 "highlights": highlights,
             }
-            image, caption = _render(state, chip)
-            gallery = figure_gallery(folio, answer)
+            image, caption = _render(me, state, chip)
+            gallery = figure_gallery(me, answer)
             return (
                 image,
                 caption,
@@ -1067,9 +1097,9 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                 gr.Tabs(selected="evidence"),
             )
 
-        def _render(state: dict, chip: Chip | None):
+        def _render(me: Folio, state: dict, chip: Chip | None):
             try:
-                rendered = page_view(folio, state["doc_id"], state["page"], state["highlights"])
+                rendered = page_view(me, state["doc_id"], state["page"], state["highlights"])
             except (LookupError, ValueError) as exc:
                 return None, f"⚠️ {_markdown_text(str(exc))}"
             return rendered.image, page_caption(rendered, chip)
@@ -1108,7 +1138,7 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
             queue=False,
         )
 
-        def on_chip(ref: str, answers: list):
+        def on_chip(ref: str, answers: list, request: gr.Request):
             parsed = chip_ref(ref)
             if parsed is None:
                 return (gr.skip(),) * 5
@@ -1122,16 +1152,17 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                     gr.skip(),
                     gr.skip(),
                 )
-            return _show_chip(answer, turn, index)
+            return _show_chip(mine(request), answer, turn, index)
 
         cite_ref.change(on_chip, [cite_ref, session], chip_outputs, show_progress="hidden")
 
-        def on_turn_page(state: dict | None, answers: list, step: int):
+        def on_turn_page(state: dict | None, answers: list, step: int, request: gr.Request):
             if not state:
                 return gr.skip(), gr.skip(), gr.skip()
+            me = mine(request)
             rendered_page = state["page"] + step
             try:
-                count = page_view(folio, state["doc_id"], state["page"]).page_count
+                count = page_view(me, state["doc_id"], state["page"]).page_count
             except (LookupError, ValueError) as exc:
                 return None, f"⚠️ {_markdown_text(str(exc))}", state
             if not 1 <= rendered_page <= count:
@@ -1145,17 +1176,23 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
                     (c for c in chips if c.doc_id == state["doc_id"] and c.page == rendered_page),
                     None,
                 )
-            image, caption = _render(state, chip)
+            image, caption = _render(me, state, chip)
             return image, caption, state
 
+        def on_prev_page(state: dict | None, answers: list, request: gr.Request):
+            return on_turn_page(state, answers, -1, request)
+
+        def on_next_page(state: dict | None, answers: list, request: gr.Request):
+            return on_turn_page(state, answers, +1, request)
+
         prev_page.click(
-            lambda s, a: on_turn_page(s, a, -1),
+            on_prev_page,
             [view, session],
             [page_image, page_info, view],
             show_progress="hidden",
         )
         next_page.click(
-            lambda s, a: on_turn_page(s, a, +1),
+            on_next_page,
             [view, session],
             [page_image, page_info, view],
             show_progress="hidden",
@@ -1189,8 +1226,8 @@ def build_ui(folio: Folio, engine: Engine | None = None) -> gr.Blocks:
 
         status_timer.tick(status_update, None, [status_note, status_timer], show_progress="hidden")
 
-        def on_load(selected):
-            return *refresh_library(selected), *status_update()
+        def on_load(selected, request: gr.Request):
+            return *refresh_library(mine(request), selected), *status_update()
 
         demo.load(on_load, [ask_about], [*library_outputs, status_note, status_timer])
     return demo
@@ -1269,6 +1306,7 @@ def serve(
     host: str,
     port: int,
     auth: tuple[str, str] | None = None,
+    accounts: bool = False,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Launch the app and block until it is stopped (Ctrl-C).
@@ -1277,20 +1315,33 @@ def serve(
         folio: The library to serve.
         host: Address to listen on.
         port: Port to listen on.
-        auth: (user, password) required to open the app, or None.
+        auth: (user, password) of the single login that sees the local user's documents.
+        accounts: Sign in with the library's accounts (`folio user add`), each seeing only its
+            own documents (and `auth`, if given, as the local user).
         on_ready: Told the app's address once it is listening.
+
+    Raises:
+        ValueError: `auth`'s user name is also an account's.
     """
     limits = folio.settings.serve
+    if accounts and auth is not None and auth[0] in {u.name for u in list_users(folio.library)}:
+        raise ValueError(
+            f"--auth user {auth[0]!r} is also an account: give the local login another name"
+        )
     engine = Engine(folio)
-    demo = build_ui(folio, engine)
+    demo = build_ui(folio, engine, accounts=accounts, local_login=auth[0] if auth else None)
     demo.queue(default_concurrency_limit=4)
     if limits.preload:
         engine.preload()
     demo.launch(
         server_name=host,
         server_port=port,
-        auth=auth,
-        auth_message="Folio: sign in with the user and password given to `folio serve`.",
+        auth=_login_check(folio, auth) if accounts else auth,
+        auth_message=(
+            "Folio: sign in with your account."
+            if accounts
+            else "Folio: sign in with the user and password given to `folio serve`."
+        ),
         max_file_size=f"{limits.max_upload_mb:g}mb",
         theme=THEME,
         css=CSS,
@@ -1308,3 +1359,14 @@ def serve(
         demo.block_thread()
     finally:
         demo.close()
+
+
+def _login_check(folio: Folio, local: tuple[str, str] | None) -> Callable[[str, str], bool]:
+    """Gradio's login check: the library's accounts, and the single local login if given."""
+
+    def check(name: str, password: str) -> bool:
+        if local is not None and name == local[0]:
+            return hmac.compare_digest(password.encode(), local[1].encode())
+        return check_login(folio.library, name, password)
+
+    return check

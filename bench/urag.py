@@ -45,8 +45,8 @@ def _evidence_prompt(answerer, question: str, doc: str, cfg):
     from pipeline.answer import _token_counter
 
     generator = answerer.generator()
-    docs = answerer._resolve_docs([doc])
-    items = answerer._retrieved(question, docs, cfg, generator, [])
+    docs = answerer._resolve_docs([doc], None)
+    items = answerer._retrieved(question, docs, None, cfg, generator, [])
     names = answerer._file_names({i.doc_id for i in items})
     texts = answerer._quoted_texts(items, cfg, generator, _token_counter(generator), [])
     return items, answerer.build_prompt(question, items, texts, names, cfg, generator)

@@ -46,6 +46,7 @@ from models.generator import (
 from models.sampler import Candidate, EmbeddingCache, EvidenceSampler, SampleResult
 from pipeline.config import AnswerConfig, ContextMode
 from pipeline.guard import screen
+from pipeline.owners import has_owners, owner_clause
 from pipeline.scoring import NOT_ANSWERABLE, is_not_answerable
 from pipeline.search import LibraryIndex, SearchHit
 from storage import Block, Chunk, Document, DocumentStatus, Library
@@ -497,12 +498,14 @@ class Answerer:
         config: AnswerConfig | None = None,
         generator_config: GeneratorConfig | None = None,
         id: str | None = None,
+        owner: str | None = None,
     ) -> Answer:
         """Answer one question (see `stream`); returns the final `Answer`."""
         answer = None
         for part in self.stream(
-            question, doc_ids=doc_ids, config=config, generator_config=generator_config, id=id
-        ):
+            question, doc_ids=doc_ids, config=config, generator_config=generator_config, id=id,
+            owner=owner,
+        ):  # fmt: skip
             if isinstance(part, Answer):
                 answer = part
         assert answer is not None  # stream always ends with the Answer
@@ -516,15 +519,18 @@ class Answerer:
         config: AnswerConfig | None = None,
         generator_config: GeneratorConfig | None = None,
         id: str | None = None,
+        owner: str | None = None,
     ) -> Iterator[str | Answer]:
         """Answer one question, streaming.
 
         Args:
             question: The question.
-            doc_ids: Only these documents (ids, unique id prefixes or file names); None: all.
+            doc_ids: Only these documents (ids, unique id prefixes or file names); None: all
+                of `owner`'s.
             config: Answer settings for this request (default: the answerer's).
             generator_config: The generator for this request (default: the answerer's).
             id: A question id carried into the `Answer`.
+            owner: Whose library to answer from (None: the local user's; pipeline/owners.py).
 
         Yields:
             Text deltas of the answer as generated, then the final `Answer`.
@@ -538,15 +544,15 @@ class Answerer:
         cfg = config or self.config
         gen_cfg = generator_config or self.generator_config
         start = time.perf_counter()
-        docs = self._resolve_docs(doc_ids) if doc_ids else None
+        docs = self._resolve_docs(doc_ids, owner) if doc_ids else None
         generator = self.generator(gen_cfg)
         count = _token_counter(generator)
         stages: list[StageStats] = []
 
         if cfg.context is ContextMode.RETRIEVED:
-            items = self._retrieved(question, docs, cfg, generator, stages)
+            items = self._retrieved(question, docs, owner, cfg, generator, stages)
         elif cfg.context is ContextMode.FIRST_PAGES:
-            items = self._first_pages(docs, cfg, count, stages)
+            items = self._first_pages(docs, owner, cfg, count, stages)
         else:
             items = []
         names = self._file_names({i.doc_id for i in items})
@@ -729,14 +735,17 @@ class Answerer:
         self,
         question: str,
         docs: list[str] | None,
+        owner: str | None,
         cfg: AnswerConfig,
         generator: Generator,
         stages: list[StageStats],
     ) -> list[_Item]:
         """Retrieve, then sample (or take the chunks in rank order) under the budget."""
         t0 = time.perf_counter()
-        hits = self.index.search(question, k=cfg.k, mode=cfg.retrieval_mode, doc_ids=docs)
-        scope_items, scope_tokens = self._scope_size(docs)
+        hits = self.index.search(
+            question, k=cfg.k, mode=cfg.retrieval_mode, doc_ids=docs, owner=owner
+        )
+        scope_items, scope_tokens = self._scope_size(docs, owner)
         stages.append(
             StageStats(
                 "retrieve", len(hits), scope_items, sum(_chunk_tokens(h) for h in hits),
@@ -885,6 +894,7 @@ class Answerer:
     def _first_pages(
         self,
         docs: list[str] | None,
+        owner: str | None,
         cfg: AnswerConfig,
         count: Callable[[str], int],
         stages: list[StageStats],
@@ -894,7 +904,11 @@ class Answerer:
         if docs is None:
             with self.library.sessions() as session:
                 ok = list(
-                    session.scalars(select(Document.id).where(Document.status == DocumentStatus.OK))
+                    session.scalars(
+                        select(Document.id)
+                        .where(Document.status == DocumentStatus.OK)
+                        .where(owner_clause(self.library, owner))
+                    )
                 )
             if len(ok) != 1:
                 raise ValueError(
@@ -947,10 +961,12 @@ class Answerer:
 
     # ----------------------------------------------------------------------------- storage
 
-    def _resolve_docs(self, doc_ids: Collection[str]) -> list[str]:
-        """Full document ids from ids, unique id prefixes or file names (in the given order)."""
+    def _resolve_docs(self, doc_ids: Collection[str], owner: str | None) -> list[str]:
+        """Full ids of `owner`'s documents from ids, unique id prefixes or file names (in the
+        given order)."""
         if isinstance(doc_ids, str):
             doc_ids = [doc_ids]
+        mine = owner_clause(self.library, owner)
         out: list[str] = []
         with self.library.sessions() as session:
             for given in doc_ids:
@@ -959,6 +975,7 @@ class Answerer:
                         select(Document.id)
                         .where(Document.id_prefix(given))
                         .where(Document.status == DocumentStatus.OK)
+                        .where(mine)
                     )
                 )
                 if not matches:
@@ -967,6 +984,7 @@ class Answerer:
                             select(Document.id)
                             .where(Document.file_name == given)
                             .where(Document.status == DocumentStatus.OK)
+                            .where(mine)
                         )
                     )
                 if len(matches) != 1:
@@ -976,11 +994,15 @@ class Answerer:
                     out.append(matches[0])
         return out
 
-    def _scope_size(self, docs: list[str] | None) -> tuple[int, int]:
+    def _scope_size(self, docs: list[str] | None, owner: str | None) -> tuple[int, int]:
         """(chunks, estimated tokens) that retrieval searched."""
         query = select(func.count(Chunk.id), func.coalesce(func.sum(Chunk.token_count), 0))
         if docs is not None:
             query = query.where(Chunk.doc_id.in_(docs))
+        elif owner is not None or has_owners(self.library):
+            query = query.join(Document, Document.id == Chunk.doc_id).where(
+                owner_clause(self.library, owner)
+            )
         with self.library.sessions() as session:
             n, tokens = session.execute(query).one()
         return int(n), int(tokens)

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
+from pipeline.owners import owner_clause
 from storage import Chunk, Document, Library, SchemaMismatchError, StorageConfig, open_library
 
 __all__ = ["DocumentInfo", "Library", "SchemaMismatchError", "StorageConfig", "list_documents", "open_library"]
@@ -24,12 +25,13 @@ class DocumentInfo:
     created: datetime
 
 
-def list_documents(library: Library) -> list[DocumentInfo]:
-    """Every document of the library, newest first."""
+def list_documents(library: Library, *, owner: str | None = None) -> list[DocumentInfo]:
+    """Every document of `owner`'s library (None: the local user's), newest first."""
     counts = select(Chunk.doc_id, func.count().label("n")).group_by(Chunk.doc_id).subquery()
     query = (
         select(Document, func.coalesce(counts.c.n, 0))
         .outerjoin(counts, counts.c.doc_id == Document.id)
+        .where(owner_clause(library, owner))
         .order_by(Document.created.desc(), Document.file_name)
     )
     with library.sessions() as session:

@@ -33,6 +33,7 @@ from sqlalchemy import select
 
 from models.config import EncoderConfig
 from pipeline.eval_retrieval import make_encoders
+from pipeline.owners import owned_chunk_ids, owner_clause
 from retrieval import Hit, HybridRetriever, IndexMismatchError, RetrievalConfig, RetrievalMode
 from storage import Chunk, Document, DocumentStatus, FileLock, Library
 
@@ -438,16 +439,24 @@ class LibraryIndex:
         k: int = 10,
         mode: RetrievalMode | str | None = None,
         doc_ids: Collection[str] | None = None,
+        owner: str | None = None,
     ) -> list[SearchHit]:
-        """The best chunks for `query`, optionally within some documents.
+        """The best chunks for `query` among `owner`'s documents, optionally within some.
+
+        Args:
+            doc_ids: Only these documents (ids or unique id prefixes); None: all of `owner`'s.
+            owner: Whose library to search (None: the local user's; see pipeline/owners.py).
 
         Raises:
             ValueError: empty query, bad k, or a mode whose index this library does not keep.
-            LookupError: a doc id that matches no document.
+            LookupError: a doc id that matches no document of `owner`.
         """
         if not query.strip():
             raise ValueError("empty query: type what you are looking for")
-        allowed = self.chunk_ids_of(doc_ids) if doc_ids is not None else None
+        if doc_ids is not None:
+            allowed = self.chunk_ids_of(doc_ids, owner=owner)
+        else:
+            allowed = owned_chunk_ids(self._library, owner)
         if allowed is not None and not allowed:
             return []
         self.refresh()
@@ -456,12 +465,17 @@ class LibraryIndex:
             hits = self._retriever.search(query, k, mode=mode, allowed=allowed)
         return self.describe(hits)
 
-    def chunk_ids_of(self, doc_ids: Collection[str]) -> set[str]:
-        """Chunk ids of documents given by id or unique id prefix."""
+    def chunk_ids_of(self, doc_ids: Collection[str], *, owner: str | None = None) -> set[str]:
+        """Chunk ids of `owner`'s documents given by id or unique id prefix."""
+        mine = owner_clause(self._library, owner)
         with self._library.sessions() as session:
             ids: set[str] = set()
             for prefix in doc_ids:
-                docs = list(session.scalars(select(Document.id).where(Document.id_prefix(prefix))))
+                docs = list(
+                    session.scalars(
+                        select(Document.id).where(Document.id_prefix(prefix)).where(mine)
+                    )
+                )
                 if len(docs) != 1:
                     what = "no document" if not docs else f"{len(docs)} documents"
                     raise LookupError(f"{what} with id {prefix!r} (see `folio docs`)")

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from sqlalchemy import JSON, ColumnElement, Dialect, ForeignKey, Index, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# The number of the newest migration in storage/migrations/versions (revision "0002" is 2).
+# The number of the newest migration in storage/migrations/versions (revision "0003" is 3).
 # A change to the tables needs a new revision there and this bumped; `open_library` upgrades
 # older databases to it and refuses newer ones.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _now() -> datetime:
@@ -75,15 +75,17 @@ class Meta(Base):
 
 
 class User(Base):
-    """Someone the library belongs to, for a library shared by several people.
+    """Someone who owns documents in a library shared by several people (pipeline/owners.py).
 
-    No rows yet: documents without an owner belong to the single local user.
+    Documents without an owner belong to the local user. A user without a password owns
+    documents but cannot sign in to the web app.
     """
 
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created: Mapped[datetime] = mapped_column(default=_now)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
 
 
 class Document(Base):

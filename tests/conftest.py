@@ -302,8 +302,13 @@ def start_folio_server(tmp_path_factory: pytest.TempPathFactory):
 
     started: list[tuple[subprocess.Popen, Path, Path]] = []
 
-    def start(settings: dict, artifacts: Path, env: dict | None = None) -> tuple[str, Path]:
+    def start(
+        settings: dict, artifacts: Path, env: dict | None = None, prepare=None  # noqa: ANN001
+    ) -> tuple[str, Path]:
+        """`prepare(library_folder)`, if given, runs before the server starts."""
         work = tmp_path_factory.mktemp("folio-serve")
+        if prepare is not None:
+            prepare(work / "lib")
         config = work / "settings.json"
         config.write_text(json.dumps(settings))
         port = _free_port()

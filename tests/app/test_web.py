@@ -302,10 +302,34 @@ def test_serve_refuses_a_public_address_without_a_password(tmp_path: Path, monke
     assert result.exit_code == 1 and "user:password" in result.output
     result = runner.invoke(app, [*library, "serve", "--host", "0.0.0.0", "--auth", "ann:pw", "--port", "8123"])
     assert result.exit_code == 0, result.output
-    assert launched == [{"host": "0.0.0.0", "port": 8123, "auth": ("ann", "pw"), "on_ready": launched[0]["on_ready"]}]
+    assert launched == [
+        {"host": "0.0.0.0", "port": 8123, "auth": ("ann", "pw"), "accounts": False, "on_ready": launched[0]["on_ready"]}
+    ]
     monkeypatch.setenv("FOLIO_SERVE__ALLOW_NO_AUTH", "true")
     result = runner.invoke(app, [*library, "serve", "--host", "0.0.0.0"])
     assert result.exit_code == 0 and "without a password" in result.output
+
+
+def test_serve_with_accounts_asks_everyone_to_sign_in(tmp_path: Path, monkeypatch) -> None:
+    launched = []
+    monkeypatch.setattr("app.web.serve", lambda *a, **kw: launched.append(kw))
+    library = ["--library", str(tmp_path / "lib")]
+    result = runner.invoke(app, [*library, "user", "add", "zoe", "--password-stdin"], input="long enough\n")
+    assert result.exit_code == 0 and "added user zoe" in result.output
+    result = runner.invoke(app, [*library, "serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    assert "without a password" not in result.output
+    assert launched[-1]["accounts"] is True and launched[-1]["auth"] is None
+    result = runner.invoke(app, [*library, "user", "list"])
+    assert "zoe" in result.output
+    result = runner.invoke(app, [*library, "user", "add", "zoe", "--password-stdin"], input="long enough\n")
+    assert result.exit_code == 1 and "exists" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, [*library, "user", "add", "../x", "--password-stdin"], input="long enough\n")
+    assert result.exit_code == 1 and "not allowed" in result.output
+    result = runner.invoke(app, [*library, "--user", "a b", "docs"])
+    assert result.exit_code == 1 and "not allowed" in result.output
+    result = runner.invoke(app, [*library, "user", "remove", "zoe"])
+    assert result.exit_code == 0 and "removed user zoe" in result.output
 
 
 def test_progress_shows_while_page_events_keep_coming(tmp_path: Path) -> None:
