@@ -107,6 +107,8 @@ class AskOptions:
         k: Chunks retrieved.
         budget: Evidence tokens in the prompt.
         urag: URaG: the model's first layers choose the evidence its deeper layers read.
+        refrag: REFRAG: evidence chunks enter the model as one vector each (but the most
+            question-like ones).
     """
 
     context: str = "retrieved"
@@ -115,6 +117,7 @@ class AskOptions:
     k: int = 20
     budget: int = 1000
     urag: bool = False
+    refrag: bool = False
 
     def overrides(self) -> dict[str, Any]:
         """The `Folio.ask` overrides these switches stand for."""
@@ -124,6 +127,7 @@ class AskOptions:
             "k": int(self.k),
             "budget": int(self.budget),
             "use_urag": bool(self.urag),
+            "use_refrag": bool(self.refrag),
         }
         if self.mode and self.mode != "default":
             out["mode"] = self.mode
@@ -338,7 +342,7 @@ def respond(
     except ValidationError as exc:
         first = exc.errors()[0]
         reason = f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    except (ValueError, LookupError, TypeError) as exc:
+    except (ValueError, LookupError, TypeError, FileNotFoundError) as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - the page shows one line; the log keeps the rest
         logger.exception("question failed: %s", question)
@@ -416,6 +420,13 @@ def summary_markdown(stats: AnswerStats | None) -> str:
         lines.append(
             f"**URaG** the deeper layers read {urag.kept_items} of {urag.total_items} evidence "
             f"items ({' '.join(f'[{n}]' for n in stats.urag_kept)}; pages {pages})"
+        )
+    refrag = stats.stage("refrag")
+    if refrag is not None:
+        lines.append(
+            f"**REFRAG** {refrag.total_items - refrag.kept_items} of {refrag.total_items} evidence "
+            f"chunks read as one vector each: {refrag.total_tokens} prompt positions became "
+            f"{refrag.kept_tokens} ({stats.refrag_ratio:.1f}× fewer)"
         )
     screen = stats.stage("screen")
     if screen is not None and screen.kept_items < screen.total_items:
@@ -882,6 +893,11 @@ def build_ui(
                             label="URaG (the model's first layers choose the evidence its "
                             "deeper layers read)",
                         )
+                        use_refrag = gr.Checkbox(
+                            value=answer_cfg.use_refrag,
+                            label="REFRAG (evidence chunks read as one vector each, but the most "
+                            "question-like; an alternative to URaG)",
+                        )
                         mode = gr.Dropdown(
                             MODE_CHOICES,
                             value=str(answer_cfg.retrieval_mode or "default"),
@@ -999,7 +1015,7 @@ def build_ui(
 
         def on_ask(
             text, history, answers, selected, ctx, sampler, mode_value, k_value, budget_value,
-            urag_value, request: gr.Request,
+            urag_value, refrag_value, request: gr.Request,
         ):  # fmt: skip
             me = mine(request)
             question = (text or "").strip()
@@ -1014,6 +1030,7 @@ def build_ui(
                 int(k_value),
                 int(budget_value),
                 bool(urag_value),
+                bool(refrag_value),
             )
             before = list(history)
             history += [
@@ -1107,6 +1124,7 @@ def build_ui(
         chip_outputs = [page_image, page_info, figures, view, tabs]
         ask_inputs = [
             message, chatbot, session, ask_about, context, use_sampler, mode, k, budget, use_urag,
+            use_refrag,
         ]  # fmt: skip
         ask_outputs = [
             message,

@@ -193,6 +193,22 @@ class UragScorer(StrEnum):
     MAXSIM = "maxsim"  # late interaction over layer-L states through a learned projection
 
 
+class RefragConfig(BaseModel):
+    """REFRAG: evidence chunks enter the model as one projected vector each (models/refrag.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chunk_tokens: int = Field(default=16, ge=1, description="Tokens per chunk (k).")
+    expand_fraction: float = Field(
+        default=0.25, ge=0.0, le=1.0, description="Share of chunks kept as tokens (p): those "
+        "most similar to the question; the rest are compressed."
+    )  # fmt: skip
+    projector: str | None = Field(
+        default=None, description="Projector weights (.pt); None: the shipped file for the "
+        "generator's hidden size (models/weights/refrag_projector_d<hidden>.pt)."
+    )  # fmt: skip
+
+
 class UragConfig(BaseModel):
     """URaG: the LLM's first layers choose the evidence the deeper layers read."""
 

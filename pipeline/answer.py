@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
-from models.config import EncoderConfig, GeneratorConfig, SamplerConfig, UragConfig
+from models.config import EncoderConfig, GeneratorConfig, RefragConfig, SamplerConfig, UragConfig
 from models.generator import (
     EVIDENCE_IS_DATA,
     Evidence,
@@ -175,6 +175,9 @@ class AnswerStats:
         stop_reason: Why generation ended ("" when nothing was generated).
         urag_kept: With URaG on, the evidence numbers `[n]` the deep layers read.
         urag_pages: With URaG on, the pages of those items.
+        refrag_ratio: With REFRAG on, prompt positions without compression / with it (1: off).
+        refrag_compressed: With REFRAG on, per evidence item [n], how many of its chunks the
+            model read as one vector each (the item, its page and regions stay citable).
     """
 
     stages: tuple[StageStats, ...] = ()
@@ -191,6 +194,8 @@ class AnswerStats:
     stop_reason: str = ""
     urag_kept: tuple[int, ...] = ()
     urag_pages: tuple[int, ...] = ()
+    refrag_ratio: float = 1.0
+    refrag_compressed: tuple[int, ...] = ()
 
     def stage(self, name: str) -> StageStats | None:
         """The stats of the named stage, or None."""
@@ -260,6 +265,7 @@ class Answer:
                         "stages": tuple(StageStats(**s) for s in stats.get("stages", ())),
                         "urag_kept": tuple(stats.get("urag_kept", ())),
                         "urag_pages": tuple(stats.get("urag_pages", ())),
+                        "refrag_compressed": tuple(stats.get("refrag_compressed", ())),
                     }
                 ),
                 error=data.get("error"),
@@ -423,6 +429,7 @@ class Answerer:
         self._samplers: dict[tuple[SamplerConfig, int], EvidenceSampler] = {}
         self._embeddings = EmbeddingCache()
         self._urag: dict[tuple[UragConfig, int], Any] = {}
+        self._refrag: dict[tuple[str | None, int], Any] = {}
         # NOTE: concurrent questions (threads of the web app or of a caller) share the models;
         # one lock makes sure each is loaded once. Questions themselves run without it.
         self._loading = threading.RLock()
@@ -487,6 +494,31 @@ class Answerer:
             self._urag = {k: v for k, v in self._urag.items() if k[1] == id(generator)}
             self._urag[key] = UragRunner(generator, config)
         return self._urag[key]
+
+    def refrag(self, config: RefragConfig, generator: Generator) -> Any:
+        """The REFRAG compressor (`models.refrag.RefragCompressor`) for `generator`: its
+        projector loads once per generator.
+
+        Raises:
+            FileNotFoundError: No projector file (train one with `python -m bench.refrag_train`).
+            ValueError: A projector trained for another hidden size.
+        """
+        with self._loading:
+            key = (config.projector, id(generator))
+            if key not in self._refrag:
+                from models.refrag import (
+                    ChunkEncoder,
+                    ChunkProjector,
+                    RefragCompressor,
+                    default_projector_path,
+                )
+
+                path = Path(config.projector) if config.projector else default_projector_path(generator)
+                self._refrag = {k: v for k, v in self._refrag.items() if k[1] == id(generator)}
+                self._refrag[key] = RefragCompressor(
+                    generator, ChunkProjector.load(path), ChunkEncoder()
+                )
+            return self._refrag[key]
 
     # ------------------------------------------------------------------------------ asking
 
@@ -594,7 +626,29 @@ class Answerer:
         prompt = self.build_prompt(question, items, read, names, cfg, generator)
         t_prompt = time.perf_counter()
         runner = None
-        if cfg.use_urag and items and not prompt.images:
+        compression = None
+        if cfg.use_urag and cfg.use_refrag:
+            raise ValueError("URaG and REFRAG are alternatives: switch one of them off")
+        if cfg.use_refrag and items and not prompt.images:
+            from models.urag import layout_prompt
+
+            t_compress = time.perf_counter()
+            layout = layout_prompt(generator, prompt)
+            compression = self.refrag(cfg.refrag, generator).compress(
+                layout.inputs.input_ids, layout.segments, k=cfg.refrag.chunk_tokens,
+                expand_fraction=cfg.refrag.expand_fraction, question=question,
+            )  # fmt: skip
+            stages.append(
+                StageStats(
+                    "refrag", len(compression.expanded), compression.chunks,
+                    compression.positions, compression.tokens_before,
+                    (time.perf_counter() - t_compress) * 1000,
+                )
+            )  # fmt: skip
+            stream = generator.stream(
+                compression.inputs, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True
+            )
+        elif cfg.use_urag and items and not prompt.images:
             from models.urag import layout_prompt
 
             runner = self.urag(cfg.urag, generator)
@@ -656,6 +710,8 @@ class Answerer:
             stop_reason=str(result.stop_reason),
             urag_kept=urag_kept,
             urag_pages=tuple(sorted({items[n - 1].page for n in urag_kept})),
+            refrag_ratio=round(compression.ratio, 3) if compression is not None else 1.0,
+            refrag_compressed=compression.items_compressed if compression is not None else (),
         )
         yield Answer(
             text=NOT_ANSWERABLE if declined else raw,

@@ -6,7 +6,7 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.config import SamplerConfig, UragConfig
+from models.config import RefragConfig, SamplerConfig, UragConfig
 from retrieval.config import RetrievalMode
 
 
@@ -146,3 +146,10 @@ class AnswerConfig(BaseModel):
         "and the deeper layers read only the kept ones (off until it is shown to help).",
     )
     urag: UragConfig = Field(default_factory=UragConfig)
+    use_refrag: bool = Field(
+        default=False,
+        description="REFRAG after the sampler: evidence chunks of `refrag.chunk_tokens` tokens "
+        "enter the model as one vector each, except the share most similar to the question "
+        "(prefill reads fewer positions; off until it is shown to help answers).",
+    )
+    refrag: RefragConfig = Field(default_factory=RefragConfig)

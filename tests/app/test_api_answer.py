@@ -96,6 +96,36 @@ def test_ask_returns_an_answer_with_citations_to_real_blocks(folio: Folio) -> No
     assert smaller.stats.stage("budget") is not None
 
 
+def test_refrag_compresses_the_evidence_and_keeps_its_citations(folio: Folio, tmp_path: Path) -> None:
+    from models.refrag import ChunkEncoder, ChunkProjector, embedding_norm
+
+    generator = folio.answerer.generator()
+    encoder = ChunkEncoder()
+    hidden = generator.model.config.get_text_config(decoder=True).hidden_size
+    ChunkProjector(encoder.feature_dim, hidden, width=32, norm=embedding_norm(generator)).save(
+        tmp_path / "projector.pt"
+    )
+    refrag = {"projector": str(tmp_path / "projector.pt"), "chunk_tokens": 8, "expand_fraction": 0.25}
+    plain = folio.ask(QUESTIONS[0], sampler=False)
+    with pytest.raises(FileNotFoundError, match="bench.refrag_train"):  # none shipped for this size
+        folio.ask(QUESTIONS[0], use_refrag=True)
+    answer = folio.ask(QUESTIONS[0], sampler=False, use_refrag=True, refrag=refrag)
+    stage = answer.stats.stage("refrag")
+    assert answer.error is None and stage is not None
+    assert [e.block_ids for e in answer.evidence] == [e.block_ids for e in plain.evidence]
+    assert stage.total_tokens == plain.stats.prompt_tokens  # positions without compression
+    assert answer.stats.prompt_tokens == stage.kept_tokens < stage.total_tokens
+    assert answer.stats.refrag_ratio == pytest.approx(stage.total_tokens / stage.kept_tokens, rel=1e-3)
+    assert len(answer.stats.refrag_compressed) == len(answer.evidence)
+    assert stage.kept_items == -(-stage.total_items // 4)  # ceil(p * chunks) kept as tokens
+    for citation in answer.citations:
+        ref = answer.evidence[citation.evidence - 1]
+        assert citation.block_id in ref.block_ids and citation.page == ref.page
+    assert Answer.from_dict(answer.to_dict()) == answer
+    with pytest.raises(ValueError, match="alternatives"):
+        folio.ask(QUESTIONS[0], use_refrag=True, use_urag=True, refrag=refrag)
+
+
 def test_ask_stream_yields_text_then_the_answer(folio: Folio) -> None:
     parts = list(folio.ask_stream(QUESTIONS[1]))
     assert isinstance(parts[-1], Answer)

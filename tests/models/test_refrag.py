@@ -1,0 +1,136 @@
+"""REFRAG: chunking inside evidence items, compressed inputs, the expansion policy, the projector
+file, and the stage in the answering pipeline (tiny random Qwen2 and Gemma 3 decoders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.config import GeneratorConfig
+from models.generator import Generator, build_prompt
+from models.refrag import (
+    ChunkEncoder,
+    ChunkProjector,
+    RefragCompressor,
+    chunk_spans,
+    default_projector_path,
+    embedding_norm,
+)
+from models.urag import layout_prompt
+from tests.models.test_generator import _tokenizer
+from tests.models.test_urag import MODELS, _prompt
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return _tokenizer()
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def generator(request, tokenizer) -> Generator:
+    model = MODELS[request.param](len(tokenizer))
+    gen = Generator(model, tokenizer, GeneratorConfig(device="cpu", stop_at_newline=False))
+    gen.eos_token_ids = frozenset()
+    return gen
+
+
+@pytest.fixture(scope="module")
+def encoder() -> ChunkEncoder:
+    return ChunkEncoder()
+
+
+def _compressor(generator: Generator, encoder: ChunkEncoder) -> RefragCompressor:
+    hidden = generator.model.config.hidden_size
+    torch.manual_seed(0)
+    projector = ChunkProjector(encoder.feature_dim, hidden, width=32, norm=embedding_norm(generator))
+    return RefragCompressor(generator, projector, encoder)
+
+
+def test_chunks_never_cross_evidence_items() -> None:
+    spans = chunk_spans([(3, 40), (40, 41), (50, 66)], k=16)
+    assert [(c.item, c.start, c.end) for c in spans] == [
+        (0, 3, 19), (0, 19, 35), (0, 35, 40), (1, 40, 41), (2, 50, 66),
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        chunk_spans([(0, 4)], k=0)
+
+
+def test_expanding_every_chunk_equals_the_plain_prompt(generator: Generator, encoder: ChunkEncoder) -> None:
+    layout = layout_prompt(generator, _prompt())
+    comp = _compressor(generator, encoder).compress(
+        layout.inputs.input_ids, layout.segments, k=4, expand_fraction=1.0
+    )
+    assert comp.positions == comp.tokens_before == layout.inputs.num_tokens and comp.ratio == 1.0
+    with torch.no_grad():
+        plain = generator.model(input_ids=layout.inputs.input_ids).logits
+        mixed = generator.model(inputs_embeds=comp.inputs.inputs_embeds).logits
+    torch.testing.assert_close(mixed, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [3, 8])
+def test_compressed_chunks_become_one_position_each(generator: Generator, encoder: ChunkEncoder, k: int) -> None:
+    layout = layout_prompt(generator, _prompt())
+    compressor = _compressor(generator, encoder)
+    ids = layout.inputs.input_ids
+    comp = compressor.compress(ids, layout.segments, k=k, expand_fraction=0.0)
+    spans = chunk_spans(layout.segments, k)
+    evidence = sum(end - start for start, end in layout.segments)
+    assert comp.chunks == len(spans) and comp.expanded == ()
+    assert comp.positions == ids.shape[1] - evidence + len(spans)
+    assert sum(comp.items_compressed) == len(spans) and len(comp.items_compressed) == len(layout.segments)
+    embeds = comp.inputs.inputs_embeds[0]
+    plain = generator.embed_tokens(ids)[0]
+    first = layout.segments[0][0]
+    torch.testing.assert_close(embeds[:first], plain[:first])  # instructions stay tokens
+    torch.testing.assert_close(embeds[-3:], plain[-3:])  # the question's tail stays tokens
+    # A compressed chunk's vector has the decoder's typical embedding norm.
+    assert embeds[first].norm().item() == pytest.approx(compressor.projector.norm.item(), rel=1e-4)
+    out = generator.generate(comp.inputs, max_new_tokens=3, stop_at_newline=False)
+    assert out.prompt_tokens == comp.positions and out.new_tokens == 3
+
+
+def test_the_question_gate_expands_the_chunks_most_like_the_question(generator: Generator, encoder: ChunkEncoder) -> None:
+    prompt = build_prompt(
+        "How tall is the Eiffel Tower?",
+        ["The revenue in 2023 was 4.2 billion dollars.", "The Eiffel Tower is 330 metres tall."],
+    )
+    layout = layout_prompt(generator, prompt)
+    compressor = _compressor(generator, encoder)
+    ids = layout.inputs.input_ids
+    k = max(end - start for start, end in layout.segments)  # one chunk per item
+    comp = compressor.compress(
+        ids, layout.segments, k=k, expand_fraction=0.5, question="How tall is the Eiffel Tower?"
+    )
+    assert comp.expanded == (1,) and comp.items_compressed == (1, 0)
+    by_recency = compressor.compress(ids, layout.segments, k=k, expand_fraction=0.5, chunk_scores=[1.0, 0.0])
+    assert by_recency.expanded == (0,)
+    with pytest.raises(ValueError):
+        compressor.compress(ids, layout.segments, k=k, expand_fraction=0.5, chunk_scores=[1.0])
+
+
+def test_projector_round_trip_and_size_check(generator: Generator, encoder: ChunkEncoder, tmp_path: Path) -> None:
+    projector = _compressor(generator, encoder).projector
+    projector.save(tmp_path / "p.pt", note="test")
+    loaded = ChunkProjector.load(tmp_path / "p.pt")
+    feats = torch.randn(5, encoder.feature_dim)
+    torch.testing.assert_close(loaded(feats), projector(feats), rtol=2e-3, atol=2e-3)  # fp16 file
+    assert loaded.settings == {"note": "test"}
+    wrong = ChunkProjector(encoder.feature_dim, 48)
+    with pytest.raises(ValueError, match="train one"):
+        RefragCompressor(generator, wrong, encoder)
+    with pytest.raises(FileNotFoundError, match="bench.refrag_train"):
+        ChunkProjector.load(tmp_path / "missing.pt")
+
+
+def test_the_shipped_projector_fits_the_default_generator() -> None:
+    path = Path(__file__).resolve().parents[2] / "models" / "weights" / "refrag_projector_d896.pt"
+    projector = ChunkProjector.load(path)
+    assert projector.hidden_size == 896 and projector.feature_dim == 768
+    assert 0.3 < projector.norm.item() < 1.0  # Qwen2.5-0.5B's mean token-embedding norm is ~0.51
+    assert "bench.refrag_train" in projector.settings["command"]
+
+
+def test_default_projector_path_names_the_hidden_size(generator: Generator) -> None:
+    assert default_projector_path(generator).name == "refrag_projector_d64.pt"
