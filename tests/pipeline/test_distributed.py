@@ -209,7 +209,7 @@ def test_a_crashed_parser_or_dead_worker_fails_its_document_alone(
 
 
 def test_ray_batch_answers_like_the_local_batch_in_order_and_resumes(
-    ray_local, tmp_path: Path, papers_dir: Path, tiny_settings
+    ray_local, tmp_path: Path, papers_dir: Path, sample_pdf: Path, tiny_settings
 ) -> None:
     settings = tiny_settings(max_new_tokens=4)
     retrieval = RetrievalConfig(**settings["retrieval"])
@@ -218,7 +218,7 @@ def test_ray_batch_answers_like_the_local_batch_in_order_and_resumes(
     library = open_library(storage)
     index = LibraryIndex(library, retrieval, EncoderConfig())
     ingest(
-        [papers_dir / "paperqa__pasa.pdf", papers_dir / "papermage__papermage.pdf"], library,
+        [papers_dir / "paperqa__pasa.pdf", sample_pdf], library,
         parse_config=ParseConfig(**settings["parse"]), chunk_config=ChunkConfig(),
         ingest_config=IngestConfig(workers=1), index=index,
     )  # fmt: skip
@@ -226,7 +226,7 @@ def test_ray_batch_answers_like_the_local_batch_in_order_and_resumes(
         BatchQuestion("What does PaSa stand for?", id="q0"),
         BatchQuestion("Which dataset is used for evaluation?", ("paperqa__pasa.pdf",)),
         BatchQuestion("{not json", error="line 3: not JSON (Expecting property name)"),
-        BatchQuestion("What is PaperMage?", ("papermage__papermage.pdf",), id="q3"),
+        BatchQuestion("Which hash identifies a document?", ("folio-guide.pdf",), id="q3"),
         BatchQuestion("How many agents does the system use?"),
     ]
     answerer = Answerer(library, index, answer, generator, EncoderConfig())
@@ -256,6 +256,7 @@ def test_ray_batch_answers_like_the_local_batch_in_order_and_resumes(
     # A killed run: two answers written, then a line cut short. The rerun answers only the rest.
     out.write_text("".join(json.dumps(x) + "\n" for x in lines[:2]) + '{"index": 3, "question": "Wh')
     seen = []
+    on_ray_args["ray_config"] = RayConfig(answer_workers=1)
     resumed = answer_batch_on_ray(questions, **on_ray_args, on_progress=seen.append)
     assert [p.resumed for p in seen] == [True, True, False, False, False]
     assert [p.done for p in seen] == [1, 2, 3, 4, 5]
