@@ -31,7 +31,7 @@ import socket
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,8 +347,9 @@ class _RayIngest:
         ingest_config: IngestConfig,
         password: str | None,
         notify: Callable[[Progress], None],
-    ) -> Iterator[tuple[int, Path, ParsedDocument | str]]:
-        """Yield (position, path, ParsedDocument | one-line error) as the workers finish."""
+    ) -> Generator[tuple[int, Path, ParsedDocument | str], None, None]:
+        """Yield (position, path, ParsedDocument | one-line error) as the workers finish (the
+        `pipeline.ingest.ParseAll` of this run)."""
         if not todo:
             return
         if self._library_index is not None:
