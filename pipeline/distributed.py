@@ -98,8 +98,10 @@ def ray_session(address: str | None, config: RayConfig) -> Iterator[Any]:
         if address in (None, "local"):
             ray.init(num_cpus=config.local_cpus or os.cpu_count() or 1, include_dashboard=False, **quiet)
         else:
+            if address != "auto":
+                _listening(address)
             ray.init(address=address, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
         raise ConnectionError(
             f"cannot connect to Ray at {address} ({_first_line(exc)}): start it with "
             "`ray start --head`, or give --ray no address for a local Ray"
@@ -108,6 +110,16 @@ def ray_session(address: str | None, config: RayConfig) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _listening(address: str, timeout_s: float = 5.0) -> None:
+    """Raise OSError unless something accepts connections at the address's HOST:PORT.
+
+    NOTE: `ray.init` retries an address where nothing listens for minutes, printing warnings.
+    """
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=timeout_s):
+        pass
 
 
 # ---------------------------------------------------------------------------------- ingest
@@ -352,13 +364,14 @@ class _RayIngest:
         `pipeline.ingest.ParseAll` of this run)."""
         if not todo:
             return
-        if self._library_index is not None:
-            # Opened before the first document is stored: opening after it would replay (and
-            # encode here) that document's chunks from the database.
-            self._library_index.retriever  # noqa: B018
         paths = {i: path for i, path, _ in todo}
         with ray_session(self._address, self._ray_config) as ray:
             from ray.util.queue import Queue
+
+            if self._library_index is not None:
+                # Opened before the first document is stored: opening after it would replay
+                # (and encode here) that document's chunks from the database.
+                self._library_index.retriever  # noqa: B018
 
             events = Queue()
             cpus = self._ray_config.cpus_per_worker

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,20 @@ def test_a_bad_ray_address_is_one_line(command: str, tmp_path: Path, questions_f
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "error: --ray-address 'paper.pdf' is not a Ray address (local, auto, ray://HOST:PORT or HOST:PORT)"
+    ]
+
+
+def test_an_unreachable_ray_is_one_line(tmp_path: Path, config_file: Path, sample_pdf: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"  # nothing listens there once closed
+    base = ["--library", str(tmp_path / "lib"), "--config", str(config_file)]
+    result = runner.invoke(app, [*base, "ingest", str(sample_pdf), "--ray-address", address])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: cannot connect to Ray at {address} ([Errno 111] Connection refused): start it with "
+        "`ray start --head`, or give --ray no address for a local Ray"
     ]
 
 
