@@ -25,6 +25,7 @@ from app.settings import Settings
 from pipeline.answer import Answer, Answerer, resolve_options
 from pipeline.batch import BatchProgress, BatchQuestion, as_batch, load_batch, run_batch
 from pipeline.check import CheckReport, check_library
+from pipeline.distributed import answer_batch_on_ray, check_address, ingest_on_ray
 from pipeline.ingest import IngestResult, Progress, delete_document, find_pdfs, ingest
 from pipeline.library import DocumentInfo, Library, list_documents, open_library
 from pipeline.owners import check_user_name
@@ -115,8 +116,18 @@ class Folio:
         reindex: bool = False,
         password: str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        ray: bool | str = False,
     ) -> list[IngestResult]:
         """Ingest PDFs (files or folders). Bad files are recorded as failed, never raised.
+
+        Args:
+            ray: parse, OCR and embed on Ray workers (this process still stores everything):
+                True for `settings.ray.address` (None: a local Ray started for the call), or
+                an address ("auto", "ray://HOST:10001", "HOST:6379", "local"). Same results.
+
+        Raises:
+            ValueError: `ray` is not a Ray address.
+            ConnectionError: no Ray at that address.
 
         Example:
             >>> [r.status for r in folio.ingest(["a.pdf", "a.pdf"])]
@@ -124,6 +135,23 @@ class Folio:
         """
         files = find_pdfs([Path(p) for p in paths], recursive=recursive)
         s = self.settings
+        if ray:
+            return ingest_on_ray(
+                files,
+                self.library,
+                parse_config=s.parse,
+                chunk_config=s.chunk,
+                ingest_config=s.ingest,
+                retrieval_config=s.retrieval,
+                encoder_config=s.encoders,
+                ray_config=s.ray,
+                address=_ray_address(ray),
+                index=self.index,
+                reindex=reindex,
+                password=password,
+                on_progress=on_progress,
+                owner=self.user,
+            )
         return ingest(
             files,
             self.library,
@@ -248,6 +276,7 @@ class Folio:
         out: str | Path | None = None,
         doc_ids: Sequence[str] | None = None,
         on_progress: Callable[[BatchProgress], None] | None = None,
+        ray: bool | str = False,
         **overrides: Any,
     ) -> list[Answer]:
         """Answer many questions, in order, loading the models once.
@@ -260,6 +289,9 @@ class Folio:
                 or Ctrl-C); at the end it holds one answer per question, in input order.
             doc_ids: Documents for questions that name none.
             on_progress: Called after each question with a `BatchProgress` (done, total, answer).
+            ray: answer with a pool of Ray actors (`settings.ray.answer_workers`, each loading
+                the models once): True or an address, as for `ingest`. Same answers (greedy
+                decoding), same order and resumability.
             **overrides: As for `ask`, for every question.
 
         Returns:
@@ -280,6 +312,22 @@ class Folio:
             batch = load_batch(Path(questions), doc_ids=doc_ids)
         else:
             batch = as_batch(questions, doc_ids=doc_ids)
+        if ray:
+            s = self.settings
+            return answer_batch_on_ray(
+                batch,
+                storage=s.storage,
+                retrieval=s.retrieval,
+                encoders=s.encoders,
+                answer=config,
+                generator=generator,
+                model_cache=s.model_cache,
+                ray_config=s.ray,
+                address=_ray_address(ray),
+                out=Path(out) if out is not None else None,
+                on_progress=on_progress,
+                owner=self.user,
+            )
         answerer = self.answerer
 
         def ask_one(item: BatchQuestion) -> Answer:
@@ -326,3 +374,8 @@ class Folio:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _ray_address(ray: bool | str) -> str | None:
+    """The address a `ray=` argument names (None: the configured one, else a local Ray)."""
+    return check_address(ray) if isinstance(ray, str) else None

@@ -30,6 +30,7 @@ from app.cli_eval import eval_app
 from app.cli_users import user_app
 from app.settings import is_loopback, parse_auth
 from pipeline.config import OcrMode, ParserKind
+from pipeline.distributed import check_address
 from pipeline.ingest import Progress as IngestProgress
 from pipeline.ingest import count_pages, find_pdfs
 from pipeline.library import SchemaMismatchError
@@ -93,6 +94,35 @@ def _main(
     _State.user = user
 
 
+_RayOption = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Run on Ray: a local Ray started for the command, unless --ray-address or "
+        "FOLIO_RAY__ADDRESS names a cluster.",
+    ),
+]
+_RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="The Ray to run on (implies --ray): auto (this machine's cluster), "
+        "ray://HOST:10001 or HOST:6379.",
+    ),
+]
+
+
+def _ray(ray: bool, address: str | None) -> bool | str:
+    """What `Folio.ingest` / `ask_batch` take as `ray=`: False, True, or a checked address."""
+    if address is None:
+        return ray
+    try:
+        return check_address(address)
+    except ValueError as exc:
+        raise _fail(f"--ray-address {exc}") from None
+
+
 @app.command("ingest")
 def ingest_command(
     paths: Annotated[list[Path], typer.Argument(help="PDF files or folders.")],
@@ -102,12 +132,23 @@ def ingest_command(
     reindex: Annotated[bool, typer.Option("--reindex", help="Parse and index again even if unchanged.")] = False,
     password: Annotated[str | None, typer.Option(help="Password for encrypted PDFs.")] = None,
     workers: Annotated[int | None, typer.Option(help="Parser processes.")] = None,
+    ray: _RayOption = False,
+    ray_address: _RayAddressOption = None,
+    ray_workers: Annotated[
+        int | None, typer.Option("--ray-workers", min=1, help="Ray actors parsing and embedding (default 2).")
+    ] = None,
 ) -> None:
-    """Ingest PDFs into the library (the same bytes are ingested once)."""
+    """Ingest PDFs into the library (the same bytes are ingested once).
+
+    With --ray, Ray actors parse (OCR included) and embed the documents; this process stores them.
+    """
     parse = {k: v for k, v in {"ocr": ocr, "parser": parser}.items() if v is not None}
     overrides = {"parse": parse} if parse else {}
     if workers is not None:
         overrides["ingest"] = {"workers": workers}
+    if ray_workers is not None:
+        overrides["ray"] = {"ingest_workers": ray_workers}
+    use_ray = _ray(ray, ray_address)
     folio = _folio(**overrides)
     try:
         files = find_pdfs(paths, recursive=recursive)
@@ -140,7 +181,9 @@ def ingest_command(
                     bar.console.print(f"[red]failed[/red] {result.error}", highlight=False)
 
         try:
-            folio.ingest(files, reindex=reindex, password=password, on_progress=on_progress)
+            folio.ingest(files, reindex=reindex, password=password, on_progress=on_progress, ray=use_ray)
+        except ConnectionError as exc:
+            raise _fail(str(exc)) from None
         except KeyboardInterrupt:
             raise _fail("interrupted: documents finished so far are stored; run the same command to finish") from None
         finally:
@@ -376,12 +419,21 @@ def batch_command(
     no_context: _NoContext = False,
     k: _KOption = None,
     budget: _BudgetOption = None,
+    ray: _RayOption = False,
+    ray_address: _RayAddressOption = None,
+    ray_workers: Annotated[
+        int | None, typer.Option("--ray-workers", min=1, help="Ray actors answering, each loading the models (default 1).")
+    ] = None,
 ) -> None:
-    """Answer every question of a file, in order; rerun the same command to resume."""
+    """Answer every question of a file, in order; rerun the same command to resume.
+
+    With --ray, a pool of Ray actors answers; the output keeps input order and resumes the same way.
+    """
     overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget)
     if not questions.is_file():
         raise _fail(f"{questions}: no such file")
-    folio = _folio()
+    use_ray = _ray(ray, ray_address)
+    folio = _folio(**({"ray": {"answer_workers": ray_workers}} if ray_workers is not None else {}))
     try:
         with Progress(*_bar_columns(), console=err) as bar:
             task = bar.add_task("questions", total=None, rate="")
@@ -389,8 +441,8 @@ def batch_command(
             def on_progress(event) -> None:
                 bar.update(task, total=event.total, completed=event.done)
 
-            answers = folio.ask_batch(questions, out=out, doc_ids=doc, on_progress=on_progress, **overrides)
-    except (ValueError, TypeError) as exc:
+            answers = folio.ask_batch(questions, out=out, doc_ids=doc, on_progress=on_progress, ray=use_ray, **overrides)
+    except (ValueError, TypeError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         raise _fail(f"interrupted: answers so far are in {out}; run the same command to finish") from None
@@ -533,3 +585,7 @@ def main() -> None:
             raise
         err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}".splitlines()[0], highlight=False)
         sys.exit(1)
+
+
+if __name__ == "__main__":  # `python -m app.cli ...` runs this checkout's CLI
+    main()

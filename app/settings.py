@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.config import EncoderConfig, GeneratorConfig
-from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, ParseConfig
+from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, ParseConfig, RayConfig
 from retrieval.config import RetrievalConfig
 from storage.config import StorageConfig
 
@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
     model_cache: Path | None = Field(
         default=None,
         description="Folder of converted packaged models (default: <library>/models); point "

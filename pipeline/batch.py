@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,15 @@ from pipeline.answer import Answer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BatchProgress", "BatchQuestion", "as_batch", "load_batch", "run_batch"]
+__all__ = [
+    "BatchProgress",
+    "BatchQuestion",
+    "answer_one",
+    "as_batch",
+    "load_batch",
+    "run_batch",
+    "run_batch_parallel",
+]
 
 
 @dataclass(frozen=True)
@@ -141,37 +149,81 @@ def run_batch(
     Returns:
         One `Answer` per question, in input order.
     """
+
+    def answer_in_order(todo: Sequence[tuple[int, BatchQuestion]]) -> Iterator[tuple[int, Answer]]:
+        for position, item in todo:
+            yield position, answer_one(item, ask)
+
+    return run_batch_parallel(questions, answer_in_order, out=out, on_progress=on_progress)
+
+
+def run_batch_parallel(
+    questions: Sequence[BatchQuestion],
+    answer_all: Callable[[Sequence[tuple[int, BatchQuestion]]], Iterable[tuple[int, Answer]]],
+    *,
+    out: Path | None = None,
+    on_progress: Callable[[BatchProgress], None] | None = None,
+) -> list[Answer]:
+    """`run_batch` for answers made in any order, e.g. by a pool of workers.
+
+    Args:
+        questions: The batch.
+        answer_all: Gets the (position, question) pairs not already answered in `out`, in
+            input order, and yields one (position, answer) for each as it is made (use
+            `answer_one` to turn a failure into its answer).
+        out: JSONL file the answers are appended to as they come (each with its position), and
+            resumed from; rewritten in input order at the end.
+        on_progress: Called after every question; answers found in `out` are reported in input
+            order among the new ones.
+
+    Returns:
+        One `Answer` per question, in input order.
+    """
     total = len(questions)
     done = _read_done(out, questions) if out is not None else {}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_lines(out, [_line(i, done[i]) for i in sorted(done)])  # drops a cut-off line
-    answers: list[Answer] = []
+    answers: dict[int, Answer] = dict(done)
+    resumed = iter(sorted(done))
+    next_resumed = next(resumed, total)
+    reported = 0
+
+    def report(position: int, answer: Answer, was_resumed: bool) -> None:
+        nonlocal reported
+        reported += 1
+        if on_progress is not None:
+            on_progress(BatchProgress(reported, total, answer, was_resumed))
+
     handle = out.open("a", encoding="utf-8") if out is not None else None
+    made = iter(answer_all([(i, item) for i, item in enumerate(questions) if i not in done]))
     try:
-        for position, item in enumerate(questions):
-            if position in done:
-                answer, resumed = done[position], True
-            else:
-                answer, resumed = _answer_one(item, ask), False
-                if handle is not None:
-                    handle.write(_line(position, answer) + "\n")
-                    handle.flush()
-            answers.append(answer)
-            if on_progress is not None:
-                on_progress(BatchProgress(position + 1, total, answer, resumed))
+        for position, answer in made:
+            if handle is not None:
+                handle.write(_line(position, answer) + "\n")
+                handle.flush()
+            answers[position] = answer
+            while next_resumed < position:
+                report(next_resumed, answers[next_resumed], True)
+                next_resumed = next(resumed, total)
+            report(position, answer, False)
+        while next_resumed < total:
+            report(next_resumed, answers[next_resumed], True)
+            next_resumed = next(resumed, total)
     finally:
+        if hasattr(made, "close"):
+            made.close()  # a generator stops its workers now, not when it is collected
         if handle is not None:
             handle.close()
+    assert len(answers) == total, "answer_all must yield one answer per question it was given"
+    ordered = [answers[i] for i in range(total)]
     if out is not None:
-        _write_lines(out, [_line(i, a) for i, a in enumerate(answers)])
-    return answers
+        _write_lines(out, [_line(i, a) for i, a in enumerate(ordered)])
+    return ordered
 
 
-# ------------------------------------------------------------------------------- helpers
-
-
-def _answer_one(item: BatchQuestion, ask: Callable[[BatchQuestion], Answer]) -> Answer:
+def answer_one(item: BatchQuestion, ask: Callable[[BatchQuestion], Answer]) -> Answer:
+    """`ask(item)`, or an `Answer` recording why the question could not be answered."""
     if item.error is not None:
         return Answer.failed(item.question, item.error, doc_ids=item.doc_ids or (), id=item.id)
     try:
@@ -180,6 +232,9 @@ def _answer_one(item: BatchQuestion, ask: Callable[[BatchQuestion], Answer]) -> 
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         logger.warning("question %r failed: %s", item.question[:80], message)
         return Answer.failed(item.question, message, doc_ids=item.doc_ids or (), id=item.id)
+
+
+# ------------------------------------------------------------------------------- helpers
 
 
 def _from_mapping(

@@ -78,6 +78,36 @@ class IngestConfig(BaseModel):
     )
 
 
+class RayConfig(BaseModel):
+    """Ray, for `folio ingest --ray` and `folio batch --ray` (without --ray it is never used)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str | None = Field(
+        default=None,
+        description="Ray to use when --ray gives no address: 'auto' (the cluster this machine "
+        "belongs to), 'ray://HOST:10001' (Ray Client) or 'HOST:6379'; None: start a local Ray "
+        "for the run.",
+    )
+    ingest_workers: int = Field(
+        default=2, ge=1, description="Ingest actors (each parses and embeds one document at a time)."
+    )
+    answer_workers: int = Field(
+        default=1,
+        ge=1,
+        description="Answering actors of `folio batch --ray` (each loads the generator once).",
+    )
+    cpus_per_worker: float = Field(
+        default=1.0, gt=0, description="CPUs Ray reserves for each actor (and its torch threads)."
+    )
+    gpus_per_answer_worker: float = Field(
+        default=0.0, ge=0, description="GPUs Ray reserves for each answering actor (0: none)."
+    )
+    local_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs a local Ray may use (None: all of this machine's)."
+    )
+
+
 class ContextMode(enum.StrEnum):
     """Where an answer's evidence comes from."""
 

@@ -8,10 +8,11 @@ the same command again finishes the job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +41,14 @@ class ChunkIndex(Protocol):
 
     def flush(self) -> None:
         """Persist what changed."""
+
+
+# (todo: [(position, path, doc_id)], library, parse, ingest, password, notify) ->
+# (position, path, ParsedDocument | one-line error) for each document, in any order.
+ParseAll = Callable[
+    [list[tuple[int, Path, str]], Library, ParseConfig, IngestConfig, str | None, Callable],
+    Generator[tuple[int, Path, ParsedDocument | str], None, None],
+]
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,7 @@ def ingest(
     password: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     owner: str | None = None,
+    parse_all: ParseAll | None = None,
 ) -> list[IngestResult]:
     """Ingest PDFs into the library; one result per path, in order. Never raises for bad input.
 
@@ -110,6 +120,8 @@ def ingest(
         on_progress: called in this process for every parsed page and finished document.
         owner: the user whose library the documents join (None: the local user); the same
             bytes make a separate document per owner (`pipeline.owners.owned_doc_id`).
+        parse_all: what parses the documents to store (default: local worker processes;
+            `pipeline.distributed` passes Ray workers). This process stores every one of them.
     """
     notify = on_progress or (lambda _event: None)
     owner_key = owner_id(library, owner, create=True)
@@ -140,14 +152,21 @@ def ingest(
         busy.release()
     busy.acquire(shared=True)
     try:
-        for i, path, outcome in _parse_all(todo, library, parse_config, ingest_config, password, notify):
-            if isinstance(outcome, ParsedDocument):
-                results[i] = _store(outcome, path, library, chunk_config, ingest_config, index, owner_key)
-            else:
-                doc_id = next(d for j, _, d in todo if j == i)
-                results[i] = _record_failure(library, doc_id, path, outcome, parser_version, owner_key)
-                logger.info("%s", outcome)
-            notify(Progress("document", path, result=results[i]))
+        parsed = (parse_all or _parse_all)(todo, library, parse_config, ingest_config, password, notify)
+        # NOTE: closed on the way out (Ctrl-C, an error storing), so its workers stop now.
+        with contextlib.closing(parsed):
+            for i, path, outcome in parsed:
+                if isinstance(outcome, ParsedDocument):
+                    results[i] = _store(
+                        outcome, path, library, chunk_config, ingest_config, index, owner_key
+                    )
+                else:
+                    doc_id = next(d for j, _, d in todo if j == i)
+                    results[i] = _record_failure(
+                        library, doc_id, path, outcome, parser_version, owner_key
+                    )
+                    logger.info("%s", outcome)
+                notify(Progress("document", path, result=results[i]))
     finally:
         busy.release()
         # NOTE: saved once per run, not per document; a crash before this is repaired when the
@@ -336,11 +355,7 @@ def _write_document(
             if block_rows
             else []
         )
-        refs = [
-            BlockRef(bid, row["page"], row["kind"], row["text"], row["caption_of"], row["reading_order"])
-            for bid, row in zip(block_ids, block_rows, strict=True)
-        ]
-        drafts = chunk_blocks(refs, chunk_config)
+        drafts = chunk_blocks(_block_refs(block_ids, block_rows), chunk_config)
         chunk_rows = [_chunk_row(doc_id, d) for d in drafts]
         if chunk_rows:
             session.execute(insert(Chunk), chunk_rows)
@@ -350,6 +365,21 @@ def _write_document(
             shutil.rmtree(final, ignore_errors=True)
             partial.rename(final)
     return old_chunk_ids, chunk_rows
+
+
+def chunk_texts(parsed: ParsedDocument, config: ChunkConfig) -> list[tuple[str, str]]:
+    """The (chunk_id, text) pairs storing `parsed` will index, computed without the database
+    (chunk ids and texts do not depend on the block ids the database assigns)."""
+    block_rows = [_block_row(parsed.doc_id, p.number, b) for p in parsed.pages for b in p.blocks]
+    drafts = chunk_blocks(_block_refs(range(len(block_rows)), block_rows), config)
+    return [(row["id"], row["text"]) for row in (_chunk_row(parsed.doc_id, d) for d in drafts)]
+
+
+def _block_refs(block_ids: Iterable[int], block_rows: list[dict]) -> list[BlockRef]:
+    return [
+        BlockRef(bid, row["page"], row["kind"], row["text"], row["caption_of"], row["reading_order"])
+        for bid, row in zip(block_ids, block_rows, strict=True)
+    ]
 
 
 def _page_row(doc_id: str, page) -> dict:

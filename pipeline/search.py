@@ -34,7 +34,14 @@ from sqlalchemy import select
 from models.config import EncoderConfig
 from pipeline.eval_retrieval import make_encoders
 from pipeline.owners import owned_chunk_ids, owner_clause
-from retrieval import Hit, HybridRetriever, IndexMismatchError, RetrievalConfig, RetrievalMode
+from retrieval import (
+    EncodedChunks,
+    Hit,
+    HybridRetriever,
+    IndexMismatchError,
+    RetrievalConfig,
+    RetrievalMode,
+)
 from storage import Chunk, Document, DocumentStatus, FileLock, Library
 
 logger = logging.getLogger(__name__)
@@ -85,6 +92,17 @@ def index_parts(config: RetrievalConfig) -> list[str]:
     if config.fusion.splade_weight > 0 or config.mode == RetrievalMode.SPLADE:
         parts.append("splade")
     return parts
+
+
+def index_encoders(retrieval: RetrievalConfig, encoders: EncoderConfig) -> tuple:
+    """The (dense, SPLADE) encoders of a library's index (None where it keeps no such part).
+
+    `HybridRetriever.create(dense_encoder=..., sparse_encoder=..., config=retrieval)` with them
+    encodes chunks exactly as `LibraryIndex.add` does, away from the index (e.g. on Ray workers;
+    then `LibraryIndex.add_encoded`).
+    """
+    modes = [RetrievalMode(p) for p in index_parts(retrieval)]
+    return make_encoders(modes, retrieval, encoders)
 
 
 class _ReadWriteLock:
@@ -264,8 +282,7 @@ class LibraryIndex:
 
     def _encoder_objects(self) -> tuple:
         if self._encoder_pair is None:
-            modes = [RetrievalMode(p) for p in index_parts(self._config)]
-            self._encoder_pair = make_encoders(modes, self._config, self._encoders)
+            self._encoder_pair = index_encoders(self._config, self._encoders)
         return self._encoder_pair
 
     def _load_or_create(self) -> tuple[HybridRetriever, bool]:
@@ -396,7 +413,12 @@ class LibraryIndex:
         if not new:
             return
         logger.info("index: adding %d chunks", len(new))
-        encoded = retriever.encode_chunks(new)  # the slow part, outside every lock
+        self.add_encoded(retriever.encode_chunks(new))  # encoding is the slow part, outside every lock
+
+    def add_encoded(self, encoded: EncodedChunks) -> None:
+        """Add chunks encoded elsewhere with this index's encoders (see `index_encoders`); ids
+        already in the index are skipped, as in `add`. Their documents must be stored."""
+        self.retriever  # noqa: B018 - opens (and reconciles) on first use
         with self._library.sessions() as session:
             versions = {
                 did: document_version(created)
@@ -413,7 +435,7 @@ class LibraryIndex:
                 current.add_encoded(encoded, only={cid for cid in encoded.ids if cid not in current})
             self._versions.update(versions)
             self._dirty = True
-        logger.info("index: added %d chunks", len(new))
+        logger.info("index: added %d chunks", len(encoded.ids))
 
     def remove(self, chunk_ids: Sequence[str]) -> None:
         if chunk_ids:
