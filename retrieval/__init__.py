@@ -14,8 +14,11 @@ from .config import (
     FusionConfig,
     Normalization,
     PRFConfig,
+    RefineKind,
     RetrievalConfig,
     RetrievalMode,
+    ShardBackend,
+    ShardingConfig,
     SpladeConfig,
 )
 from .dense import DenseIndex
@@ -32,11 +35,12 @@ from .evaluate import (
 from .fusion import fuse, fuse_arrays, fuse_rrf, normalize
 from .hybrid import EncodedChunks, EncodedQuery, HybridRetriever, SavedIndex, inspect_saved
 from .prf import rm3, rocchio_dense, rocchio_sparse
-from .sparse import BM25Index, SpladeIndex
+from .sparse import BM25Index, BM25Stats, SpladeIndex
 
 __all__ = [
     "BM25Config",
     "BM25Index",
+    "BM25Stats",
     "BeirCollection",
     "DenseConfig",
     "DenseEncoder",
@@ -50,9 +54,12 @@ __all__ = [
     "IndexMismatchError",
     "Normalization",
     "PRFConfig",
+    "RefineKind",
     "RetrievalConfig",
     "RetrievalMode",
     "SavedIndex",
+    "ShardBackend",
+    "ShardingConfig",
     "SparseEncoder",
     "SpladeConfig",
     "SpladeIndex",
