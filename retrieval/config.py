@@ -99,8 +99,9 @@ class DenseConfig(BaseModel):
     ivfpq_threshold: int = Field(
         default=200_000,
         ge=1,
-        description="With index='auto', switch from HNSW to IVF-PQ at this size (the quantisers "
-        "are trained once, then); an IVF-PQ index stays one until it shrinks below half of this.",
+        description="Switch to IVF-PQ at this size, from HNSW with index='auto' and from exact "
+        "with index='ivfpq' (the quantisers are trained once, then, on a sample); with 'auto' an "
+        "IVF-PQ index stays one until it shrinks below half of this.",
     )
     ivfpq_nlist: int | None = Field(
         default=None,

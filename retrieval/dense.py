@@ -13,10 +13,12 @@ as its own file beside the `.npz` and memory-mapped on load.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -87,6 +89,20 @@ class DenseIndex:
         if isinstance(self._index, faiss.IndexHNSW):
             return DenseIndexKind.HNSW
         return DenseIndexKind.FLAT
+
+    def with_config(self, config: DenseConfig) -> DenseIndex:
+        """A view on the same index with other query-time settings (nprobe, refine factor,
+        efSearch); for experiments, since changes to the view change the index too.
+
+        Raises:
+            ValueError: If `config` changes a build-time setting.
+        """
+        query_time = {"hnsw_ef_search", "ivfpq_nprobe", "ivfpq_refine_factor"}
+        if config.model_dump(exclude=query_time) != self._config.model_dump(exclude=query_time):
+            raise ValueError(f"with_config changes only {sorted(query_time)}; rebuild for others")
+        view = copy.copy(self)
+        view._config = config
+        return view
 
     @property
     def memory_mapped(self) -> bool:
@@ -364,13 +380,13 @@ class DenseIndex:
         cfg = self._config
         trained = self._trained is not None
         # NOTE: PQ codebooks need vectors to train on; until there are enough, the index is exact.
-        can_train = n >= self._min_train()
+        can_train = n >= max(self._min_train(), cfg.ivfpq_threshold)
         if cfg.index == DenseIndexKind.IVFPQ:
             return DenseIndexKind.IVFPQ if trained or can_train else DenseIndexKind.FLAT
         if cfg.index != DenseIndexKind.AUTO:
             return cfg.index
         # Half the threshold back down, so that a library hovering at it does not retrain.
-        if (n >= cfg.ivfpq_threshold and can_train) or (trained and n >= cfg.ivfpq_threshold // 2):
+        if can_train or (trained and n >= cfg.ivfpq_threshold // 2):
             return DenseIndexKind.IVFPQ
         return DenseIndexKind.HNSW if n >= cfg.hnsw_threshold else DenseIndexKind.FLAT
 
@@ -397,12 +413,14 @@ class DenseIndex:
         refine = "SQfp16" if cfg.ivfpq_refine == RefineKind.FP16 else "SQ8"
         spec = f"IVF{nlist},PQ{self._pq_m()}x{cfg.ivfpq_bits},Refine({refine})"
         logger.info("dense index: training %s on %d vectors", spec, len(sample))
+        start = time.perf_counter()
         index = faiss.index_factory(self._dim, spec, faiss.METRIC_INNER_PRODUCT)
         # NOTE: the factory turns on polysemous training, which orders PQ codes for Hamming
-        # pre-filtering that we never use; it was 99% of training time (faiss 1.15.1).
+        # pre-filtering that we never use; it took most of the training time (faiss 1.15.1).
         faiss.downcast_index(index.base_index).do_polysemous_training = False
         index.train(sample)
         self._trained = faiss.serialize_index(index)
+        logger.info("dense index: trained in %.1f s", time.perf_counter() - start)
 
     def _new_index(self, kind: DenseIndexKind) -> faiss.Index:
         if kind == DenseIndexKind.IVFPQ:

@@ -38,6 +38,7 @@ def ivfpq(**overrides) -> DenseConfig:
     """Small IVF-PQ settings: 32-centroid codebooks train on a few thousand vectors."""
     settings = dict(
         index=DenseIndexKind.IVFPQ,
+        ivfpq_threshold=1,
         ivfpq_m=8,
         ivfpq_bits=5,
         ivfpq_nlist=32,
@@ -115,6 +116,13 @@ def test_explicit_ivfpq_is_exact_until_it_can_train(make_dense_encoder) -> None:
     index.add_vectors([f"v{i}" for i in range(100, 300)], vecs[100:])
     assert index.kind == DenseIndexKind.IVFPQ
     assert len(index) == 300
+    # with a threshold, it trains once the index reaches it (on a sample of all it holds)
+    later = DenseIndex(make_dense_encoder(dim=D), ivfpq(ivfpq_threshold=1000))
+    more = clustered(1200)
+    later.add_vectors([f"v{i}" for i in range(999)], more[:999])
+    assert later.kind == DenseIndexKind.FLAT
+    later.add_vectors([f"v{i}" for i in range(999, 1200)], more[999:])
+    assert later.kind == DenseIndexKind.IVFPQ and len(later) == 1200
 
 
 def test_ivfpq_m_must_divide_the_dimension(make_dense_encoder) -> None:
@@ -156,6 +164,13 @@ def test_ivfpq_deletes_filters_and_reconstruct(make_dense_encoder, monkeypatch) 
     assert index.delete(["v7", "v8", "nope"]) == 2
     hits = index.search_encoded(vecs[7], 50)
     assert {"v7", "v8"}.isdisjoint(h.chunk_id for h in hits) and len(hits) == 50
+
+    # query-time settings change on a view; build-time ones need a rebuild
+    wide = index.with_config(index.config.model_copy(update={"ivfpq_refine_factor": 64}))
+    assert wide._index is index._index
+    assert wide.search_encoded(vecs[9], 1)[0].chunk_id == "v9"
+    with pytest.raises(ValueError, match="rebuild"):
+        index.with_config(index.config.model_copy(update={"ivfpq_m": 4}))
 
     # vectors() returns the fp16 copy: within fp16 rounding of what was added
     np.testing.assert_allclose(index.vectors(["v1", "v2"]), vecs[1:3], atol=2e-3)
