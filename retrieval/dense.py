@@ -92,7 +92,7 @@ class DenseIndex:
 
     def with_config(self, config: DenseConfig) -> DenseIndex:
         """A view on the same index with other query-time settings (nprobe, refine factor,
-        efSearch); for experiments, since changes to the view change the index too.
+        efSearch), for experiments: search the view, change only the original.
 
         Raises:
             ValueError: If `config` changes a build-time setting.
@@ -113,9 +113,15 @@ class DenseIndex:
         """Bytes the FAISS index holds (its serialised size: codes, ids, centroids, graph)."""
         if self.kind == DenseIndexKind.FLAT:
             return int(self._index.ntotal) * self._dim * 4
-        writer = faiss.VectorIOWriter()
-        faiss.write_index(self._index, writer)
-        return int(writer.data.size())
+        size = 0
+
+        def count(chunk: bytes) -> int:
+            nonlocal size
+            size += len(chunk)
+            return len(chunk)
+
+        faiss.write_index(self._index, faiss.PyCallbackIOWriter(count))  # counts, keeps nothing
+        return size
 
     def retrain(self) -> None:
         """Train the IVF-PQ quantisers again on a fresh sample and re-add every vector.
