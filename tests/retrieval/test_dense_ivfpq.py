@@ -254,3 +254,38 @@ def test_hybrid_save_keeps_the_faiss_file_with_its_generation(
     assert any("FAISS" in p for p in inspect_saved(tmp_path).problems)
     with pytest.raises(FileNotFoundError):
         HybridRetriever.load(tmp_path, dense_encoder=encoder, config=cfg)
+
+
+def test_a_save_cut_short_after_the_faiss_file_leaves_the_previous_one_whole(
+    tmp_path: Path, corpus, make_dense_encoder, monkeypatch
+) -> None:
+    cfg = RetrievalConfig(dense=ivfpq(ivfpq_m=4, ivfpq_nlist=4))
+    encoder = make_dense_encoder(dim=D)
+    retriever = HybridRetriever.create(dense_encoder=encoder, config=cfg)
+    retriever.add([(f"{cid}-{i}", f"{text} copy {i}") for i in range(40) for cid, text in corpus])
+    first = retriever.save(tmp_path)
+    loaded = HybridRetriever.load(tmp_path, dense_encoder=encoder, config=cfg)
+    q = "propeller slipstream"
+    want = loaded.search(q, 5, mode="dense")
+    retriever.delete(["c1-0"])
+
+    def crash(*_args, **_kwargs) -> None:
+        raise OSError("disk full")
+
+    # The FAISS file of the new save is written, then its npz fails: `first` stays current.
+    monkeypatch.setattr(dense_module, "write_npz", crash)
+    with pytest.raises(OSError):
+        retriever.save(tmp_path)
+    saved = inspect_saved(tmp_path)
+    assert saved.generation == first and not saved.problems
+    stray = sorted(p.name for p in saved.stray)  # the unfinished save's bm25 and FAISS files
+    assert len(stray) == 2 and stray[0].startswith("bm25.") and stray[1].startswith("dense.")
+    assert stray[1].endswith(".faiss") and first not in stray[1]
+    monkeypatch.undo()
+    second = retriever.save(tmp_path)
+    assert not inspect_saved(tmp_path).stray
+    assert not (tmp_path / f"dense.{first}.faiss").exists()
+    # the index mapped from the first save's file still answers after that file is gone
+    assert loaded.dense.memory_mapped and loaded.search(q, 5, mode="dense") == want
+    reloaded = HybridRetriever.load(tmp_path, dense_encoder=encoder, config=cfg)
+    assert "c1-0" not in reloaded and HybridRetriever.saved_generation(tmp_path) == second
