@@ -40,6 +40,8 @@ import logging
 import re
 import resource
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -429,39 +431,49 @@ def run(
     nprobe: int = 32,
     refine_factor: int = 8,
     shards: int = 2,
+    part: str = "all",
     skip_sharded: bool = False,
 ) -> dict[str, Any]:
-    """Build, measure and return every number (see the module docstring)."""
+    """Build, measure and return every number (see the module docstring).
+
+    `part`: "single" (the unsharded index), "sharded", or "all": both, the sharded part in a
+    child process so that each part's memory is its own (a process keeps freed memory).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     if not _PEAK.is_alive():
         _PEAK.start()
-    out: dict[str, Any] = {"chunks": chunks, "queries": queries, "seed": seed}
+    settings = {"chunks": chunks, "queries": queries, "seed": seed, "topics": topics}
+    settings |= {"vocab": vocab, "spread": spread}
+    out: dict[str, Any] = dict(settings)
     corpus = Corpus(chunks, topics=topics, vocab=vocab, seed=seed, spread=spread)
     q_texts, q_vecs = corpus.queries(queries)
 
     # --- vectors, to a file (so the exact search and the shards re-read them) -------------
     start = time.perf_counter()
-    vec_path = workdir / "vectors.f32"
-    vectors = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(chunks, D))
-    topic_of = np.zeros(chunks, dtype=np.int32)
-    for b, a, size in _batches(chunks):
-        topic_of[a : a + size], vectors[a : a + size] = corpus.batch(b, size)
-    vectors.flush()
-    out["generate_vectors_s"] = time.perf_counter() - start
+    vectors, topic_of, reused = _vectors(corpus, workdir, settings)
+    out["generate_vectors_s"] = None if reused else time.perf_counter() - start
     out["vector_stats"] = describe_vectors(np.asarray(vectors[:3000]))
-    logger.info("vectors: %.1f s, %s", out["generate_vectors_s"], out["vector_stats"])
+    logger.info("vectors: %s s, %s", out["generate_vectors_s"], out["vector_stats"])
 
     start = time.perf_counter()
     exact = exact_top(vectors, q_vecs, 10)
     out["exact_search_s"] = time.perf_counter() - start
-
-    # --- dense IVF-PQ ------------------------------------------------------------------------
+    reference = workdir / "reference.json"  # the unsharded hybrid top 10, for the shards
     dense_cfg = DenseConfig(
         index=DenseIndexKind.IVFPQ,
         ivfpq_threshold=int(chunks * 0.95),  # shards: trains once 95% are in, then appends
         ivfpq_nprobe=nprobe,
         ivfpq_refine_factor=refine_factor,
     )
+    if part == "sharded":
+        hybrid_top = json.loads(reference.read_text()) if reference.is_file() else None
+        out["sharded"] = _sharded(
+            corpus, vectors, topic_of, shards, dense_cfg, q_texts, q_vecs, exact, hybrid_top
+        )
+        out["sharded"]["peak"] = _mem()
+        return out
+
+    # --- dense IVF-PQ ------------------------------------------------------------------------
     trained = _TrainTime()
     logging.getLogger("retrieval.dense").addHandler(trained)
     mem0 = _mem()
@@ -575,13 +587,45 @@ def run(
     gc.collect()
     out["mem_after_free"] = _mem()
 
-    # --- sharded, in process -------------------------------------------------------------------
-    if not skip_sharded:
-        out["sharded"] = _sharded(
-            corpus, vectors, topic_of, shards, dense_cfg, q_texts, q_vecs, exact, hybrid_top
+    out["peak"] = _mem()
+    reference.write_text(json.dumps(hybrid_top))
+
+    # --- sharded, in process, in a child process -----------------------------------------------
+    if part == "all" and not skip_sharded:
+        child = workdir / "sharded.json"
+        args = [f"--{k}={v}" for k, v in settings.items()]
+        args += [f"--nprobe={nprobe}", f"--refine-factor={refine_factor}", f"--shards={shards}"]
+        subprocess.run(
+            [sys.executable, "-m", "bench.scale", *args, "--part=sharded"]
+            + [f"--workdir={workdir}", f"--json={child}"],
+            check=True,
         )
-    out["total_peak"] = _mem()
+        out["sharded"] = json.loads(child.read_text())["sharded"]
     return out
+
+
+def _vectors(
+    corpus: Corpus, workdir: Path, settings: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The chunk vectors [N, D] (a memory-mapped file) and topics [N], generated or, when the
+    folder holds those of the same settings, reused (and True)."""
+    vec_path, topic_path, meta = (
+        workdir / "vectors.f32",
+        workdir / "topics.npy",
+        workdir / "vectors.json",
+    )
+    if meta.is_file() and json.loads(meta.read_text()) == settings:
+        return np.load(vec_path, mmap_mode="r"), np.load(topic_path), True
+    meta.unlink(missing_ok=True)
+    n = corpus.n
+    vectors = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(n, D))
+    topic_of = np.zeros(n, dtype=np.int32)
+    for b, a, size in _batches(n):
+        topic_of[a : a + size], vectors[a : a + size] = corpus.batch(b, size)
+    vectors.flush()
+    np.save(topic_path, topic_of)
+    meta.write_text(json.dumps(settings))
+    return vectors, topic_of, False
 
 
 def _sharded(
@@ -593,7 +637,7 @@ def _sharded(
     q_texts: list[str],
     q_vecs: np.ndarray,
     exact: list[list[str]],
-    hybrid_top: list[list[str]],
+    hybrid_top: list[list[str]] | None,
 ) -> dict[str, Any]:
     """The same library over `shards` in-process shards: build, latency, recall."""
     n = len(vectors)
@@ -632,7 +676,8 @@ def _sharded(
     dense_hits = [[h.chunk_id for h in split.search_encoded(q, 10, mode="dense")] for q in encoded]
     out["recall@10"] = _recall(dense_hits, exact)
     hybrid = [[h.chunk_id for h in split.search_encoded(q, 10, mode="hybrid")] for q in encoded]
-    out["hybrid_top10_overlap_with_unsharded"] = _recall(hybrid, hybrid_top)
+    if hybrid_top is not None:
+        out["hybrid_top10_overlap_with_unsharded"] = _recall(hybrid, hybrid_top)
     lat = {}
     for mode in ("dense", "bm25", "hybrid", "hybrid-prf"):
         lat[mode] = _latency(
@@ -658,6 +703,7 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--refine-factor", type=int, default=8)
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--part", choices=["all", "single", "sharded"], default="all")
     parser.add_argument("--skip-sharded", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/folio-scale"))
     parser.add_argument("--json", type=Path, default=None)
@@ -674,6 +720,7 @@ def main() -> None:
         nprobe=args.nprobe,
         refine_factor=args.refine_factor,
         shards=args.shards,
+        part=args.part,
         skip_sharded=args.skip_sharded,
     )
     text = json.dumps(result, indent=2)
