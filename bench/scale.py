@@ -1,7 +1,10 @@
 """Scale benchmark (issue 10): a synthetic library of N chunks (default 1M), run by hand.
 
-    nice -n 5 .venv/bin/python -m bench.scale --chunks 1000000 --workdir /tmp/folio-scale \\
-        --json /tmp/folio-scale/scale.json
+    OMP_WAIT_POLICY=PASSIVE nice -n 5 .venv/bin/python -m bench.scale --chunks 1000000 \\
+        --workdir /tmp/folio-scale --json /tmp/folio-scale/scale.json
+
+(`OMP_WAIT_POLICY=PASSIVE`: FAISS's OpenMP threads spin while waiting, which is very slow when
+other processes hold the cores.)
 
 Measures, on one machine: build time of the dense IVF-PQ index (training and adding) and of
 BM25 (analysis and indexing); vector-index bytes and process memory; p50/p95 latency of dense,
@@ -18,7 +21,7 @@ The data (deterministic for a --seed):
   (all-MiniLM-L6-v2) vectors of ../shared/data/ir chunks, which have an eigenvalue decay of
   i^-0.84, a participation-ratio dimension of 62, a mean random-pair cosine of 0.054, a mean
   vector of norm 0.23 and a mean nearest-neighbour cosine of 0.68 among the 3,000. The generator
-  gives 0.85, ~55, ~0.06, ~0.25 and ~0.65 on the same measures (`describe_vectors`).
+  gives 0.87, 59, 0.050, 0.22 and 0.63 on the same measures (`describe_vectors`).
 - Text: a vocabulary of --vocab words, the 100 most common English words first and then
   pseudo-words of 1 to 4 syllables (longer ones rarer), drawn with Zipf-Mandelbrot frequencies
   p(r) ~ 1 / (r + 2.7) (the classic English fit); each topic (the chunk's mixture centre) has
