@@ -1,7 +1,8 @@
 """Retrieval: text in, `list[Hit]` out.
 
 BM25 and learned sparse (`sparse`), dense + FAISS (`dense`), score fusion (`fusion`),
-pseudo-relevance feedback (`prf`), their composition (`hybrid`), and metrics (`evaluate`).
+pseudo-relevance feedback (`prf`), their composition (`hybrid`), the same over shards
+(`sharded`), and metrics (`evaluate`).
 Encoders come in from `models` through the `DenseEncoder` / `SparseEncoder` protocols.
 """
 
@@ -14,8 +15,11 @@ from .config import (
     FusionConfig,
     Normalization,
     PRFConfig,
+    RefineKind,
     RetrievalConfig,
     RetrievalMode,
+    ShardBackend,
+    ShardingConfig,
     SpladeConfig,
 )
 from .dense import DenseIndex
@@ -32,11 +36,13 @@ from .evaluate import (
 from .fusion import fuse, fuse_arrays, fuse_rrf, normalize
 from .hybrid import EncodedChunks, EncodedQuery, HybridRetriever, SavedIndex, inspect_saved
 from .prf import rm3, rocchio_dense, rocchio_sparse
-from .sparse import BM25Index, SpladeIndex
+from .sharded import ShardedRetriever, ShardQuery
+from .sparse import BM25Index, BM25Stats, SpladeIndex
 
 __all__ = [
     "BM25Config",
     "BM25Index",
+    "BM25Stats",
     "BeirCollection",
     "DenseConfig",
     "DenseEncoder",
@@ -50,9 +56,14 @@ __all__ = [
     "IndexMismatchError",
     "Normalization",
     "PRFConfig",
+    "RefineKind",
     "RetrievalConfig",
     "RetrievalMode",
     "SavedIndex",
+    "ShardBackend",
+    "ShardQuery",
+    "ShardedRetriever",
+    "ShardingConfig",
     "SparseEncoder",
     "SpladeConfig",
     "SpladeIndex",

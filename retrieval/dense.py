@@ -1,24 +1,35 @@
 """Dense retrieval: an encoder's L2-normalised vectors in FAISS, searched by inner product.
 
-Exact (`IndexFlatIP`) below a size threshold, HNSW from there on (a setting). FAISS ids are
-slots; chunk ids map to slots. Deleting marks a slot dead and searches skip it (an `IDSelector`),
-so HNSW, which cannot remove points, supports deletes too; dead slots are dropped by a rebuild
-once they are a quarter of the index.
+Exact (`IndexFlatIP`) below a size threshold, HNSW from there on, and IVF-PQ past a second
+threshold (settings). FAISS ids are slots; chunk ids map to slots. Deleting marks a slot dead and
+searches skip it (an `IDSelector`), so HNSW, which cannot remove points, supports deletes too;
+dead slots are dropped by a rebuild once they are a quarter of the index.
+
+IVF-PQ keeps 48-byte product-quantised codes in k-means cells, searches `nprobe` cells, and
+re-scores the best `k * refine_factor` candidates from a compact fp16 (or 8-bit) copy of every
+vector (`faiss.IndexRefine`): ~0.8 KB a vector at 384-d, against 1.5 KB in float32. It is saved
+as its own file beside the `.npz` and memory-mapped on load.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+import os
+import tempfile
+import time
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import faiss
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ._io import check_generation, check_meta, part_path, read_npz, stamp, write_npz
-from ._types import DenseEncoder, Hit
-from .config import DenseConfig, DenseIndexKind
+from ._types import DenseEncoder, Hit, IndexMismatchError
+from .config import DenseConfig, DenseIndexKind, RefineKind
 
 logger = logging.getLogger(__name__)
 
@@ -27,21 +38,32 @@ __all__ = ["DenseIndex"]
 _MAX_DEAD_FRACTION = 0.25
 _EXACT_ALLOWED = 4096  # an `allowed` set this small is scored exactly from reconstructed vectors
 _FEW_QUERIES = 8  # up to this many query vectors, exact search runs BLAS on one thread
+_BATCH = 65_536  # vectors moved at a time by a rebuild (bounds its extra memory)
+_SAMPLE_SEED = 0  # seeds the IVF-PQ training sample, so a rebuild of the same vectors is the same
+_MIN_POINTS_PER_CELL = 39  # FAISS's own floor for k-means training points per centroid
 
 
 class DenseIndex:
     """Chunk embeddings in a FAISS index, with incremental add and delete."""
 
     FILE = "dense.npz"
+    FAISS_FILE = "dense.faiss"  # the IVF-PQ kind's FAISS index, next to FILE
 
     def __init__(self, encoder: DenseEncoder, config: DenseConfig | None = None) -> None:
         self._encoder = encoder
         self._config = config or DenseConfig()
         self._dim = int(encoder.dim)
+        if self._config.index == DenseIndexKind.IVFPQ:
+            self._pq_m()  # raises now, not when the index first grows past training size
         self._ids: list[str] = []
         self._slot: dict[str, int] = {}
         self._alive = np.zeros(0, dtype=bool)
         self._n_dead = 0
+        # IVF-PQ only: the trained, empty index (serialised), which rebuilds re-add vectors into
+        self._trained: np.ndarray | None = None
+        # A memory-mapped index's file, kept open so it can be read into memory before a change
+        # (FAISS aborts the process when it is asked to write to a mapped index).
+        self._mapped: BinaryIO | None = None
         self._index: faiss.Index = self._new_index(self._kind_for(0))
         self._blas_controller: ThreadpoolController | None = None
 
@@ -61,10 +83,56 @@ class DenseIndex:
 
     @property
     def kind(self) -> DenseIndexKind:
-        """The FAISS index type in use now (flat or hnsw)."""
-        return (
-            DenseIndexKind.HNSW if isinstance(self._index, faiss.IndexHNSW) else DenseIndexKind.FLAT
-        )
+        """The FAISS index type in use now (flat, hnsw or ivfpq)."""
+        if isinstance(self._index, faiss.IndexRefine):
+            return DenseIndexKind.IVFPQ
+        if isinstance(self._index, faiss.IndexHNSW):
+            return DenseIndexKind.HNSW
+        return DenseIndexKind.FLAT
+
+    def with_config(self, config: DenseConfig) -> DenseIndex:
+        """A view on the same index with other query-time settings (nprobe, refine factor,
+        efSearch), for experiments: search the view, change only the original.
+
+        Raises:
+            ValueError: If `config` changes a build-time setting.
+        """
+        query_time = {"hnsw_ef_search", "ivfpq_nprobe", "ivfpq_refine_factor"}
+        if config.model_dump(exclude=query_time) != self._config.model_dump(exclude=query_time):
+            raise ValueError(f"with_config changes only {sorted(query_time)}; rebuild for others")
+        view = copy.copy(self)
+        view._config = config
+        return view
+
+    @property
+    def memory_mapped(self) -> bool:
+        """True while the FAISS index is read from a mapped file (until the first add)."""
+        return self._mapped is not None
+
+    def index_bytes(self) -> int:
+        """Bytes the FAISS index holds (its serialised size: codes, ids, centroids, graph)."""
+        if self.kind == DenseIndexKind.FLAT:
+            return int(self._index.ntotal) * self._dim * 4
+        size = 0
+
+        def count(chunk: bytes) -> int:
+            nonlocal size
+            size += len(chunk)
+            return len(chunk)
+
+        faiss.write_index(self._index, faiss.PyCallbackIOWriter(count))  # counts, keeps nothing
+        return size
+
+    def retrain(self) -> None:
+        """Train the IVF-PQ quantisers again on a fresh sample and re-add every vector.
+
+        Adds after the first training reuse its centroids and codebooks. Retrain when the
+        collection has grown several times past the size it was trained at (cells get long, so
+        a search at the same nprobe scans more and finds less) or when its vectors changed
+        character (another encoder domain); a no-op for the other kinds.
+        """
+        if self.kind == DenseIndexKind.IVFPQ:
+            self._rebuild(retrain=True)
 
     def chunk_ids(self) -> list[str]:
         """Ids of the indexed chunks, in insertion order."""
@@ -134,7 +202,9 @@ class DenseIndex:
             logger.info("dense index: %d chunks, switching to %s", len(self), want.value)
             self._rebuild(extra=vectors)
         else:
-            self._index.add(vectors)
+            # NOTE: IVF-PQ appends with the centroids and codebooks of its first training;
+            # `retrain` re-fits them when the collection has outgrown that sample.
+            self._writable().add(vectors)
         self._maybe_compact()
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
@@ -197,11 +267,7 @@ class DenseIndex:
             if len(slots) == 0:
                 return empty
             if len(slots) <= _EXACT_ALLOWED:
-                vecs = self._index.reconstruct_batch(slots)  # [n, D]
-                with self._blas().limit(limits=1, user_api="blas"):
-                    scores = vecs @ q[0]  # [n]
-                top = np.lexsort((slots, -scores))[:k]
-                return [self._ids[s] for s in slots[top].tolist()], scores[top].astype(np.float32)
+                return self._score_slots(slots, q[0], k)
             mask = np.zeros(len(self._ids), dtype=bool)
             mask[slots] = True
         else:
@@ -209,7 +275,23 @@ class DenseIndex:
         k_eff = min(k, len(self) if allowed is None else int(mask.sum()))
         scores, labels = self._search(q, k_eff, mask)
         found = labels[0] >= 0
+        if allowed is not None and int(found.sum()) < k_eff:
+            # NOTE: HNSW and IVF-PQ visit part of the index; restricted to a set spread thinly
+            # over it they can miss members, which exact scoring of the set never does.
+            return self._score_slots(np.flatnonzero(mask), q[0], k)
         return [self._ids[s] for s in labels[0][found].tolist()], scores[0][found]
+
+    def _score_slots(
+        self, slots: np.ndarray, q: np.ndarray, k: int
+    ) -> tuple[list[str], np.ndarray]:
+        """Exact top k of the given slots [n] for a query q [D], from the stored vectors."""
+        scores = np.zeros(len(slots), dtype=np.float32)  # [n]
+        with self._blas().limit(limits=1, user_api="blas"):
+            for a in range(0, len(slots), _BATCH):
+                vecs = self._index.reconstruct_batch(slots[a : a + _BATCH])  # [b, D]
+                scores[a : a + _BATCH] = vecs @ q
+        top = np.lexsort((slots, -scores))[:k]
+        return [self._ids[s] for s in slots[top].tolist()], scores[top]
 
     def search_many(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Batched `search_encoded` for query vectors [N, D] (no `allowed` filter)."""
@@ -227,7 +309,10 @@ class DenseIndex:
         ]
 
     def vectors(self, chunk_ids: Sequence[str]) -> np.ndarray:
-        """Stored vectors of the given chunks (unknown ids skipped): float32 [n, D]."""
+        """Stored vectors of the given chunks (unknown ids skipped): float32 [n, D].
+
+        IVF-PQ returns its re-scoring copy (fp16 or 8-bit), not the float32 vectors added.
+        """
         slots = np.asarray([self._slot[c] for c in chunk_ids if c in self._slot], dtype=np.int64)
         if len(slots) == 0:
             return np.zeros((0, self._dim), dtype=np.float32)
@@ -245,10 +330,16 @@ class DenseIndex:
             "dim": self._dim,
             "index": self.kind.value,
         }
-        arrays = {
-            "ids": np.asarray(self._ids, dtype=str),
-            "faiss": faiss.serialize_index(self._index),
-        }
+        arrays = {"ids": np.asarray(self._ids, dtype=str)}
+        if self.kind == DenseIndexKind.IVFPQ:
+            # NOTE: its own file, so a load can map it instead of reading it into memory; it is
+            # named after the save's generation like the npz that records it, and written first.
+            path = part_path(directory, self.FAISS_FILE, generation)
+            _write_index(path, self._index)
+            meta |= {"faiss_file": path.name, "faiss_bytes": path.stat().st_size}
+            arrays["trained"] = self._trained
+        else:
+            arrays["faiss"] = faiss.serialize_index(self._index)
         write_npz(part_path(directory, self.FILE, generation), stamp(meta, generation), arrays)
 
     @classmethod
@@ -274,7 +365,13 @@ class DenseIndex:
         self._ids = arrays["ids"].tolist()
         self._slot = {cid: i for i, cid in enumerate(self._ids)}
         self._alive = np.ones(len(self._ids), dtype=bool)
-        self._index = faiss.deserialize_index(arrays["faiss"])
+        if meta.get("index") == DenseIndexKind.IVFPQ.value:
+            self._trained = arrays["trained"]
+            self._index, self._mapped = _read_index(
+                faiss_part(directory, meta, generation), self._config.mmap
+            )
+        else:
+            self._index = faiss.deserialize_index(arrays["faiss"])
         if isinstance(self._index, faiss.IndexHNSW):
             self._index.hnsw.efSearch = self._config.hnsw_ef_search
         if self._index.ntotal != len(self._ids):
@@ -286,11 +383,55 @@ class DenseIndex:
         return self
 
     def _kind_for(self, n: int) -> DenseIndexKind:
-        if self._config.index != DenseIndexKind.AUTO:
-            return self._config.index
-        return DenseIndexKind.HNSW if n >= self._config.hnsw_threshold else DenseIndexKind.FLAT
+        cfg = self._config
+        trained = self._trained is not None
+        # NOTE: PQ codebooks need vectors to train on; until there are enough, the index is exact.
+        can_train = n >= max(self._min_train(), cfg.ivfpq_threshold)
+        if cfg.index == DenseIndexKind.IVFPQ:
+            return DenseIndexKind.IVFPQ if trained or can_train else DenseIndexKind.FLAT
+        if cfg.index != DenseIndexKind.AUTO:
+            return cfg.index
+        # Half the threshold back down, so that a library hovering at it does not retrain.
+        if can_train or (trained and n >= cfg.ivfpq_threshold // 2):
+            return DenseIndexKind.IVFPQ
+        return DenseIndexKind.HNSW if n >= cfg.hnsw_threshold else DenseIndexKind.FLAT
+
+    def _min_train(self) -> int:
+        """Fewest vectors IVF-PQ trains on: four per PQ centroid."""
+        return 4 * 2**self._config.ivfpq_bits
+
+    def _pq_m(self) -> int:
+        """PQ sub-quantisers: the setting, or with index='auto' its largest divisor of D below it."""
+        m = self._config.ivfpq_m
+        if self._dim % m == 0:
+            return m
+        if self._config.index == DenseIndexKind.AUTO:
+            return max(d for d in range(1, min(m, self._dim) + 1) if self._dim % d == 0)
+        raise ValueError(
+            f"ivfpq_m={m} does not divide the vector size {self._dim}; use a divisor of it"
+        )
+
+    def _train(self, sample: np.ndarray) -> None:
+        """Fit IVF centroids, PQ codebooks and the refine quantiser on sample [n, D]."""
+        cfg = self._config
+        nlist = cfg.ivfpq_nlist or round(4 * math.sqrt(len(self)))
+        nlist = max(1, min(nlist, len(sample) // _MIN_POINTS_PER_CELL))
+        refine = "SQfp16" if cfg.ivfpq_refine == RefineKind.FP16 else "SQ8"
+        spec = f"IVF{nlist},PQ{self._pq_m()}x{cfg.ivfpq_bits},Refine({refine})"
+        logger.info("dense index: training %s on %d vectors", spec, len(sample))
+        start = time.perf_counter()
+        index = faiss.index_factory(self._dim, spec, faiss.METRIC_INNER_PRODUCT)
+        # NOTE: the factory turns on polysemous training, which orders PQ codes for Hamming
+        # pre-filtering that we never use; it took most of the training time (faiss 1.15.1).
+        faiss.downcast_index(index.base_index).do_polysemous_training = False
+        index.train(sample)
+        self._trained = faiss.serialize_index(index)
+        logger.info("dense index: trained in %.1f s", time.perf_counter() - start)
 
     def _new_index(self, kind: DenseIndexKind) -> faiss.Index:
+        if kind == DenseIndexKind.IVFPQ:
+            assert self._trained is not None, "train before creating an IVF-PQ index"
+            return faiss.deserialize_index(self._trained)
         if kind == DenseIndexKind.HNSW:
             index = faiss.IndexHNSWFlat(self._dim, self._config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = self._config.hnsw_ef_construction
@@ -304,19 +445,30 @@ class DenseIndex:
         """FAISS search of q [N, D]; only slots where `mask` is True when a mask is given."""
         if k < 1:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        is_hnsw = isinstance(self._index, faiss.IndexHNSW)
-        if not is_hnsw:
+        kind = self.kind
+        if kind == DenseIndexKind.FLAT:
             return self._search_exact(q, k, mask)
-        params = faiss.SearchParametersHNSW() if is_hnsw else faiss.SearchParameters()
-        if is_hnsw:
-            params.efSearch = max(self._config.hnsw_ef_search, k)
-        bitmap = None
+        bitmap = selector = None
         if mask is not None:
             # NOTE: IDSelectorBitmap reads bit i of byte i // 8, least significant bit first.
             bitmap = np.packbits(mask, bitorder="little")
-            params.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
+            selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
+        if kind == DenseIndexKind.HNSW:
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self._config.hnsw_ef_search, k)
+            if selector is not None:
+                params.sel = selector
+        else:
+            # The selector filters the PQ scan; the refine stage only re-scores what passed.
+            base = faiss.SearchParametersIVF()
+            base.nprobe = self._config.ivfpq_nprobe
+            if selector is not None:
+                base.sel = selector
+            params = faiss.IndexRefineSearchParameters()
+            params.k_factor = float(self._config.ivfpq_refine_factor)
+            params.base_index_params = base
         scores, labels = self._index.search(q, k, params=params)
-        del bitmap  # kept alive until here: FAISS reads it during the search
+        del bitmap, selector  # kept alive until here: FAISS reads them during the search
         return scores, labels
 
     def _search_exact(
@@ -370,16 +522,113 @@ class DenseIndex:
         if self._n_dead:
             self._rebuild()
 
-    def _rebuild(self, extra: np.ndarray | None = None) -> None:
-        """New FAISS index over the live slots (plus `extra` vectors for the newest slots)."""
+    def _writable(self) -> faiss.Index:
+        """The index, read into process memory first if it is memory-mapped."""
+        if self._mapped is not None:
+            logger.info("dense index: reading the memory-mapped index into memory to change it")
+            self._mapped.seek(0)
+            self._index = faiss.read_index(faiss.PyCallbackIOReader(self._mapped.read))
+            self._mapped.close()
+            self._mapped = None
+        return self._index
+
+    def _rebuild(self, extra: np.ndarray | None = None, *, retrain: bool = False) -> None:
+        """New FAISS index over the live slots (plus `extra` vectors for the newest slots).
+
+        IVF-PQ trains once, on a sample of the live vectors, when it first appears (or when
+        `retrain`); later rebuilds re-add into the trained, empty index.
+        """
         n_old = self._index.ntotal
-        old = self._index.reconstruct_n(0, n_old) if n_old else np.zeros((0, self._dim), np.float32)
-        allv = old if extra is None else np.concatenate([old, extra])  # [n_slots, D]
         live = np.flatnonzero(self._alive)
+
+        def gather(slots: np.ndarray) -> np.ndarray:
+            """float32 [len(slots), D]: old slots from the index, newer ones from `extra`."""
+            out = np.empty((len(slots), self._dim), dtype=np.float32)
+            old = slots < n_old
+            if old.any():
+                out[old] = self._index.reconstruct_batch(slots[old])
+            if not old.all():
+                out[~old] = extra[slots[~old] - n_old]
+            return out
+
+        kind = self._kind_for(len(live))
+        if kind == DenseIndexKind.IVFPQ and (self._trained is None or retrain):
+            rng = np.random.default_rng(_SAMPLE_SEED)
+            size = min(self._config.ivfpq_train_size, len(live))
+            self._train(gather(np.sort(rng.choice(live, size=size, replace=False))))
+        elif kind != DenseIndexKind.IVFPQ:
+            self._trained = None
+        index = self._new_index(kind)
+        for a in range(0, len(live), _BATCH):
+            index.add(gather(live[a : a + _BATCH]))
         self._ids = [self._ids[s] for s in live.tolist()]
         self._slot = {cid: i for i, cid in enumerate(self._ids)}
         self._alive = np.ones(len(self._ids), dtype=bool)
         self._n_dead = 0
-        self._index = self._new_index(self._kind_for(len(self._ids)))
-        if len(live):
-            self._index.add(np.ascontiguousarray(allv[live]))
+        self._index = index
+        if self._mapped is not None:
+            self._mapped.close()
+            self._mapped = None
+
+
+def faiss_part(directory: Path, meta: dict, generation: str | None) -> Path:
+    """The FAISS file a saved IVF-PQ dense part names, checked against the npz that names it.
+
+    Raises:
+        FileNotFoundError: If the file is missing.
+        IndexMismatchError: If it is not the save's (other name or size: a torn index).
+    """
+    path = part_path(directory, DenseIndex.FAISS_FILE, generation)
+    if meta.get("faiss_file") != path.name:
+        raise IndexMismatchError(
+            f"{directory}: the dense part names {meta.get('faiss_file')!r}, not {path.name!r}; "
+            "rebuild the index"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"no FAISS index file at {path}")
+    if path.stat().st_size != meta.get("faiss_bytes"):
+        raise IndexMismatchError(
+            f"{path} holds {path.stat().st_size} bytes, its save wrote {meta.get('faiss_bytes')}: "
+            "the index is torn; rebuild it"
+        )
+    return path
+
+
+def _write_index(path: Path, index: faiss.Index) -> None:
+    """`faiss.write_index` to `path` atomically (temp file, fsync, os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_index(path: Path, mmap: bool) -> tuple[faiss.Index, BinaryIO | None]:
+    """Read a FAISS file, memory-mapped (with its open file) or into memory (and None).
+
+    NOTE: IO_FLAG_MMAP_IFC maps every array (inverted lists, codes, centroids); IO_FLAG_MMAP
+    maps the inverted lists only and reads the refine codes, the bulk, into memory (measured
+    with faiss 1.15.1).
+
+    Raises:
+        IndexMismatchError: If FAISS cannot read the file.
+    """
+    handle = path.open("rb") if mmap else None
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
+    except RuntimeError as exc:
+        if handle is not None:
+            handle.close()
+        raise IndexMismatchError(
+            f"{path}: FAISS cannot read it ({exc}); rebuild the index"
+        ) from exc
+    return index, handle

@@ -27,7 +27,7 @@ from ._io import FORMAT_VERSION, part_path, read_npz
 from ._postings import TermWeights
 from ._types import DenseEncoder, Hit, IndexMismatchError, SparseEncoder
 from .config import RetrievalConfig, RetrievalMode
-from .dense import DenseIndex
+from .dense import DenseIndex, faiss_part
 from .fusion import Run, fuse_arrays
 from .prf import rm3, rocchio_dense, rocchio_sparse
 from .sparse import BM25Index, SpladeIndex
@@ -38,6 +38,8 @@ __all__ = ["EncodedChunks", "EncodedQuery", "HybridRetriever", "SavedIndex", "in
 
 _MANIFEST = "retriever.json"
 _PART_FILES = {"bm25": BM25Index.FILE, "splade": SpladeIndex.FILE, "dense": DenseIndex.FILE}
+# Files a part may write beside its npz (the IVF-PQ dense part's FAISS index).
+_EXTRA_FILES = {"dense": (DenseIndex.FAISS_FILE,)}
 
 
 @dataclass(frozen=True)
@@ -572,6 +574,11 @@ def inspect_saved(directory: Path) -> SavedIndex:
         ids = arrays["ids"].tolist()
         if name == "dense" and len(set(ids)) != len(ids):
             problems.append(f"{path.name} holds a chunk id twice")
+        if name == "dense" and "faiss_file" in meta:
+            try:
+                faiss_part(directory, meta, generation)
+            except (FileNotFoundError, IndexMismatchError) as exc:
+                problems.append(f"dense: {exc}")
         parts[name] = ids
     if not problems:
         try:
@@ -595,12 +602,17 @@ def stray_files(directory: Path) -> list[Path]:
     except (FileNotFoundError, json.JSONDecodeError):
         return []
     generation = manifest.get("generation")
-    keep = {part_path(directory, _PART_FILES[name], generation).name for name in manifest["parts"]}
-    stems = tuple(f.rpartition(".")[0] + "." for f in _PART_FILES.values())
+    files = {name: (_PART_FILES[name], *_EXTRA_FILES.get(name, ())) for name in _PART_FILES}
+    keep = {
+        part_path(directory, file, generation).name
+        for name in manifest["parts"]
+        for file in files[name]
+    }
+    kinds = {f.rpartition(".")[::2] for fs in files.values() for f in fs}  # (stem, suffix)
     out = []
     for path in directory.iterdir():
         name = path.name
-        ours = name.startswith(stems) and name.endswith(".npz")
+        ours = any(name.startswith(f"{stem}.") and name.endswith(f".{suf}") for stem, suf in kinds)
         unfinished = name.startswith(".") and name.endswith(".tmp")
         if (ours and name not in keep) or unfinished:
             out.append(path)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,28 @@ from .config import BM25Config, SpladeConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BM25Index", "SpladeIndex"]
+__all__ = ["BM25Index", "BM25Stats", "SpladeIndex"]
 
 _BATCH = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class BM25Stats:
+    """The collection statistics BM25 scores with.
+
+    A shard scored with the whole collection's statistics (the sum of every shard's) gives each
+    chunk the score the unsharded index would; with its own, scores of shards do not compare.
+    """
+
+    n_docs: int
+    total_length: float  # analysed terms over all documents (sum of document lengths)
+    df: Mapping[str, int] = field(default_factory=dict)  # documents holding each (query) term
+
+    def __add__(self, other: BM25Stats) -> BM25Stats:
+        df = dict(self.df)
+        for term, count in other.df.items():
+            df[term] = df.get(term, 0) + count
+        return BM25Stats(self.n_docs + other.n_docs, self.total_length + other.total_length, df)
 
 
 def _batched(items: Iterable[tuple[str, str]], size: int) -> Iterable[tuple[list[str], list[str]]]:
@@ -108,11 +128,19 @@ class _PostingsIndex:
         self, query: TermWeights, k: int, *, allowed: Collection[str] | None = None
     ) -> tuple[list[str], np.ndarray]:
         """`search_encoded` as chunk ids and a float32 score array (no Hit objects)."""
+        if not self._searchable(query, k):
+            return [], np.zeros(0, dtype=np.float32)
+        return self._top(self._scores(query), k, allowed)
+
+    def _searchable(self, query: TermWeights, k: int) -> bool:
+        """False when nothing can match; raises on a bad k."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        if len(self._postings) == 0 or len(query.terms) == 0:
-            return [], np.zeros(0, dtype=np.float32)
-        scores = self._scores(query)
+        return len(self._postings) > 0 and len(query.terms) > 0
+
+    def _top(
+        self, scores: np.ndarray, k: int, allowed: Collection[str] | None
+    ) -> tuple[list[str], np.ndarray]:
         slots = None if allowed is None else self._postings.slots_of(allowed)
         return self._postings.top(scores, k, slots)
 
@@ -214,27 +242,83 @@ class BM25Index(_PostingsIndex):
         """`encode_query` for each query."""
         return [self.encode_query(q) for q in queries]
 
-    def _scores(self, query: TermWeights) -> np.ndarray:
+    def encode_terms(self, weights: Mapping[str, float]) -> TermWeights:
+        """A query given as analysed terms and their weights, over the terms the index knows."""
+        return TermWeights.from_dict(
+            {self._vocab[t]: float(w) for t, w in weights.items() if t in self._vocab}
+        )
+
+    def term_weights(self, query: TermWeights) -> dict[str, float]:
+        """The inverse of `encode_terms`: analysed term -> weight."""
+        terms = self._terms
+        return {
+            terms[t]: w for t, w in zip(query.terms.tolist(), query.weights.tolist(), strict=True)
+        }
+
+    def statistics(self, terms: Iterable[str] = ()) -> BM25Stats:
+        """This index's collection statistics, with the document frequency of `terms`."""
         post = self._postings
-        n = max(len(post), 1)
+        df = {}
+        for term in terms:
+            i = self._vocab.get(term)
+            df[term] = int(post.df[i]) if i is not None and i < len(post.df) else 0
+        return BM25Stats(len(post), self._own_length(), df)
+
+    def search_arrays(
+        self,
+        query: TermWeights,
+        k: int,
+        *,
+        allowed: Collection[str] | None = None,
+        stats: BM25Stats | None = None,
+    ) -> tuple[list[str], np.ndarray]:
+        """`search_encoded` as chunk ids and a float32 score array (no Hit objects).
+
+        Args:
+            query: Term ids (of this index) and weights.
+            k: How many hits at most.
+            allowed: If given, only these chunk ids can be returned.
+            stats: Score with these collection statistics (those of every shard together, for
+                a shard) instead of this index's own; `df` must hold the query's terms.
+        """
+        if not self._searchable(query, k):
+            return [], np.zeros(0, dtype=np.float32)
+        return self._top(self._scores(query, stats), k, allowed)
+
+    def _own_length(self) -> float:
+        """Sum of the live documents' lengths (float64 sum of integers: exact, any order)."""
+        post = self._postings
+        return float(post.row_sum[post.alive].sum(dtype=np.float64))
+
+    def _scores(self, query: TermWeights, stats: BM25Stats | None = None) -> np.ndarray:
+        post = self._postings
         df = np.zeros(len(query.terms), dtype=np.float64)
-        known = query.terms < len(post.df)
-        df[known] = post.df[query.terms[known]]
+        if stats is None:
+            n = len(post)
+            known = query.terms < len(post.df)
+            df[known] = post.df[query.terms[known]]
+            tf_norm = self._tf_norm(None)
+        else:
+            n = stats.n_docs
+            df[:] = [stats.df.get(self._terms[t], 0) for t in query.terms.tolist()]
+            tf_norm = self._tf_norm(stats.total_length / n if n else 1.0)
+        n = max(n, 1)
         idf = np.log1p((n - df + 0.5) / (df + 0.5))
         weighted = TermWeights(query.terms, (query.weights * idf).astype(np.float32))
-        return post.accumulate(weighted, self._tf_norm())
+        return post.accumulate(weighted, tf_norm)
 
-    def _tf_norm(self) -> list[np.ndarray]:
+    def _tf_norm(self, avgdl: float | None) -> list[np.ndarray]:
         """Per segment, `tf / (tf + k1 * (1 - b + b * len / avglen))` of each posting.
 
-        Recomputed after the chunks change (avglen moves) or k1 and b do; so queries cost one
-        multiply per posting.
+        `avgdl`: the average length to use (a whole collection's), None for this index's own.
+        Recomputed after the chunks change (avglen moves), or k1, b or the given average do;
+        so queries cost one multiply per posting.
         """
         post = self._postings
-        key = (post.version, self._config.k1, self._config.b)
+        key = (post.version, self._config.k1, self._config.b, avgdl)
         if self._norm is None or self._norm[0] != key:
-            alive = post.alive
-            avgdl = float(post.row_sum[alive].mean()) if alive.any() else 1.0
+            if avgdl is None:
+                avgdl = self._own_length() / len(post) if len(post) else 1.0
             k1, b = self._config.k1, self._config.b
             length = (k1 * (1.0 - b + b * post.row_sum / max(avgdl, 1e-9))).astype(np.float32)
             tfn = [seg.inv_vals / (seg.inv_vals + length[seg.inv_slots]) for seg in post.segments]

@@ -114,6 +114,12 @@ def dense_encoder() -> FakeDenseEncoder:
 
 
 @pytest.fixture
+def make_dense_encoder() -> Callable[..., FakeDenseEncoder]:
+    """`FakeDenseEncoder` itself, for tests that need another vector size."""
+    return FakeDenseEncoder
+
+
+@pytest.fixture
 def sparse_encoder() -> FakeSparseEncoder:
     return FakeSparseEncoder()
 
