@@ -262,6 +262,12 @@ def test_ray_batch_answers_like_the_local_batch_in_order_and_resumes(
     assert [p.done for p in seen] == [1, 2, 3, 4, 5]
     assert all(same(a, b) for a, b in zip(resumed, local, strict=True))
     assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0, 1, 2, 3, 4]
+
+    # Another user's batch sees none of these (local-user) documents.
+    on_ray_args["out"] = None
+    theirs = answer_batch_on_ray(questions[:2], **on_ray_args, owner="mallory")
+    assert theirs[0].not_answerable and not theirs[0].evidence
+    assert "no document" in (theirs[1].error or "")
     library.close()
 
 
