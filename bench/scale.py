@@ -45,6 +45,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -708,7 +709,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--part", choices=["all", "single", "sharded"], default="all")
     parser.add_argument("--skip-sharded", action="store_true")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/folio-scale"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "folio-scale")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
