@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.exc import IntegrityError
 
 from storage import Chunk, Document, Library, User
 
@@ -91,15 +92,16 @@ def owner_id(library: Library, owner: str | None, *, create: bool = False) -> in
             if found is None:
                 raise LookupError(f"no user {owner!r} (add one with `folio user add {owner}`)")
             return found
-    with library.sessions() as session, session.begin():
-        # NOTE: two first uploads of a new user at once: the loser of the unique name re-reads.
-        found = session.scalar(select(User.id).where(User.name == owner))
-        if found is None:
+    try:
+        with library.sessions() as session, session.begin():
             user = User(name=owner)
             session.add(user)
             session.flush()
-            found = user.id
-    return found
+            return user.id
+    except IntegrityError:
+        # NOTE: two first uploads of a new user at once: the loser of the unique name re-reads.
+        with library.sessions() as session:
+            return session.scalar(select(User.id).where(User.name == owner))
 
 
 def owner_clause(library: Library, owner: str | None) -> ColumnElement[bool]:

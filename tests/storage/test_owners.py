@@ -149,3 +149,30 @@ def test_a_user_with_documents_cannot_be_removed(tmp_path: Path, sample_pdf: Pat
         folio.delete(result.doc_id)
         remove_user(folio.library, "carol")
         assert list_users(folio.library) == []
+
+
+def test_a_user_created_meanwhile_by_another_upload_is_reused(
+    database_url: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first uploads of a new user at once: the second insert of the name collides and
+    re-reads the id (simulated: the existence check is made to miss once)."""
+    from sqlalchemy.orm import Session
+
+    from pipeline.owners import owner_id
+
+    library = open_library(StorageConfig(library=tmp_path / "lib", database_url=database_url))
+    first = owner_id(library, "dora", create=True)
+    real_scalar = Session.scalar
+    misses = []
+
+    def scalar_missing_once(self, statement, *args, **kwargs):  # noqa: ANN001, ANN202 - Session.scalar's
+        if not misses:
+            misses.append(statement)
+            return None
+        return real_scalar(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "scalar", scalar_missing_once)
+    assert owner_id(library, "dora", create=True) == first and misses
+    monkeypatch.undo()
+    assert [u.name for u in list_users(library)] == ["dora"]
+    library.close()
