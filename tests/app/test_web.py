@@ -144,7 +144,10 @@ def test_respond_streams_partial_text_then_the_answer_with_chips() -> None:
         (
             "What is it?",
             ["d1"],
-            {"context": "retrieved", "sampler": False, "k": 5, "budget": 300, "use_urag": False, "mode": "bm25"},
+            {
+                    "context": "retrieved", "sampler": False, "k": 5, "budget": 300,
+                    "use_urag": False, "use_refrag": False, "mode": "bm25",
+                },
         )
     ]
     assert "mode" not in AskOptions().overrides()
@@ -268,6 +271,7 @@ def test_transparency_shows_what_urag_kept_and_what_the_screen_left_out() -> Non
     assert [row[6] for row in evidence_rows(answer)] == ["read", "dropped"]
     assert [row[6] for row in evidence_rows(_answer())] == ["all"]
     assert AskOptions(urag=True).overrides()["use_urag"] is True
+    assert AskOptions(refrag=True).overrides()["use_refrag"] is True
 
 
 # ------------------------------------------------------------------------- build and serve
