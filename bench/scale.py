@@ -1,7 +1,7 @@
 """Scale benchmark (issue 10): a synthetic library of N chunks (default 1M), run by hand.
 
     OMP_WAIT_POLICY=PASSIVE nice -n 5 .venv/bin/python -m bench.scale --chunks 1000000 \\
-        --workdir /tmp/folio-scale --json /tmp/folio-scale/scale.json
+        --workdir WORK --json WORK/scale.json   # WORK: a scratch folder outside the repository
 
 (`OMP_WAIT_POLICY=PASSIVE`: FAISS's OpenMP threads spin while waiting, which is very slow when
 other processes hold the cores.)

@@ -91,7 +91,7 @@ def ray_session(address: str | None, config: RayConfig) -> Iterator[Any]:
         yield ray
         return
     address = address or config.address
-    # NOTE: the workers' logs stay in Ray's session folder (/tmp/ray/session_latest/logs);
+    # NOTE: the workers' logs stay in Ray's session folder (session_latest/logs under Ray's temporary folder);
     # relayed here they would tear the progress bars.
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
