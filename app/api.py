@@ -28,7 +28,7 @@ from pipeline.check import CheckReport, check_library
 from pipeline.distributed import answer_batch_on_ray, check_address, ingest_on_ray
 from pipeline.ingest import IngestResult, Progress, delete_document, find_pdfs, ingest
 from pipeline.library import DocumentInfo, Library, list_documents, open_library
-from pipeline.owners import check_user_name
+from pipeline.owners import check_user_name, owns_document
 from pipeline.search import LibraryIndex, SearchHit
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Folio:
 
     def owns(self, doc_id: str) -> bool:
         """Whether `doc_id` (a full id) is one of this user's documents."""
-        return any(d.doc_id == doc_id for d in self.documents())
+        return owns_document(self.library, doc_id, self.user)
 
     def delete(self, doc_id: str) -> DocumentInfo:
         """Delete one of this user's documents by id or unique id prefix.

@@ -15,6 +15,7 @@ the web app's login checks them (`check_login`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -37,6 +38,7 @@ __all__ = [
     "list_users",
     "owned_chunk_ids",
     "owned_doc_id",
+    "owns_document",
     "owner_clause",
     "owner_id",
     "remove_user",
@@ -118,6 +120,15 @@ def owner_clause(library: Library, owner: str | None) -> ColumnElement[bool]:
         return Document.id.is_(None)  # matches nothing: ids are never NULL
 
 
+def owns_document(library: Library, doc_id: str, owner: str | None) -> bool:
+    """Whether `doc_id` (a full id) is one of `owner`'s documents (one indexed lookup)."""
+    with library.sessions() as session:
+        found = session.scalar(
+            select(Document.id).where(Document.id == doc_id).where(owner_clause(library, owner))
+        )
+    return found is not None
+
+
 def has_owners(library: Library) -> bool:
     """Whether any user exists (if not, every document is the local user's)."""
     with library.sessions() as session:
@@ -164,6 +175,11 @@ def _verify_password(password: str, stored: str) -> bool:
     except ValueError:
         return False
     return hmac.compare_digest(got.hex(), digest)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return _hash_password("not a user")
 
 
 def add_user(library: Library, name: str, password: str) -> None:
@@ -239,7 +255,7 @@ def check_login(library: Library, name: str, password: str) -> bool:
     with library.sessions() as session:
         stored = session.scalar(select(User.password_hash).where(User.name == name))
     if not stored:
-        _verify_password(password, _hash_password("not a user"))  # same cost as a real check
+        _verify_password(password, _dummy_hash())  # one scrypt, as for a real account
         return False
     return _verify_password(password, stored)
 
