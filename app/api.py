@@ -188,7 +188,8 @@ class Folio:
     def search(
         self, query: str, *, k: int = 10, mode: str | None = None, doc_ids: list[str] | None = None
     ) -> list[SearchHit]:
-        """The best chunks for `query` (mode: bm25, splade, dense, hybrid, hybrid-prf).
+        """The best chunks for `query` (mode: bm25, splade, dense, hybrid, hybrid-prf), within
+        `doc_ids` (ids, unique id prefixes or file names) when given.
 
         Example:
             >>> [(h.file_name, h.page) for h in folio.search("dense retrieval", k=3)]

@@ -199,7 +199,7 @@ def ingest_command(
 @app.command("search")
 def search_command(
     query: Annotated[str, typer.Argument(help="What to look for.")],
-    doc: Annotated[list[str] | None, typer.Option("--doc", help="Only in this document (id or prefix); repeatable.")] = None,
+    doc: Annotated[list[str] | None, typer.Option("--doc", help="Only in this document (id, id prefix or file name); repeatable.")] = None,
     mode: Annotated[RetrievalMode | None, typer.Option(help="Retriever (default: the configured one).")] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="How many chunks.")] = 10,
 ) -> None:

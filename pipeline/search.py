@@ -488,7 +488,8 @@ class LibraryIndex:
         return self.describe(hits)
 
     def chunk_ids_of(self, doc_ids: Collection[str], *, owner: str | None = None) -> set[str]:
-        """Chunk ids of `owner`'s documents given by id or unique id prefix."""
+        """Chunk ids of `owner`'s documents given by id, unique id prefix or file name (as
+        `ask` takes them)."""
         mine = owner_clause(self._library, owner)
         with self._library.sessions() as session:
             ids: set[str] = set()
@@ -498,9 +499,15 @@ class LibraryIndex:
                         select(Document.id).where(Document.id_prefix(prefix)).where(mine)
                     )
                 )
+                if not docs:
+                    docs = list(
+                        session.scalars(
+                            select(Document.id).where(Document.file_name == prefix).where(mine)
+                        )
+                    )
                 if len(docs) != 1:
                     what = "no document" if not docs else f"{len(docs)} documents"
-                    raise LookupError(f"{what} with id {prefix!r} (see `folio docs`)")
+                    raise LookupError(f"{what} with id or file name {prefix!r} (see `folio docs`)")
                 ids.update(session.scalars(select(Chunk.id).where(Chunk.doc_id == docs[0])))
             return ids
 

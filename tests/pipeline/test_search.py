@@ -43,6 +43,18 @@ def test_ingest_indexes_and_search_cites_pages(library, sample_pdf: Path) -> Non
         index.search("  ")
 
 
+def test_search_scopes_by_id_prefix_or_file_name(library, sample_pdf: Path) -> None:
+    index = LibraryIndex(library, BM25_ONLY, EncoderConfig())
+    (result,) = _ingest(library, index, [sample_pdf])
+    query = "default settings of each stage chunk size"
+    by_id = index.search(query, k=3, doc_ids=[result.doc_id[:8]])
+    assert by_id and [h.chunk_id for h in index.search(query, k=3, doc_ids=["folio-guide.pdf"])] == [
+        h.chunk_id for h in by_id
+    ]
+    with pytest.raises(LookupError, match="no document with id or file name 'other.pdf'"):
+        index.search(query, k=3, doc_ids=["other.pdf"])
+
+
 def test_index_is_repaired_from_the_database(library, sample_pdf: Path) -> None:
     index = LibraryIndex(library, BM25_ONLY, EncoderConfig())
     _ingest(library, index, [sample_pdf])
