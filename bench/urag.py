@@ -4,11 +4,14 @@ Run by hand (never in tests), under `nice`, one step at a time:
 
     export HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=folio-library/models
     # 1. evidence (retrieval + WuKong sampler) and layer 0..MAX states of every question
-    nice -n 15 .venv/bin/python -m bench.urag cache --library LIB --out DIR --stride 2 --max-layer 10 --save-layers 4 6 8
+    nice -n 15 .venv/bin/python -m bench.urag cache --library LIB --out DIR --stride 1 --max-layer 4 --save-layers 4
     # 2. recall of the kept pages against L (attention mass; MaxSim with a trained projection)
     .venv/bin/python -m bench.urag curve --out DIR [--projection models/weights/....pt]
+    # 2b. the sampler alone under smaller budgets (the baseline the kept set must beat)
+    nice -n 15 .venv/bin/python -m bench.urag budget --library LIB --out DIR --shares 0.4 0.5 0.6 1
     # 3. answers with and without the stage on the validation documents
-    nice -n 15 .venv/bin/python -m bench.urag qa --library LIB --out DIR --limit 24 --layer 6 --keep 4
+    nice -n 15 .venv/bin/python -m bench.urag qa --library LIB --out DIR --stride 4 --limit 32 --layer 4 \\
+        --keep 3 --scorer maxsim
 
 The dev split is divided by document (`split_of`): about 30% of the documents are validation,
 never used to choose L, the keep count or to train the projection.
@@ -159,7 +162,7 @@ def curve(args: argparse.Namespace) -> None:
             statistics.fmean(_recall(set(r["gold_pages"]), r["pages"], list(range(len(r["pages"]))))
                              for r in rows), 4)  # fmt: skip
         for keep in args.keep:
-            layers = range(len(rows[0]["mass"]))
+            layers = range(min(len(r["mass"]) for r in rows))  # caches may stop at other layers
             report["attention"].setdefault(f"keep{keep}", {})[split] = {
                 layer: round(statistics.fmean(
                     _recall(set(r["gold_pages"]), r["pages"],
@@ -189,6 +192,46 @@ def curve(args: argparse.Namespace) -> None:
     text = json.dumps(report, indent=1)
     (out / "curve.json").write_text(text + "\n")
     print(text)
+
+
+def budget(args: argparse.Namespace) -> None:
+    """Step 2b: the baseline URaG must beat: the sampler alone under a smaller token budget
+    (share of the default), evidence-page recall and prompt evidence tokens per split."""
+    from models.urag import layout_prompt
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    records = [r for r in _records(out) if r["gold_pages"] and r["answer_format"] != "None"]
+    folio = _folio(args.library)
+    answerer = folio.answerer
+    generator = answerer.generator()
+    report: dict = {"questions": {}, "budgets": {}}
+    for share in args.shares:
+        cfg = answerer.config.model_copy(
+            update={"token_budget": round(answerer.config.token_budget * share)}
+        )
+        rows = []
+        for r in records:
+            items, prompt = _evidence_prompt(answerer, r["question"], r["doc"], cfg)
+            layout = layout_prompt(generator, prompt) if items else None
+            tokens = sum(e - s for s, e in layout.segments) if layout else 0
+            full = sum(_seg_tokens(r))
+            pages = [i.page for i in items]
+            rows.append((r["split"], _recall(set(r["gold_pages"]), pages, list(range(len(pages)))),
+                         tokens / full if full else 0.0))  # fmt: skip
+        report["budgets"][str(share)] = {
+            split: {
+                "page_recall": round(statistics.fmean(x[1] for x in rows if x[0] == split), 4),
+                "evidence_token_share": round(
+                    statistics.fmean(x[2] for x in rows if x[0] == split), 4
+                ),
+            }
+            for split in ("train", "val")
+        }
+        print(share, json.dumps(report["budgets"][str(share)]), flush=True)
+    for split in ("train", "val"):
+        report["questions"][split] = sum(r["split"] == split for r in records)
+    (out / "budget.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 def _seg_tokens(record: dict) -> list[int]:
@@ -319,6 +362,11 @@ def main() -> None:
     p.add_argument("--keep", type=int, nargs="*", default=[2, 3, 4, 5])
     p.add_argument("--at", type=int, default=6, help="layer whose kept-token share is reported")
     p.add_argument("--projection")
+    p = sub.add_parser("budget")
+    p.add_argument("--library", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--shares", type=float, nargs="+", default=[0.4, 0.5, 0.6, 1.0])
+    p.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("qa")
     p.add_argument("--library", required=True)
     p.add_argument("--out", required=True)
@@ -330,7 +378,7 @@ def main() -> None:
     p.add_argument("--projection")
     p.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    {"cache": cache, "curve": curve, "qa": qa}[args.step](args)
+    {"cache": cache, "curve": curve, "budget": budget, "qa": qa}[args.step](args)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ question's evidence pages; the other segments of the same prompt (same document,
 sampled for this question: hard negatives) are negatives. Loss: contrastive, the log of the
 softmax mass of the positives among all segments of the prompt (MaxSim scores / temperature).
 Only the train documents (`bench.urag.split_of`) are used; the validation documents are scored
-at the end, never used to pick anything.
+at the end, never used to pick anything. `--cv FOLDS` chooses the temperature and the number of
+epochs by cross-validation grouped by document inside the train documents.
 
-    nice -n 15 .venv/bin/python -m bench.urag_train --out bench-work/urag --layer 6 \\
-        --save models/weights/urag_maxsim_qwen2.5-coder-0.5b.pt
+    nice -n 10 .venv/bin/python -m bench.urag_train --out bench-work/urag --layer 4 --cv 4 \\
+        --threads 1 --save models/weights/urag_maxsim_qwen2.5-coder-0.5b.pt
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from bench.urag import _recall, _records, _seg_tokens, _top
 from models.urag import MaxSimProjection
 
 SETTINGS = {"dim": 128, "epochs": 40, "lr": 2e-3, "weight_decay": 1e-4, "temperature": 0.05,
-            "seed": 0, "keep": 4}  # fmt: skip
+            "seed": 0, "keep": 3}  # fmt: skip
+# The grid `--cv` searches (the rest of SETTINGS stays fixed).
+CV_TEMPERATURES = (0.05, 0.1, 0.2)
+CV_EPOCHS = (3, 8, 15)
 
 
 def _load(out: Path, layer: int, split: str) -> list[dict]:
@@ -60,43 +64,84 @@ def _recall_of(projection: MaxSimProjection, rows: list[dict], keep: int) -> flo
         )  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="the bench.urag cache folder")
-    parser.add_argument("--layer", type=int, default=6)
-    parser.add_argument("--save", help="write the trained projection here")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    s = SETTINGS
+def train_projection(rows: list[dict], s: dict, layer: int, log: bool = False) -> MaxSimProjection:
+    """Train a projection on `rows` (each with a positive and a negative segment) with settings `s`."""
     torch.manual_seed(s["seed"])
-    random.seed(s["seed"])
-    out = Path(args.out)
-    train, val = _load(out, args.layer, "train"), _load(out, args.layer, "val")
-    usable = [r for r in train if r["labels"].any() and not r["labels"].all()]
-    print(
-        f"train {len(train)} questions ({len(usable)} with a positive and a negative), val {len(val)}"
-    )
-    hidden_size = usable[0]["q"].shape[1]
-    projection = MaxSimProjection(hidden_size, s["dim"], args.layer)
+    rng = random.Random(s["seed"])
+    rows = list(rows)
+    projection = MaxSimProjection(rows[0]["q"].shape[1], s["dim"], layer)
     optim = torch.optim.AdamW(projection.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
     for epoch in range(s["epochs"]):
-        random.shuffle(usable)
+        rng.shuffle(rows)
         losses = []
-        for row in usable:
+        for row in rows:
             logits = _scores(projection, row) / s["temperature"]
             loss = torch.logsumexp(logits, 0) - torch.logsumexp(logits[row["labels"]], 0)
             optim.zero_grad()
             loss.backward()
             optim.step()
             losses.append(loss.item())
-        if epoch % 10 == 9 or epoch == s["epochs"] - 1:
-            print(f"epoch {epoch + 1}: loss {statistics.fmean(losses):.3f}, "
-                  f"train recall@keep{s['keep']} {_recall_of(projection, train, s['keep']):.3f}")  # fmt: skip
-    projection.eval()
+        if log and (epoch % 5 == 4 or epoch == s["epochs"] - 1):
+            print(f"epoch {epoch + 1}: loss {statistics.fmean(losses):.3f}", flush=True)
+    return projection.eval()
+
+
+def cross_validate(
+    train: list[dict], grid: list[dict], folds: int, layer: int, keep: int
+) -> list[dict]:
+    """Recall@keep of each setting in `grid` on held-out train documents (folds grouped by
+    document, so a document's questions never sit on both sides)."""
+    docs = sorted({r["doc"] for r in train})
+    fold_of = {d: i % folds for i, d in enumerate(docs)}
+    results = []
+    for settings in grid:
+        recalls = []
+        for fold in range(folds):
+            fit = [r for r in train if fold_of[r["doc"]] != fold and _usable(r)]
+            held = [r for r in train if fold_of[r["doc"]] == fold]
+            projection = train_projection(fit, settings, layer)
+            recalls += [_recall_of(projection, [r], keep) for r in held]
+        results.append({**settings, f"cv_recall_keep{keep}": round(statistics.fmean(recalls), 4)})
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def _usable(row: dict) -> bool:
+    return bool(row["labels"].any()) and not bool(row["labels"].all())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="the bench.urag cache folder")
+    parser.add_argument("--layer", type=int, default=6)
+    parser.add_argument("--save", help="write the trained projection here")
+    parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
+    parser.add_argument(
+        "--cv", type=int, default=0, metavar="FOLDS",
+        help="choose temperature and epochs by grouped cross-validation on the train documents",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    s = {**SETTINGS, "epochs": args.epochs}
+    out = Path(args.out)
+    train, val = _load(out, args.layer, "train"), _load(out, args.layer, "val")
+    usable = [r for r in train if _usable(r)]
+    print(
+        f"train {len(train)} questions ({len(usable)} with a positive and a negative), val {len(val)}"
+    )
+    cv = None
+    if args.cv:
+        grid = [{**s, "temperature": t, "epochs": e} for t in CV_TEMPERATURES for e in CV_EPOCHS]
+        cv = cross_validate(train, grid, args.cv, args.layer, s["keep"])
+        s = {k: v for k, v in max(cv, key=lambda r: r[f"cv_recall_keep{s['keep']}"]).items()
+             if k in SETTINGS}  # fmt: skip
+        print("chosen:", json.dumps(s), flush=True)
+    projection = train_projection(usable, s, args.layer, log=True)
     report = {
         "layer": args.layer,
         "settings": s,
+        "cross_validation": cv,
         "train_questions": len(train),
         "train_used": len(usable),
         "val_questions": len(val),
@@ -110,7 +155,8 @@ def main() -> None:
     if args.save:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         projection.save(Path(args.save), **s, train_questions=len(usable),
-                        data="MMLongBench dev, train documents (bench.urag.split_of), stride 4")  # fmt: skip
+                        data="MMLongBench dev, train documents (bench.urag.split_of), the questions "
+                        "bench.urag cache stored (train_questions of them usable)")  # fmt: skip
 
 
 if __name__ == "__main__":
