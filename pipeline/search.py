@@ -466,7 +466,8 @@ class LibraryIndex:
         """The best chunks for `query` among `owner`'s documents, optionally within some.
 
         Args:
-            doc_ids: Only these documents (ids or unique id prefixes); None: all of `owner`'s.
+            doc_ids: Only these documents (ids, unique id prefixes or file names); None: all of
+                `owner`'s.
             owner: Whose library to search (None: the local user's; see pipeline/owners.py).
 
         Raises:
