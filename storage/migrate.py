@@ -15,6 +15,7 @@ it. A revision that rewrites data should make this ask first (a `folio migrate` 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,6 +78,40 @@ def ensure_schema(engine: Engine) -> None:
             or holds tables that are not a Folio library's.
     """
     where = engine.url.render_as_string(hide_password=True)
+    for attempt in range(_LOCKED_ATTEMPTS):
+        try:
+            _ensure_schema_once(engine, where)
+            return
+        except _Locked as locked:
+            if attempt + 1 == _LOCKED_ATTEMPTS:
+                raise SchemaMismatchError(
+                    f"cannot read the library database at {where}: {locked.orig} (another "
+                    "program holds it; try again when it is done)"
+                ) from locked
+            time.sleep(min(_LOCKED_FIRST_WAIT_S * 2**attempt, 2.0))
+
+
+# NOTE: SQLite's busy handler waits for most locks (busy_timeout), but some contention returns
+# SQLITE_BUSY at once (a WAL snapshot that went stale, a WAL file being recovered); seen when
+# several processes open an old library together on a loaded machine. Every attempt re-probes,
+# and a failed upgrade rolled back, so trying again is safe.
+_LOCKED_ATTEMPTS = 6
+_LOCKED_FIRST_WAIT_S = 0.1
+
+
+class _Locked(Exception):
+    """SQLite answered "database is locked"; `orig` is the driver's error."""
+
+    def __init__(self, orig: BaseException) -> None:
+        super().__init__(str(orig))
+        self.orig = orig
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    return "database is locked" in str(exc.orig)
+
+
+def _ensure_schema_once(engine: Engine, where: str) -> None:
     try:
         with engine.connect() as conn:
             state = _probe(conn)
@@ -91,11 +126,15 @@ def ensure_schema(engine: Engine) -> None:
             try:
                 _bring_to_head(conn, state, where)
             except (OperationalError, ProgrammingError, IntegrityError) as exc:
+                if isinstance(exc, OperationalError) and _is_locked(exc):
+                    raise
                 raise SchemaMismatchError(
                     f"upgrading the library database {where} to schema version {SCHEMA_VERSION} "
                     f"failed, nothing was changed: {exc.orig}"
                 ) from exc
     except (OperationalError, ProgrammingError) as exc:
+        if isinstance(exc, OperationalError) and _is_locked(exc):
+            raise _Locked(exc.orig) from exc
         raise SchemaMismatchError(f"cannot read the library database at {where}: {exc.orig}") from exc
 
 

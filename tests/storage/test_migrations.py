@@ -14,6 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, MetaData, Table, create_engine, inspect, select, text
+from sqlalchemy.exc import OperationalError
 
 from storage import SCHEMA_VERSION, SchemaMismatchError, StorageConfig, open_library
 from storage.migrate import HEAD_REVISION, alembic_config, current_revision
@@ -139,6 +140,42 @@ def test_four_openers_of_an_old_library_at_once_upgrade_it_once(database_url: st
         assert list(conn.execute(text("SELECT version_num FROM alembic_version"))) == [(HEAD_REVISION,)]
     assert len(_rows(library.engine, "chunks")) == 7
     library.close()
+
+
+def _locked_probe(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """`storage.migrate._probe` answers "database is locked" `times` times, then works."""
+    import storage.migrate as migrate
+
+    real, calls = migrate._probe, []
+    monkeypatch.setattr(migrate, "_LOCKED_FIRST_WAIT_S", 0.0)
+
+    def probe(conn):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) <= times:
+            raise OperationalError("SELECT", {}, sqlite3.OperationalError("database is locked"))
+        return real(conn)
+
+    monkeypatch.setattr(migrate, "_probe", probe)
+    return calls
+
+
+def test_a_busy_database_at_open_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite can answer "database is locked" without waiting (a stale WAL snapshot): opening
+    tries again instead of failing, and upgrades the old library once it gets through."""
+    config = _make_v1_library(tmp_path, None)
+    calls = _locked_probe(monkeypatch, times=2)
+    library = open_library(config)
+    assert len(calls) == 4  # locked twice, then the probe and the re-probe under the lock
+    assert current_revision(library.engine) == HEAD_REVISION
+    library.close()
+
+
+def test_a_database_locked_for_good_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _make_v1_library(tmp_path, None)
+    calls = _locked_probe(monkeypatch, times=100)
+    with pytest.raises(SchemaMismatchError, match="database is locked .another program holds it"):
+        open_library(config)
+    assert len(calls) == 6
 
 
 def test_a_failed_upgrade_leaves_the_old_version_whole(database_url: str | None, tmp_path: Path) -> None:
