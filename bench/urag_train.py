@@ -113,7 +113,7 @@ def _usable(row: dict) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the bench.urag cache folder")
-    parser.add_argument("--layer", type=int, default=6)
+    parser.add_argument("--layer", type=int, default=4)
     parser.add_argument("--save", help="write the trained projection here")
     parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
     parser.add_argument(
