@@ -1,7 +1,7 @@
 """REFRAG on the answering prompt: perplexity of MMLongBench dev answers with compressed evidence.
 
     HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=... python -m bench.refrag_answers --library LIB \\
-        [--limit 24] [--stride 1] [--json OUT]
+        [--limit 24] [--stride 1] [--k 8 16] [--p 0 0.25 0.5] [--json OUT]
 
 Questions come from the held-aside documents (`bench.urag.split_of` == "val"; neither the
 projector's training nor URaG's ever saw them). The prompt is the one `Answerer.ask` builds
@@ -17,7 +17,8 @@ question and setting, one forward pass over the prompt followed by the gold answ
   (what the projected vectors add over the same expanded tokens alone);
 - none: the prompt with every evidence item removed.
 
-Perplexity is exp(mean NLL) of the answer's tokens, pooled over questions. `prefill_ms` is the
+Perplexity is exp(mean NLL) of the answer's tokens, pooled over questions, and per question
+(exp of the mean of each question's mean NLL, so that one long answer does not decide it). `prefill_ms` is the
 median wall time of that forward pass (prompt + the short answer), the same work in every setting,
 so its ratios show what the shorter prompt buys.
 """
