@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, func, select, text, update
 
 from models.config import EncoderConfig
-from pipeline.ingest import leftover_assets
+from pipeline.ingest import RETIRED_SUFFIX, leftover_assets, restore_retired_assets
 from pipeline.search import LOCK_FILE, LibraryIndex, document_version, index_key
 from retrieval import RetrievalConfig, inspect_saved
 from storage import Block, Chunk, Document, DocumentStatus, FileLock, Library, Page
@@ -127,6 +127,8 @@ def check_library(
     # are in flux, so asset checks wait for a quiet library (and never remove its work).
     quiet = ingest.acquire(blocking=False)
     try:
+        if quiet:
+            _check_retired_assets(library, report, repair)
         _check_documents(library, report, repair, check_files=quiet)
         if quiet:
             _check_asset_folders(library, report, repair)
@@ -250,11 +252,25 @@ def _mark_failed(library: Library, doc_id: str, message: str) -> None:
     shutil.rmtree(library.assets_dir / doc_id, ignore_errors=True)
 
 
+def _check_retired_assets(library: Library, report: CheckReport, repair: bool) -> None:
+    """Image folders a store killed between its two renames left aside (call with the ingest
+    lock held); repaired by putting them back, before the documents' files are checked."""
+    for doc_id in restore_retired_assets(library, repair=repair):
+        report.add(
+            "assets", Severity.ERROR,
+            f"assets/{doc_id}{RETIRED_SUFFIX}: the images of {doc_id[:12]}, set aside by a store "
+            "killed before its commit (its rows are the old ones); --repair puts them back",
+            repair,
+        )  # fmt: skip
+
+
 def _check_asset_folders(library: Library, report: CheckReport, repair: bool) -> None:
     """`<doc>.partial` folders and folders of no OK document (call with the ingest lock held)."""
     for path in leftover_assets(library):
         if path.name.endswith(_PARTIAL):
             why = "images of a document whose parsing or storing was interrupted"
+        elif path.name.endswith(RETIRED_SUFFIX):
+            why = "old images of a document stored again (its new images are in place)"
         else:
             why = "images of no stored document (interrupted before its commit, or failed since)"
         if repair:

@@ -147,6 +147,7 @@ def ingest(
     # here, this run clears what killed runs left (documents it skips would keep them).
     busy = library.ingest_lock()
     if busy.acquire(blocking=False):
+        restore_retired_assets(library)
         for leftover in leftover_assets(library):
             shutil.rmtree(leftover, ignore_errors=True)
         busy.release()
@@ -327,43 +328,57 @@ def _write_document(
     doc_id = parsed.doc_id
     partial = library.assets_dir / f"{doc_id}.partial"
     final = library.assets_dir / doc_id
+    retired = library.assets_dir / f"{doc_id}{RETIRED_SUFFIX}"
     old_chunk_ids: list[str] = []
-    with library.sessions() as session, session.begin():
-        if session.get(Document, doc_id) is not None:
-            old_chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.doc_id == doc_id)))
-            # NOTE: rows of pages, blocks and chunks go with it through ON DELETE CASCADE.
-            session.execute(delete(Document).where(Document.id == doc_id))
-            session.expunge_all()
-        session.add(
-            Document(
-                id=doc_id,
-                file_name=parsed.file_name,
-                title=parsed.title,
-                page_count=parsed.page_count,
-                parser_version=parsed.parser_version,
-                status=DocumentStatus.OK,
-                error=None,
-                size_bytes=path.stat().st_size,
-                owner_id=owner_key,
+    set_aside = False
+    try:
+        with library.sessions() as session, session.begin():
+            if session.get(Document, doc_id) is not None:
+                old_chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.doc_id == doc_id)))
+                # NOTE: rows of pages, blocks and chunks go with it through ON DELETE CASCADE.
+                session.execute(delete(Document).where(Document.id == doc_id))
+                session.expunge_all()
+            session.add(
+                Document(
+                    id=doc_id,
+                    file_name=parsed.file_name,
+                    title=parsed.title,
+                    page_count=parsed.page_count,
+                    parser_version=parsed.parser_version,
+                    status=DocumentStatus.OK,
+                    error=None,
+                    size_bytes=path.stat().st_size,
+                    owner_id=owner_key,
+                )
             )
-        )
-        session.flush()
-        session.execute(insert(Page), [_page_row(doc_id, p) for p in parsed.pages])
-        block_rows = [_block_row(doc_id, p.number, b) for p in parsed.pages for b in p.blocks]
-        block_ids = (
-            list(session.scalars(insert(Block).returning(Block.id, sort_by_parameter_order=True), block_rows))
-            if block_rows
-            else []
-        )
-        drafts = chunk_blocks(_block_refs(block_ids, block_rows), chunk_config)
-        chunk_rows = [_chunk_row(doc_id, d) for d in drafts]
-        if chunk_rows:
-            session.execute(insert(Chunk), chunk_rows)
-        # Images go into place before the commit: a crash in between leaves spare files
-        # (overwritten on the next run), never rows pointing at missing files.
-        if partial.exists():
+            session.flush()
+            session.execute(insert(Page), [_page_row(doc_id, p) for p in parsed.pages])
+            block_rows = [_block_row(doc_id, p.number, b) for p in parsed.pages for b in p.blocks]
+            block_ids = (
+                list(session.scalars(insert(Block).returning(Block.id, sort_by_parameter_order=True), block_rows))
+                if block_rows
+                else []
+            )
+            drafts = chunk_blocks(_block_refs(block_ids, block_rows), chunk_config)
+            chunk_rows = [_chunk_row(doc_id, d) for d in drafts]
+            if chunk_rows:
+                session.execute(insert(Chunk), chunk_rows)
+            # Images go into place before the commit: a crash in between leaves spare files
+            # (overwritten on the next run), never rows pointing at missing files. The old
+            # images are renamed aside, not deleted, until the commit: a kill between the two
+            # renames leaves them whole (`restore_retired_assets` puts them back).
+            if partial.exists():
+                shutil.rmtree(retired, ignore_errors=True)
+                if final.exists():
+                    final.rename(retired)
+                    set_aside = True
+                partial.rename(final)
+    except BaseException:
+        if set_aside:  # the rows were rolled back: so are the images
             shutil.rmtree(final, ignore_errors=True)
-            partial.rename(final)
+            retired.rename(final)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
     return old_chunk_ids, chunk_rows
 
 
@@ -454,10 +469,38 @@ def _record_failure(
     return IngestResult(path, doc_id, "failed", error=error)
 
 
+# A document's old image folder while its new one moves into place (see `_write_document`).
+RETIRED_SUFFIX = ".old"
+
+
+def restore_retired_assets(library: Library, *, repair: bool = True) -> list[str]:
+    """Put back the image folders a store killed between its two renames left aside: an OK
+    document without its folder whose `<doc>.old` folder exists (its rows were never replaced).
+    Meaningful only while no ingest runs (hold `library.ingest_lock()` alone).
+
+    Returns:
+        The ids of those documents (restored when `repair`).
+    """
+    if not library.assets_dir.is_dir():
+        return []
+    with library.sessions() as session:
+        ok = set(session.scalars(select(Document.id).where(Document.status == DocumentStatus.OK)))
+    found = []
+    for path in sorted(library.assets_dir.glob(f"*{RETIRED_SUFFIX}")):
+        doc_id = path.name[: -len(RETIRED_SUFFIX)]
+        final = library.assets_dir / doc_id
+        if path.is_dir() and doc_id in ok and not final.exists():
+            found.append(doc_id)
+            if repair:
+                path.rename(final)
+    return found
+
+
 def leftover_assets(library: Library) -> list[Path]:
     """Asset folders of no stored document: `<doc>.partial` folders of an interrupted parse or
-    store, and folders of no OK document (moved into place by a store killed before its
-    commit). Meaningful only while no ingest runs (hold `library.ingest_lock()` alone)."""
+    store, `<doc>.old` folders a store left aside, and folders of no OK document (moved into
+    place by a store killed before its commit). Call `restore_retired_assets` first. Meaningful
+    only while no ingest runs (hold `library.ingest_lock()` alone)."""
     if not library.assets_dir.is_dir():
         return []
     with library.sessions() as session:

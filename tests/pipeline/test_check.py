@@ -105,6 +105,32 @@ def test_leftover_asset_folders_are_removed_by_repair_unless_an_ingest_runs(libr
     assert _check(library).findings == []
 
 
+def test_images_set_aside_by_a_store_killed_between_its_renames_are_put_back(library, sample_pdf: Path) -> None:
+    (result,), _ = _ingest(library, [sample_pdf])
+    folder = library.assets_dir / result.doc_id
+    # Killed after renaming the old images aside, before moving the new ones into place.
+    folder.rename(library.assets_dir / f"{result.doc_id}.old")
+    (library.assets_dir / f"{result.doc_id}.partial").mkdir()
+    report = _check(library)
+    assert not report.ok and not folder.exists()
+    assert any(".old: the images of" in f.message and f.severity == Severity.ERROR for f in report.findings)
+    report = _check(library, repair=True)
+    assert report.ok and folder.is_dir()
+    with library.sessions() as s:
+        assert s.get(Document, result.doc_id).status == DocumentStatus.OK  # put back, not failed
+    assert _check(library).findings == []
+    assert sorted(p.name for p in library.assets_dir.iterdir()) == [result.doc_id]
+
+
+def test_the_next_ingest_puts_set_aside_images_back(library, sample_pdf: Path, small_pdf: Path) -> None:
+    (result,), _ = _ingest(library, [sample_pdf])
+    folder = library.assets_dir / result.doc_id
+    folder.rename(library.assets_dir / f"{result.doc_id}.old")
+    _ingest(library, [small_pdf])
+    assert folder.is_dir() and not (library.assets_dir / f"{result.doc_id}.old").exists()
+    assert _check(library).ok
+
+
 def test_an_incomplete_document_is_marked_failed_by_repair(library, sample_pdf: Path) -> None:
     (result,), _ = _ingest(library, [sample_pdf])
     with library.sessions() as session, session.begin():

@@ -102,6 +102,31 @@ def test_a_crash_while_storing_leaves_nothing_half_written(library, sample_pdf: 
     assert result.status == "added" and _counts(library)[0] == 1
 
 
+def test_a_reindex_that_fails_at_the_image_move_keeps_the_old_images(library, sample_pdf: Path, monkeypatch) -> None:
+    (first,) = _run([sample_pdf], library)
+    with library.sessions() as s:
+        thumbs = [p.thumbnail for p in s.get(Document, first.doc_id).pages]
+    counts = _counts(library)
+    real_rename = Path.rename
+
+    def rename(self: Path, target):  # noqa: ANN001, ANN202
+        if self.name.endswith(".partial"):
+            raise KeyboardInterrupt  # Ctrl-C after the old images were set aside
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        _run([sample_pdf], library, reindex=True)
+    monkeypatch.undo()
+    # The rows were rolled back and the old images are back where they point.
+    assert _counts(library) == counts
+    assert all(library.asset_path(t).is_file() for t in thumbs)
+    assert not (library.assets_dir / f"{first.doc_id}{ingest_module.RETIRED_SUFFIX}").exists()
+    (again,) = _run([sample_pdf], library, reindex=True)
+    assert again.status == "added" and all(library.asset_path(t).is_file() for t in thumbs)
+    assert sorted(p.name for p in library.assets_dir.iterdir()) == [first.doc_id]
+
+
 def test_delete_removes_rows_index_items_and_images(library, sample_pdf: Path) -> None:
     index = RecordingIndex()
     (result,) = _run([sample_pdf], library, index)
