@@ -227,3 +227,11 @@ class RetrievalConfig(BaseModel):
     dense: DenseConfig = Field(default_factory=DenseConfig, description="Dense settings.")
     fusion: FusionConfig = Field(default_factory=FusionConfig, description="Fusion settings.")
     prf: PRFConfig = Field(default_factory=PRFConfig, description="Feedback settings.")
+
+    def weight(self, run: str) -> float:
+        """Fusion weight of a run: "bm25", "splade", "dense", or "first" (the first-pass fused
+        run in the fusion after feedback)."""
+        if run == "first":
+            return self.prf.keep_first_pass
+        f = self.fusion
+        return {"bm25": f.bm25_weight, "splade": f.splade_weight, "dense": f.dense_weight}[run]

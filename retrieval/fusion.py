@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ._types import Hit
-from .config import Normalization
+from .config import Normalization, RetrievalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,18 @@ def fuse_rrf(
         Fused hits, best first; ties broken by chunk id.
     """
     return fuse(runs, weights, normalization=Normalization.RRF, k=k, rrf_k=rrf_k)
+
+
+def fuse_runs(runs: Mapping[str, Run], config: RetrievalConfig, k: int) -> Run:
+    """`fuse_arrays` over named runs, with the weights and normalisation of `config`."""
+    f = config.fusion
+    return fuse_arrays(
+        list(runs.values()),
+        [config.weight(name) for name in runs],
+        normalization=f.normalization,
+        k=k,
+        rrf_k=f.rrf_k,
+    )
 
 
 def fuse_arrays(

@@ -28,7 +28,7 @@ from ._postings import TermWeights
 from ._types import DenseEncoder, Hit, IndexMismatchError, SparseEncoder
 from .config import RetrievalConfig, RetrievalMode
 from .dense import DenseIndex, faiss_part
-from .fusion import Run, fuse_arrays
+from .fusion import Run, fuse_runs
 from .prf import rm3, rocchio_dense, rocchio_sparse
 from .sparse import BM25Index, SpladeIndex
 
@@ -305,13 +305,13 @@ class HybridRetriever:
         if mode == RetrievalMode.DENSE:
             return self._dense.search_encoded(self._need(query.dense, "dense"), k, allowed=allowed)
         first = self._runs(query, depth, allowed)
-        fused = self._fuse(first, depth if mode == RetrievalMode.HYBRID_PRF else k)
+        fused = fuse_runs(first, self._config, depth if mode == RetrievalMode.HYBRID_PRF else k)
         if mode == RetrievalMode.HYBRID_PRF:
             feedback = fused[0][: self._config.prf.fb_docs]
             second = self._runs(self._feedback(query, feedback), depth, allowed)
             if self._config.prf.keep_first_pass > 0:
                 second["first"] = fused
-            fused = self._fuse(second, k)
+            fused = fuse_runs(second, self._config, k)
         ids, scores = fused
         return [Hit(c, s) for c, s in zip(ids[:k], scores[:k].tolist(), strict=True)]
 
@@ -458,12 +458,6 @@ class HybridRetriever:
             )
         return mode
 
-    def _weight(self, name: str) -> float:
-        f = self._config.fusion
-        if name == "first":
-            return self._config.prf.keep_first_pass
-        return {"bm25": f.bm25_weight, "splade": f.splade_weight, "dense": f.dense_weight}[name]
-
     def _uses(self, mode: RetrievalMode) -> set[str]:
         if mode in (RetrievalMode.BM25, RetrievalMode.SPLADE, RetrievalMode.DENSE):
             return {mode.value}
@@ -472,7 +466,7 @@ class HybridRetriever:
             | ({"splade"} if self._splade else set())
             | ({"dense"} if self._dense else set())
         )
-        return {name for name in present if self._weight(name) > 0}
+        return {name for name in present if self._config.weight(name) > 0}
 
     @staticmethod
     def _need(value, name: str):
@@ -485,23 +479,13 @@ class HybridRetriever:
     ) -> dict[str, Run]:
         """One run per retriever with a positive weight and an encoded query."""
         runs: dict[str, Run] = {}
-        if query.bm25 is not None and self._weight("bm25") > 0:
+        if query.bm25 is not None and self._config.weight("bm25") > 0:
             runs["bm25"] = self._bm25.search_arrays(query.bm25, depth, allowed=allowed)
-        if query.splade is not None and self._splade is not None and self._weight("splade") > 0:
+        if query.splade is not None and self._splade is not None and self._config.weight("splade") > 0:
             runs["splade"] = self._splade.search_arrays(query.splade, depth, allowed=allowed)
-        if query.dense is not None and self._dense is not None and self._weight("dense") > 0:
+        if query.dense is not None and self._dense is not None and self._config.weight("dense") > 0:
             runs["dense"] = self._dense.search_arrays(query.dense, depth, allowed=allowed)
         return runs
-
-    def _fuse(self, runs: dict[str, Run], k: int) -> Run:
-        f = self._config.fusion
-        return fuse_arrays(
-            list(runs.values()),
-            [self._weight(name) for name in runs],
-            normalization=f.normalization,
-            k=k,
-            rrf_k=f.rrf_k,
-        )
 
     def _feedback(self, query: EncodedQuery, chunk_ids: Sequence[str]) -> EncodedQuery:
         """The query rewritten by each retriever from the feedback chunks."""

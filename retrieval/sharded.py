@@ -5,7 +5,7 @@ chunks of each run (BM25 and dense, in one call) and merges the per-shard lists 
 `depth` per run. BM25 scores with the whole collection's statistics (documents, total length and
 the query terms' document frequencies, summed over the shards by the coordinator), so a shard
 gives each chunk the score the unsharded index would and the merged top k equals its top k. The
-fused modes then fuse the merged runs exactly as `HybridRetriever` does (`fusion.fuse_arrays`,
+fused modes then fuse the merged runs exactly as `HybridRetriever` does (`fusion.fuse_runs`,
 and `prf.rm3` / `prf.rocchio_dense` for hybrid-prf), so with exact dense shards the sharded
 hybrid equals the unsharded one.
 
@@ -31,7 +31,7 @@ from ._text import Analyzer
 from ._types import DenseEncoder, Hit
 from .config import RetrievalConfig, RetrievalMode, ShardBackend, ShardingConfig
 from .dense import DenseIndex
-from .fusion import Run, fuse_arrays
+from .fusion import Run, fuse_runs
 from .prf import rm3, rocchio_dense
 from .sparse import BM25Index, BM25Stats
 
@@ -293,16 +293,16 @@ class ShardedRetriever:
             runs = self._runs(query, k, parted, {mode.value})
             ids, scores = runs.get(mode.value, ([], np.zeros(0, np.float32)))
             return [Hit(c, float(s)) for c, s in zip(ids, scores.tolist(), strict=True)]
-        use = {name for name in ("bm25", "dense") if self._weight(name) > 0}
+        use = {name for name in ("bm25", "dense") if self._config.weight(name) > 0}
         depth = max(self._config.depth, k)
         prf = mode == RetrievalMode.HYBRID_PRF
-        fused = self._fuse(self._runs(query, depth, parted, use), depth if prf else k)
+        fused = fuse_runs(self._runs(query, depth, parted, use), self._config, depth if prf else k)
         if prf:
             feedback = self._feedback(query, fused[0][: self._config.prf.fb_docs])
             second = self._runs(feedback, depth, parted, use)
             if self._config.prf.keep_first_pass > 0:
                 second["first"] = fused
-            fused = self._fuse(second, k)
+            fused = fuse_runs(second, self._config, k)
         ids, scores = fused
         return [Hit(c, s) for c, s in zip(ids[:k], scores[:k].tolist(), strict=True)]
 
@@ -333,12 +333,6 @@ class ShardedRetriever:
                 f"dense encoder), not {mode.value!r}"
             )
         return mode
-
-    def _weight(self, name: str) -> float:
-        if name == "first":
-            return self._config.prf.keep_first_pass
-        f = self._config.fusion
-        return {"bm25": f.bm25_weight, "dense": f.dense_weight}[name]
 
     def _partition(self, ids: Sequence[str]) -> list[list[int]]:
         """Row numbers of `ids` on each shard."""
@@ -404,16 +398,6 @@ class ShardedRetriever:
             if parts:
                 runs[name] = _merge(parts, depth)
         return runs
-
-    def _fuse(self, runs: Mapping[str, Run], k: int) -> Run:
-        f = self._config.fusion
-        return fuse_arrays(
-            list(runs.values()),
-            [self._weight(name) for name in runs],
-            normalization=f.normalization,
-            k=k,
-            rrf_k=f.rrf_k,
-        )
 
     def _feedback(self, query: ShardQuery, chunk_ids: Sequence[str]) -> ShardQuery:
         """The query rewritten from the feedback chunks (RM3 for the terms, Rocchio for the
