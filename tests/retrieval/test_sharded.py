@@ -107,29 +107,17 @@ def test_shards_with_their_own_statistics_would_disagree() -> None:
     split.close()
 
 
-def test_sharded_exact_dense_equals_unsharded(dense_encoder) -> None:
+@pytest.mark.parametrize(("mode", "tolerance"), [("dense", 1e-6), ("hybrid", 1e-5)])
+def test_sharded_exact_dense_and_hybrid_equal_unsharded(dense_encoder, mode: str, tolerance: float) -> None:
     corpus = zipf_corpus()
     single = HybridRetriever.create(dense_encoder=dense_encoder, config=EXACT)
     single.add(corpus)
     split = sharded(corpus, dense_encoder)
     for q in queries():
-        want = single.search(q, 10, mode="dense")
-        got = split.search(q, 10, mode="dense")
+        want = single.search(q, 10, mode=mode)
+        got = split.search(q, 10, mode=mode)
         assert [h.chunk_id for h in got] == [h.chunk_id for h in want]
-        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-6)
-    split.close()
-
-
-def test_sharded_hybrid_equals_hybrid_retriever(dense_encoder) -> None:
-    corpus = zipf_corpus()
-    single = HybridRetriever.create(dense_encoder=dense_encoder, config=EXACT)
-    single.add(corpus)
-    split = sharded(corpus, dense_encoder)
-    for q in queries():
-        want = single.search(q, 10, mode="hybrid")
-        got = split.search(q, 10, mode="hybrid")
-        assert [h.chunk_id for h in got] == [h.chunk_id for h in want]
-        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=tolerance)
     split.close()
 
 
