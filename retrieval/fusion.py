@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -122,6 +123,38 @@ def fuse_runs(runs: Mapping[str, Run], config: RetrievalConfig, k: int) -> Run:
         k=k,
         rrf_k=f.rrf_k,
     )
+
+
+Q = TypeVar("Q")
+
+
+def fuse_with_feedback(
+    query: Q,
+    runs: Callable[[Q, int], dict[str, Run]],
+    feedback: Callable[[Q, Sequence[str]], Q],
+    config: RetrievalConfig,
+    k: int,
+    *,
+    prf: bool,
+) -> list[Hit]:
+    """The fused modes (Li et al.): fuse the first-pass runs; with `prf`, rewrite the query from
+    the top `fb_docs` fused chunks, run again and fuse once more, the first fused run kept in
+    with weight `keep_first_pass` (interpolation before and after feedback).
+
+    Args:
+        query: An encoded query, whatever form `runs` and `feedback` take.
+        runs: (query, depth) -> one run per retriever in the fusion.
+        feedback: (query, feedback chunk ids) -> the rewritten query.
+    """
+    depth = max(config.depth, k)
+    fused = fuse_runs(runs(query, depth), config, depth if prf else k)
+    if prf:
+        second = runs(feedback(query, fused[0][: config.prf.fb_docs]), depth)
+        if config.prf.keep_first_pass > 0:
+            second["first"] = fused
+        fused = fuse_runs(second, config, k)
+    ids, scores = fused
+    return [Hit(c, s) for c, s in zip(ids[:k], scores[:k].tolist(), strict=True)]
 
 
 def fuse_arrays(

@@ -28,7 +28,7 @@ from ._postings import TermWeights
 from ._types import DenseEncoder, Hit, IndexMismatchError, SparseEncoder
 from .config import RetrievalConfig, RetrievalMode
 from .dense import DenseIndex, faiss_part
-from .fusion import Run, fuse_runs
+from .fusion import Run, fuse_with_feedback
 from .prf import rm3, rocchio_dense, rocchio_sparse
 from .sparse import BM25Index, SpladeIndex
 
@@ -295,7 +295,6 @@ class HybridRetriever:
             if allowed is not None and not isinstance(allowed, set | frozenset)
             else allowed
         )
-        depth = max(self._config.depth, k)
         if mode == RetrievalMode.BM25:
             return self._bm25.search_encoded(self._need(query.bm25, "bm25"), k, allowed=allowed)
         if mode == RetrievalMode.SPLADE:
@@ -304,16 +303,10 @@ class HybridRetriever:
             )
         if mode == RetrievalMode.DENSE:
             return self._dense.search_encoded(self._need(query.dense, "dense"), k, allowed=allowed)
-        first = self._runs(query, depth, allowed)
-        fused = fuse_runs(first, self._config, depth if mode == RetrievalMode.HYBRID_PRF else k)
-        if mode == RetrievalMode.HYBRID_PRF:
-            feedback = fused[0][: self._config.prf.fb_docs]
-            second = self._runs(self._feedback(query, feedback), depth, allowed)
-            if self._config.prf.keep_first_pass > 0:
-                second["first"] = fused
-            fused = fuse_runs(second, self._config, k)
-        ids, scores = fused
-        return [Hit(c, s) for c, s in zip(ids[:k], scores[:k].tolist(), strict=True)]
+        return fuse_with_feedback(
+            query, lambda q, depth: self._runs(q, depth, allowed), self._feedback, self._config, k,
+            prf=mode == RetrievalMode.HYBRID_PRF,
+        )  # fmt: skip
 
     def save(self, directory: Path, *, meta: dict | None = None) -> str:
         """Write every index into `directory`, then `retriever.json` (atomically, last).

@@ -5,7 +5,7 @@ chunks of each run (BM25 and dense, in one call) and merges the per-shard lists 
 `depth` per run. BM25 scores with the whole collection's statistics (documents, total length and
 the query terms' document frequencies, summed over the shards by the coordinator), so a shard
 gives each chunk the score the unsharded index would and the merged top k equals its top k. The
-fused modes then fuse the merged runs exactly as `HybridRetriever` does (`fusion.fuse_runs`,
+fused modes then fuse the merged runs exactly as `HybridRetriever` does (`fusion.fuse_with_feedback`,
 and `prf.rm3` / `prf.rocchio_dense` for hybrid-prf), so with exact dense shards the sharded
 hybrid equals the unsharded one.
 
@@ -31,7 +31,7 @@ from ._text import Analyzer
 from ._types import DenseEncoder, Hit
 from .config import RetrievalConfig, RetrievalMode, ShardBackend, ShardingConfig
 from .dense import DenseIndex
-from .fusion import Run, fuse_runs
+from .fusion import Run, fuse_with_feedback
 from .prf import rm3, rocchio_dense
 from .sparse import BM25Index, BM25Stats
 
@@ -294,17 +294,10 @@ class ShardedRetriever:
             ids, scores = runs.get(mode.value, ([], np.zeros(0, np.float32)))
             return [Hit(c, float(s)) for c, s in zip(ids, scores.tolist(), strict=True)]
         use = {name for name in ("bm25", "dense") if self._config.weight(name) > 0}
-        depth = max(self._config.depth, k)
-        prf = mode == RetrievalMode.HYBRID_PRF
-        fused = fuse_runs(self._runs(query, depth, parted, use), self._config, depth if prf else k)
-        if prf:
-            feedback = self._feedback(query, fused[0][: self._config.prf.fb_docs])
-            second = self._runs(feedback, depth, parted, use)
-            if self._config.prf.keep_first_pass > 0:
-                second["first"] = fused
-            fused = fuse_runs(second, self._config, k)
-        ids, scores = fused
-        return [Hit(c, s) for c, s in zip(ids[:k], scores[:k].tolist(), strict=True)]
+        return fuse_with_feedback(
+            query, lambda q, depth: self._runs(q, depth, parted, use), self._feedback,
+            self._config, k, prf=mode == RetrievalMode.HYBRID_PRF,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Stop the shard threads or actors; the retriever is unusable after."""
