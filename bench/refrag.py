@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from bench._cli import command_line
 from bench.refrag_train import corpus_texts, token_stream
 
 
@@ -128,10 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         }
         print(f"{s:28s} ppl {ppl:8.3f}  positions {rows[s]['positions']:6.1f}  TTFT {med * 1000:8.1f} ms", flush=True)
     report = {
-        "command": "python -m bench.refrag " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in sorted(vars(args).items()) if k != "json"
-        ),
+        "command": command_line("bench.refrag", args, skip={"json"}),
         "passages": len(passages),
         "context_tokens": args.context,
         "continuation_tokens": args.continuation,

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from bench._cli import command_line
 from bench.urag import SAMPLES, _evidence_prompt, _folio, split_of
 
 
@@ -172,12 +173,7 @@ def _report(args, settings, nll, count, per_question, seconds, positions) -> dic
             "speedup": round(full_s / med, 2),
         }
     return {
-        "command": "python -m bench.refrag_answers "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in sorted(vars(args).items())
-            if k not in ("json", "library")
-        ),
+        "command": command_line("bench.refrag_answers", args, skip={"json", "library"}),
         "questions": len(per_question["full"]),
         "answer_tokens": count["full"],
         "threads": torch.get_num_threads(),

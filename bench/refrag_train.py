@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from bench._cli import command_line
 from bench.urag import split_of
 
 SHARED = Path(os.environ.get("FOLIO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -159,9 +160,7 @@ def train(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {
-        "command": "python -m bench.refrag_train " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items()) if k != "out"
-        ),
+        "command": command_line("bench.refrag_train", args, skip={"out"}),
         "model": args.model,
         "encoder": "all-MiniLM-L6-v2 [mean | max] of token states",
         "data": "MMLongBench dev train documents + BEIR corpora (train ids), bench.urag.split_of",
