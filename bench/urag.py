@@ -181,12 +181,18 @@ def curve(args: argparse.Namespace) -> None:
             from models.urag import MaxSimProjection
 
             projection = MaxSimProjection.load(Path(args.projection))
+            scores = {r["index"]: maxsim_for(r, projection, out) for r in rows}
             for keep in args.keep:
+                kept = {r["index"]: _top(scores[r["index"]], _seg_tokens(r), keep) for r in rows}
                 report.setdefault("maxsim", {}).setdefault(f"keep{keep}", {})[split] = round(
                     statistics.fmean(
-                        _recall(set(r["gold_pages"]), r["pages"],
-                                _top(maxsim_for(r, projection, out), _seg_tokens(r), keep))
-                        for r in rows), 4)  # fmt: skip
+                        _recall(set(r["gold_pages"]), r["pages"], kept[r["index"]]) for r in rows
+                    ), 4)  # fmt: skip
+                report.setdefault("maxsim_kept_token_share", {}).setdefault(f"keep{keep}", {})[
+                    split
+                ] = round(statistics.fmean(
+                    sum(_seg_tokens(r)[i] for i in kept[r["index"]]) / sum(_seg_tokens(r))
+                    for r in rows), 4)  # fmt: skip
     report["segments_mean"] = round(statistics.fmean(len(r["pages"]) for r in records), 2)
     report["prompt_tokens_mean"] = round(statistics.fmean(r["tokens"] for r in records), 1)
     text = json.dumps(report, indent=1)
@@ -248,6 +254,12 @@ def qa(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    path = out / f"qa-{args.scorer}-L{args.layer}-k{args.keep}.jsonl"
+    if args.summary_only:  # the summary again from the rows an earlier run wrote
+        summary = _qa_summary([json.loads(line) for line in path.open()])
+        (out / path.name.replace(".jsonl", ".json")).write_text(json.dumps(summary, indent=1) + "\n")
+        print(json.dumps(summary, indent=1))
+        return
     questions = [
         (i, q) for i, q in enumerate(load_qa_questions(SAMPLES)) if split_of(q.doc_id) == "val"
     ][:: args.stride][: args.limit]
@@ -267,7 +279,6 @@ def qa(args: argparse.Namespace) -> None:
     model_config = answerer.generator().model.config
     model_config = getattr(model_config, "text_config", model_config)
     rows = []
-    path = out / f"qa-{args.scorer}-L{args.layer}-k{args.keep}.jsonl"
     with path.open("w") as sink:
         for index, q in questions:
             row = {"index": index, "doc": q.doc_id, "format": q.answer_format, "gold": q.answer,
@@ -332,6 +343,16 @@ def _qa_summary(rows: list[dict]) -> dict:
     summary["prefill_saved"] = round(
         1 - summary["on"]["prefill_ms_sum"] / summary["off"]["prefill_ms_sum"], 4
     )
+    saved = [1 - r["on"]["prefill_ms"] / r["off"]["prefill_ms"] for r in rows]
+    summary["prefill_saved_per_question"] = {
+        "min": round(min(saved), 4), "median": round(statistics.median(saved), 4),
+        "max": round(max(saved), 4),
+    }  # fmt: skip
+    summary["identical_predictions"] = sum(r["off"]["prediction"] == r["on"]["prediction"] for r in rows)
+    summary["changed_scores"] = sum(r["off"]["score"] != r["on"]["score"] for r in rows)
+    summary["deep_token_share"] = round(
+        statistics.fmean(r["on"]["deep_tokens"] / r["on"]["prompt_tokens"] for r in rows), 4
+    )
     if all("gflops" in r["off"] for r in rows):
         off, on = (sum(r[name]["gflops"] for r in rows) for name in ("off", "on"))
         summary["prefill_gflops"] = {"off": round(off, 1), "on": round(on, 1)}
@@ -377,6 +398,8 @@ def main() -> None:
     p.add_argument("--scorer", default="attention")
     p.add_argument("--projection")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--summary-only", action="store_true",
+                   help="summarise the rows an earlier run with these settings wrote")  # fmt: skip
     args = parser.parse_args()
     {"cache": cache, "curve": curve, "budget": budget, "qa": qa}[args.step](args)
 
