@@ -7,6 +7,9 @@ Run by hand (never in tests), under `nice`, one step at a time:
     nice -n 15 .venv/bin/python -m bench.urag cache --library LIB --out DIR --stride 1 --max-layer 4 --save-layers 4
     # 2. recall of the kept pages against L (attention mass; MaxSim with a trained projection)
     .venv/bin/python -m bench.urag curve --out DIR [--projection models/weights/....pt]
+    # 2a. the sampler's own score of every segment (for the fused scorer: MaxSim + prior)
+    nice -n 15 .venv/bin/python -m bench.urag priors --library LIB --out DIR
+    .venv/bin/python -m bench.urag curve --out DIR --projection P --prior-weights 0 0.5 1 2
     # 2b. the sampler alone under smaller budgets (the baseline the kept set must beat)
     nice -n 15 .venv/bin/python -m bench.urag budget --library LIB --out DIR --shares 0.4 0.5 0.6 1
     # 3. answers with and without the stage on the validation documents
@@ -122,6 +125,28 @@ def cache(args: argparse.Namespace) -> None:
             )
 
 
+def priors(args: argparse.Namespace) -> None:
+    """Step 2a: the sampler's similarity of every cached segment, to fuse with MaxSim."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    path = out / "priors.jsonl"
+    done = {json.loads(line)["index"] for line in path.open()} if path.exists() else set()
+    folio = _folio(args.library)
+    answerer = folio.answerer
+    with path.open("a") as sink:
+        for r in _records(out):
+            if r["index"] in done:
+                continue
+            items, _ = _evidence_prompt(answerer, r["question"], r["doc"], answerer.config)
+            pages = [i.page for i in items]
+            # The evidence must be the cached one, or the scores would sit on other segments.
+            row = {"index": r["index"], "scores": [round(float(i.score), 6) for i in items],
+                   "same": pages == r["pages"]}  # fmt: skip
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+            print(r["index"], row["same"], flush=True)
+
+
 def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "records.jsonl").open()]
 
@@ -193,11 +218,61 @@ def curve(args: argparse.Namespace) -> None:
                 ] = round(statistics.fmean(
                     sum(_seg_tokens(r)[i] for i in kept[r["index"]]) / sum(_seg_tokens(r))
                     for r in rows), 4)  # fmt: skip
+        if args.projection and args.prior_weights:
+            _fused_curve(report, split, rows, scores, _priors(out), args)
     report["segments_mean"] = round(statistics.fmean(len(r["pages"]) for r in records), 2)
     report["prompt_tokens_mean"] = round(statistics.fmean(r["tokens"] for r in records), 1)
     text = json.dumps(report, indent=1)
     (out / "curve.json").write_text(text + "\n")
     print(text)
+
+
+def _priors(out: Path) -> dict[int, list[float]]:
+    path = out / "priors.jsonl"
+    if not path.exists():
+        raise SystemExit(f"no {path}; run `python -m bench.urag priors` first")
+    rows = [json.loads(line) for line in path.open()]
+    return {r["index"]: r["scores"] for r in rows if r["same"]}
+
+
+def _fuse_scores(scores: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.Tensor:
+    """`z(scores) + weight * z(prior)`: the layer-L score plus the sampler's own similarity of
+    each segment, both standardised over the prompt's segments (their scales differ: MaxSim
+    cosines against MiniLM cosines). `weight` 0 returns the layer-L ranking unchanged."""
+
+    def z(x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        spread = x.std(unbiased=False) if x.numel() > 1 else x.new_tensor(0.0)
+        return (x - x.mean()) / spread if float(spread) > 0 else torch.zeros_like(x)
+
+    return z(scores) + weight * z(prior)
+
+
+def _fused_curve(
+    report: dict, split: str, rows: list[dict], maxsim: dict[int, list[float]],
+    prior: dict[int, list[float]], args: argparse.Namespace,
+) -> None:  # fmt: skip
+    """Recall and kept-token share of MaxSim fused with the sampler's similarity, per weight
+    (0: MaxSim alone; the "prior" entry: the sampler's similarity alone), on the questions whose
+    cached evidence the priors step reproduced."""
+    rows = [r for r in rows if r["index"] in prior]
+    report.setdefault("fused_questions", {})[split] = len(rows)
+    for keep in args.keep:
+        for name in [*map(str, args.prior_weights), "prior"]:
+            kept = {}
+            for r in rows:
+                s, p = torch.tensor(maxsim[r["index"]]), torch.tensor(prior[r["index"]])
+                fused = p if name == "prior" else _fuse_scores(s, p, float(name))
+                kept[r["index"]] = _top(fused.tolist(), _seg_tokens(r), keep)
+            entry = report.setdefault("fused", {}).setdefault(name, {})
+            entry = entry.setdefault(f"keep{keep}", {})
+            entry[split] = {
+                "recall": round(statistics.fmean(
+                    _recall(set(r["gold_pages"]), r["pages"], kept[r["index"]]) for r in rows), 4),
+                "token_share": round(statistics.fmean(
+                    sum(_seg_tokens(r)[i] for i in kept[r["index"]]) / sum(_seg_tokens(r))
+                    for r in rows), 4),
+            }  # fmt: skip
 
 
 def budget(args: argparse.Namespace) -> None:
@@ -383,6 +458,12 @@ def main() -> None:
     p.add_argument("--keep", type=int, nargs="*", default=[2, 3, 4, 5])
     p.add_argument("--at", type=int, default=4, help="layer whose kept-token share is reported")
     p.add_argument("--projection")
+    p.add_argument("--prior-weights", type=float, nargs="*", default=[],
+                   help="also fuse MaxSim with the sampler's similarity at these weights")  # fmt: skip
+    p = sub.add_parser("priors")
+    p.add_argument("--library", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("budget")
     p.add_argument("--library", required=True)
     p.add_argument("--out", required=True)
@@ -401,7 +482,7 @@ def main() -> None:
     p.add_argument("--summary-only", action="store_true",
                    help="summarise the rows an earlier run with these settings wrote")  # fmt: skip
     args = parser.parse_args()
-    {"cache": cache, "curve": curve, "budget": budget, "qa": qa}[args.step](args)
+    {"cache": cache, "curve": curve, "priors": priors, "budget": budget, "qa": qa}[args.step](args)
 
 
 if __name__ == "__main__":
