@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 import zipfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -182,6 +183,9 @@ class LibraryIndex:
         self._status = on_status or (lambda message: logger.info("%s", message))
         self._writer = threading.RLock()  # one writer at a time in this process
         self._rw = _ReadWriteLock()  # searches read; in-memory changes and swaps write
+        # owner -> (the retriever, its `changes`, the chunk ids the owner may search): one
+        # database read per owner while the index is unchanged, not one per query.
+        self._owned: dict[str | None, tuple[weakref.ref, int, frozenset[str] | None]] = {}
 
     @property
     def directory(self) -> Path:
@@ -476,17 +480,32 @@ class LibraryIndex:
         """
         if not query.strip():
             raise ValueError("empty query: type what you are looking for")
+        self.refresh()
+        self.retriever  # noqa: B018 - opens (and reconciles) on first use
         if doc_ids is not None:
             allowed = self.chunk_ids_of(doc_ids, owner=owner)
         else:
-            allowed = owned_chunk_ids(self._library, owner)
+            allowed = self._owned_chunk_ids(owner)
         if allowed is not None and not allowed:
             return []
-        self.refresh()
-        self.retriever  # noqa: B018 - opens (and reconciles) on first use
         with self._rw.read():
             hits = self._retriever.search(query, k, mode=mode, allowed=allowed)
         return self.describe(hits)
+
+    def _owned_chunk_ids(self, owner: str | None) -> frozenset[str] | None:
+        """`owned_chunk_ids`, read again only when the in-memory index changed (an add, a
+        delete or a reload): a chunk the index does not hold needs no filter entry, and one it
+        gains changes the key. A stale entry for a chunk deleted meanwhile is harmless, since
+        `describe` drops hits whose chunk is gone."""
+        retriever = self._retriever
+        changes = retriever.changes  # read before the database, so a concurrent add re-reads
+        cached = self._owned.get(owner)
+        if cached is not None and cached[0]() is retriever and cached[1] == changes:
+            return cached[2]
+        owned = owned_chunk_ids(self._library, owner)
+        ids = frozenset(owned) if owned is not None else None
+        self._owned[owner] = (weakref.ref(retriever), changes, ids)
+        return ids
 
     def chunk_ids_of(self, doc_ids: Collection[str], *, owner: str | None = None) -> set[str]:
         """Chunk ids of `owner`'s documents given by id, unique id prefix or file name (as

@@ -79,6 +79,9 @@ class HybridRetriever:
         self._dense = dense
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        # Bumped by every add and delete, so callers can cache what they derive from the chunk
+        # set (the search service's per-user filter) and know when it went stale.
+        self.changes = 0
 
     @classmethod
     def create(
@@ -207,6 +210,7 @@ class HybridRetriever:
                     "the chunks were encoded without the dense model; encode them here"
                 )
             self._dense.add_vectors(ids, chunks.dense[rows])
+        self.changes += 1
 
     def compact(self) -> None:
         """Drop deleted chunks and merge segments in every part; after it, `save` changes
@@ -226,6 +230,7 @@ class HybridRetriever:
         for index in (self._splade, self._dense):
             if index is not None:
                 index.delete(ids)
+        self.changes += 1
         return removed
 
     def encode(self, query: str, mode: RetrievalMode | str | None = None) -> EncodedQuery:

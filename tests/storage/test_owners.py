@@ -101,6 +101,44 @@ def test_users_see_only_their_own_documents(
         alice.close()
 
 
+def test_the_owner_filter_is_read_once_until_the_index_changes(
+    tmp_path: Path, sample_pdf: Path, tiny_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str | None] = []
+
+    def counted(library, owner):  # noqa: ANN001, ANN202 - wraps the real one
+        reads.append(owner)
+        return owned_chunk_ids(library, owner)
+
+    monkeypatch.setattr("pipeline.search.owned_chunk_ids", counted)
+    secret = _pdf(tmp_path / "board-minutes.pdf", SECRET + " " + "Quarterly board minutes. " * 20)
+    alice = _folio(tmp_path, None, tiny_settings, "alice")
+    bob = alice.as_user("bob")
+    try:
+        alice.ingest([sample_pdf])
+        bob.ingest([sample_pdf])
+        reads.clear()
+        for _ in range(3):
+            assert alice.search("SHA-256 hash identifies a document", k=3)
+        assert reads == ["alice"]  # one database read for three searches
+
+        # Each owner has an entry of their own; alice's new document changes the index, so both
+        # filters are read again, and only alice's includes it.
+        assert {h.doc_id for h in bob.search("SHA-256 hash", k=20)} == {d.doc_id for d in bob.documents()}
+        alice.ingest([secret])
+        assert alice.search("Bluefinch merger", k=1)[0].file_name == "board-minutes.pdf"
+        assert all(h.file_name != "board-minutes.pdf" for h in bob.search("Bluefinch merger", k=20))
+        assert reads == ["alice", "bob", "alice", "bob"]
+
+        # A delete changes it too: the deleted document no longer comes back.
+        secret_id = next(d.doc_id for d in alice.documents() if d.file_name == "board-minutes.pdf")
+        alice.delete(secret_id)
+        assert all(h.doc_id != secret_id for h in alice.search("Bluefinch merger", k=20))
+        assert reads[-1] == "alice" and len(reads) == 5
+    finally:
+        alice.close()
+
+
 def test_a_library_without_users_is_not_filtered(tmp_path: Path, sample_pdf: Path, tiny_settings) -> None:
     with _folio(tmp_path, None, tiny_settings, None) as folio:
         (result,) = folio.ingest([sample_pdf])
