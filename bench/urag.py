@@ -60,7 +60,7 @@ def _evidence_prompt(answerer, question: str, doc: str, cfg):
 
 def cache(args: argparse.Namespace) -> None:
     """Step 1: per question, segments with pages, attention mass per layer, saved states."""
-    from models.urag import LayerwiseDecoder, attention_mass, layout_prompt
+    from models.urag import LayerwiseDecoder, attention_mass, layout_prompt, model_fingerprint
     from pipeline.eval_qa import load_qa_questions
 
     torch.set_num_threads(args.threads)
@@ -76,6 +76,9 @@ def cache(args: argparse.Namespace) -> None:
     cfg = answerer.config
     generator = answerer.generator()
     decoder = LayerwiseDecoder(generator.model)
+    # Which model the states come from: `urag_train --save` stamps it into the projection, and
+    # the stage's "auto" scorer uses MaxSim only on that model.
+    (out / "model.json").write_text(json.dumps(model_fingerprint(generator.model)) + "\n")
     with records_path.open("a") as sink:
         for index in range(0, len(questions), args.stride):
             if index in done:

@@ -153,6 +153,10 @@ def main() -> None:
     print(json.dumps(report, indent=1))
     (out / f"train-L{args.layer}.json").write_text(json.dumps(report, indent=1) + "\n")
     if args.save:
+        stamp = out / "model.json"
+        if not stamp.is_file():
+            raise SystemExit(f"no {stamp}: run `python -m bench.urag cache` (it writes it) first")
+        projection.model = json.loads(stamp.read_text())
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         projection.save(Path(args.save), **s, train_questions=len(usable),
                         data="MMLongBench dev, train documents (bench.urag.split_of), the questions "

@@ -189,6 +189,7 @@ class SamplerConfig(BaseModel):
 class UragScorer(StrEnum):
     """How URaG scores an evidence segment at layer L."""
 
+    AUTO = "auto"  # maxsim when the projection was trained on this model at this layer, else attention
     ATTENTION = "attention"  # question-to-segment attention mass (training-free)
     MAXSIM = "maxsim"  # late interaction over layer-L states through a learned projection
 
@@ -219,7 +220,11 @@ class UragConfig(BaseModel):
         "the unselected segments are deleted (4 of Qwen2.5-Coder-0.5B's 24: best recall on the "
         "dev train documents, see bench/urag.py)."
     )  # fmt: skip
-    scorer: UragScorer = Field(default=UragScorer.ATTENTION, description="Segment score.")
+    scorer: UragScorer = Field(
+        default=UragScorer.AUTO, description="Segment score; auto: MaxSim through the projection "
+        "when it was trained on the loaded model at `layer` (the shipped one: Qwen2.5-Coder-0.5B, "
+        "layer 4), else the training-free attention mass."
+    )  # fmt: skip
     keep: int = Field(default=4, ge=1, description="Most evidence segments kept.")
     keep_tokens: float = Field(
         default=1.0, gt=0.0, le=1.0, description="Most share of the evidence tokens kept "

@@ -55,8 +55,10 @@ __all__ = [
     "Selection",
     "UragRunner",
     "attention_mass",
+    "fingerprints_match",
     "layout_prompt",
     "maxsim_scores",
+    "model_fingerprint",
     "select_top",
 ]
 
@@ -427,9 +429,12 @@ class MaxSimProjection(nn.Module):
         layer: The layer L whose states it was trained on (kept with the weights).
     """
 
-    def __init__(self, hidden_size: int, dim: int = 128, layer: int = 4) -> None:
+    def __init__(
+        self, hidden_size: int, dim: int = 128, layer: int = 4, model: dict | None = None
+    ) -> None:
         super().__init__()
         self.layer = layer
+        self.model = model  # `model_fingerprint` of the LLM whose states it was trained on
         self.proj = nn.Linear(hidden_size, dim)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -443,7 +448,8 @@ class MaxSimProjection(nn.Module):
     def save(self, path: Path, **settings: Any) -> None:
         torch.save(
             {"state_dict": self.state_dict(), "hidden_size": self.proj.in_features,
-             "dim": self.proj.out_features, "layer": self.layer, "settings": settings},
+             "dim": self.proj.out_features, "layer": self.layer, "model": self.model,
+             "settings": settings},
             path,
         )  # fmt: skip
 
@@ -457,9 +463,38 @@ class MaxSimProjection(nn.Module):
         if not Path(path).is_file():
             raise ValueError(f"no MaxSim projection at {path}; train one with bench/urag_train.py")
         data = torch.load(path, map_location="cpu", weights_only=True)
-        module = cls(int(data["hidden_size"]), int(data["dim"]), int(data["layer"]))
+        module = cls(
+            int(data["hidden_size"]), int(data["dim"]), int(data["layer"]), data.get("model")
+        )
         module.load_state_dict(data["state_dict"])
         return module.eval()
+
+    def fits(self, model: Any, layer: int) -> bool:
+        """Whether it was trained on `model`'s states at `layer` (by `model_fingerprint`)."""
+        return self.layer == layer and fingerprints_match(self.model, model_fingerprint(model))
+
+
+def model_fingerprint(model: Any) -> dict[str, Any]:
+    """What identifies an LLM's weights for a projection trained on its hidden states: its shape
+    and a checksum of its first token embeddings (two models of the same shape, such as
+    Qwen2.5-0.5B and Qwen2.5-Coder-0.5B, differ there)."""
+    config = getattr(model.config, "text_config", model.config)
+    embedding = model.get_input_embeddings().weight
+    return {
+        "model_type": str(config.model_type),
+        "hidden_size": int(config.hidden_size),
+        "num_layers": int(config.num_hidden_layers),
+        "embedding_checksum": float(embedding[:256].detach().float().abs().sum()),
+    }
+
+
+def fingerprints_match(trained: dict | None, loaded: dict) -> bool:
+    """Equal shapes, and checksums within 1% (the same weights in bf16, fp16 or fp32)."""
+    if not trained:
+        return False
+    same_shape = all(trained.get(k) == loaded[k] for k in ("model_type", "hidden_size", "num_layers"))
+    a, b = float(trained.get("embedding_checksum", 0.0)), loaded["embedding_checksum"]
+    return same_shape and abs(a - b) <= 0.01 * max(abs(a), abs(b), 1e-12)
 
 
 def maxsim_scores(
@@ -617,16 +652,36 @@ class UragRunner:
                 f"URaG layer {config.layer} must be below the last layer "
                 f"({self.decoder.num_layers - 1}); use 0..{self.decoder.num_layers - 2}"
             )
-        self.config = config
         self.projection: MaxSimProjection | None = None
-        if config.scorer is UragScorer.MAXSIM:
-            path = Path(config.projection) if config.projection else DEFAULT_PROJECTION
+        path = Path(config.projection) if config.projection else DEFAULT_PROJECTION
+        if config.scorer is UragScorer.AUTO:
+            chosen = config.projection is not None or path.is_file()  # a named file must exist
+            found = projection or (MaxSimProjection.load(path) if chosen else None)
+            if found is not None and found.fits(generator.model, config.layer):
+                self.projection, config = found, config.model_copy(update={"scorer": UragScorer.MAXSIM})
+            else:
+                logger.info(
+                    "URaG: %s was not trained on this model at layer %d; scoring by attention "
+                    "mass", path.name, config.layer,
+                )  # fmt: skip
+                config = config.model_copy(update={"scorer": UragScorer.ATTENTION})
+        elif config.scorer is UragScorer.MAXSIM:
             self.projection = projection or MaxSimProjection.load(path)
             if self.projection.layer != config.layer:
                 raise ValueError(
                     f"the MaxSim projection {path.name} was trained on layer "
                     f"{self.projection.layer}, not {config.layer}; set layer={self.projection.layer}"
                 )
+            hidden = model_fingerprint(generator.model)["hidden_size"]
+            if self.projection.proj.in_features != hidden:
+                raise ValueError(
+                    f"the MaxSim projection {path.name} reads {self.projection.proj.in_features}-d "
+                    f"states, this model's are {hidden}-d; train one for it (bench/urag_train.py) "
+                    "or use scorer=attention"
+                )
+            if not self.projection.fits(generator.model, config.layer):
+                logger.warning("URaG: %s was trained on another model's states", path.name)
+        self.config = config  # its scorer resolved: attention or maxsim
         self._layout: PromptLayout | None = None
         self.selection: Selection | None = None
 

@@ -25,6 +25,7 @@ from models.urag import (
     attention_mass,
     layout_prompt,
     maxsim_scores,
+    model_fingerprint,
     select_top,
 )
 from tests.models.test_generator import _tokenizer
@@ -277,6 +278,42 @@ def test_the_shipped_projection_loads_at_the_default_layer() -> None:
     projection = MaxSimProjection.load(DEFAULT_PROJECTION)
     assert projection.layer == UragConfig().layer
     assert projection.proj.in_features == 896  # Qwen2.5-Coder-0.5B's hidden size
+    assert projection.model is not None
+    assert (projection.model["model_type"], projection.model["num_layers"]) == ("qwen2", 24)
+
+
+def test_auto_scorer_uses_maxsim_only_on_the_model_it_was_trained_on(
+    generator: Generator, tmp_path
+) -> None:
+    model = generator.model
+    hidden = model.config.hidden_size
+    trained_here = MaxSimProjection(hidden, dim=8, layer=1, model=model_fingerprint(model))
+    trained_here.save(tmp_path / "here.pt")
+    auto = UragConfig(layer=1, keep=2, projection=str(tmp_path / "here.pt"))
+    assert auto.scorer is UragScorer.AUTO
+    runner = UragRunner(generator, auto)
+    assert runner.config.scorer is UragScorer.MAXSIM and runner.projection is not None
+    layout = layout_prompt(generator, _prompt())
+    runner.use(layout)
+    generator.generate(layout.inputs, runner=runner, max_new_tokens=1)
+    assert runner.selection.scorer == "maxsim"
+
+    # Same shape, other weights (another model's states): attention mass, not a wrong MaxSim.
+    other = model_fingerprint(model)
+    other["embedding_checksum"] *= 1.5
+    MaxSimProjection(hidden, dim=8, layer=1, model=other).save(tmp_path / "other.pt")
+    runner = UragRunner(generator, auto.model_copy(update={"projection": str(tmp_path / "other.pt")}))
+    assert runner.config.scorer is UragScorer.ATTENTION and runner.projection is None
+    # Another layer, and the shipped Qwen2.5-Coder-0.5B projection on this tiny model, too.
+    assert UragRunner(generator, auto.model_copy(update={"layer": 2})).config.scorer is UragScorer.ATTENTION
+    assert UragRunner(generator, UragConfig(layer=1)).config.scorer is UragScorer.ATTENTION
+    # A projection file named but missing is an error, not a silent fallback.
+    with pytest.raises(ValueError, match="no MaxSim projection"):
+        UragRunner(generator, auto.model_copy(update={"projection": str(tmp_path / "none.pt")}))
+    # Asked for MaxSim outright with a projection for states of another width: one clear error.
+    MaxSimProjection(hidden * 2, dim=8, layer=1).save(tmp_path / "wide.pt")
+    with pytest.raises(ValueError, match=f"reads {hidden * 2}-d states, this model's are {hidden}-d"):
+        UragRunner(generator, UragConfig(layer=1, scorer="maxsim", projection=str(tmp_path / "wide.pt")))
 
 
 @pytest.mark.parametrize("name", ["qwen2"])
@@ -308,3 +345,20 @@ def test_pruned_prefill_flops_count_the_deep_layers_on_kept_tokens() -> None:
     assert (full - head) == 2 * (shallow - head)  # four equal layers, two of them kept
     gemma = _gemma3(100).config  # sliding layers see at most their 16-token window
     assert prefill_flops(gemma, 64) < prefill_flops(gemma, 64, causal=False)
+
+
+@pytest.mark.slow
+def test_the_shipped_projection_fits_the_packaged_qwen_not_gemma() -> None:
+    """The auto scorer's MaxSim is on for the default generator (what BENCHMARKS measured)."""
+    from models.generator import load_generator
+    from models.urag import DEFAULT_PROJECTION
+    from tests.models.test_generator import MODEL_CACHE
+
+    projection = MaxSimProjection.load(DEFAULT_PROJECTION)
+    qwen = load_generator(GeneratorConfig(), cache_dir=MODEL_CACHE)
+    assert projection.fits(qwen.model, layer=4)
+    assert UragRunner(qwen, UragConfig()).config.scorer is UragScorer.MAXSIM
+    del qwen
+    gemma = load_generator(GeneratorConfig(model="gemma3-270m"), cache_dir=MODEL_CACHE)
+    assert not projection.fits(gemma.model, layer=4)
+    assert UragRunner(gemma, UragConfig()).config.scorer is UragScorer.ATTENTION
