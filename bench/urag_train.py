@@ -120,6 +120,14 @@ def main() -> None:
         "--cv", type=int, default=0, metavar="FOLDS",
         help="choose temperature and epochs by grouped cross-validation on the train documents",
     )  # fmt: skip
+    parser.add_argument(
+        "--cv-dims", type=int, nargs="*", default=[],
+        help="with --cv, also search the projection's output size (default: dim 128 only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cv-temperatures", type=float, nargs="*", default=list(CV_TEMPERATURES),
+        help="with --cv, the temperatures searched",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -132,7 +140,9 @@ def main() -> None:
     )
     cv = None
     if args.cv:
-        grid = [{**s, "temperature": t, "epochs": e} for t in CV_TEMPERATURES for e in CV_EPOCHS]
+        grid = [{**s, "temperature": t, "epochs": e, "dim": d}
+                for d in args.cv_dims or [s["dim"]] for t in args.cv_temperatures
+                for e in CV_EPOCHS]  # fmt: skip
         cv = cross_validate(train, grid, args.cv, args.layer, s["keep"])
         s = {k: v for k, v in max(cv, key=lambda r: r[f"cv_recall_keep{s['keep']}"]).items()
              if k in SETTINGS}  # fmt: skip
