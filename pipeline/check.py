@@ -28,9 +28,18 @@ from sqlalchemy import delete, func, select, text, update
 
 from models.config import EncoderConfig
 from pipeline.ingest import RETIRED_SUFFIX, leftover_assets, restore_retired_assets
-from pipeline.search import LOCK_FILE, LibraryIndex, document_version, index_key
+from pipeline.search import LOCK_FILE, LibraryIndex, index_key
 from retrieval import RetrievalConfig, inspect_saved
-from storage import Block, Chunk, Document, DocumentStatus, FileLock, Library, Page
+from storage import (
+    Block,
+    Chunk,
+    Document,
+    DocumentStatus,
+    FileLock,
+    Library,
+    Page,
+    document_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -253,13 +262,14 @@ def _mark_failed(library: Library, doc_id: str, message: str) -> None:
 
 
 def _check_retired_assets(library: Library, report: CheckReport, repair: bool) -> None:
-    """Image folders a store killed between its two renames left aside (call with the ingest
-    lock held); repaired by putting them back, before the documents' files are checked."""
+    """Image folders a store killed before its commit left aside (call with the ingest lock
+    held); repaired by putting them back, before the documents' files are checked."""
     for doc_id in restore_retired_assets(library, repair=repair):
         report.add(
             "assets", Severity.ERROR,
             f"assets/{doc_id}{RETIRED_SUFFIX}: the images of {doc_id[:12]}, set aside by a store "
-            "killed before its commit (its rows are the old ones); --repair puts them back",
+            "killed before its commit (its rows are the old ones); --repair puts them back, "
+            "in place of the uncommitted new ones if any",
             repair,
         )  # fmt: skip
 

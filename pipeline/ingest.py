@@ -25,7 +25,16 @@ from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
 from pipeline.isolation import TaskOutcome, TaskStatus, WorkerPool, emit
 from pipeline.owners import owned_doc_id, owner_clause, owner_id
 from pipeline.parse import ParsedDocument, ParseError, parse_pdf, sha256_file
-from storage import SOURCE_PDF, Block, Chunk, Document, DocumentStatus, Library, Page
+from storage import (
+    SOURCE_PDF,
+    Block,
+    Chunk,
+    Document,
+    DocumentStatus,
+    Library,
+    Page,
+    document_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -368,6 +377,10 @@ def _write_document(
             # images are renamed aside, not deleted, until the commit: a kill between the two
             # renames leaves them whole (`restore_retired_assets` puts them back).
             if partial.exists():
+                # The new folder names the rows it belongs to: if a kill lands after the renames
+                # and before the commit, the version the database kept tells that it does not.
+                created = session.scalar(select(Document.created).where(Document.id == doc_id))
+                (partial / STORE_STAMP).write_text(document_version(created))
                 shutil.rmtree(retired, ignore_errors=True)
                 if final.exists():
                     final.rename(retired)
@@ -471,12 +484,16 @@ def _record_failure(
 
 # A document's old image folder while its new one moves into place (see `_write_document`).
 RETIRED_SUFFIX = ".old"
+# In each image folder a store moves into place: the version of the rows it was written with.
+STORE_STAMP = ".stored-version"
 
 
 def restore_retired_assets(library: Library, *, repair: bool = True) -> list[str]:
-    """Put back the image folders a store killed between its two renames left aside: an OK
-    document without its folder whose `<doc>.old` folder exists (its rows were never replaced).
-    Meaningful only while no ingest runs (hold `library.ingest_lock()` alone).
+    """Put back the image folders a store killed before its commit left aside, `<doc>.old` of
+    an OK document whose rows were never replaced: killed between its two renames (no `<doc>`
+    folder), or after both (the `<doc>` folder in place is stamped with a version the database
+    never committed; it goes). Meaningful only while no ingest runs (hold
+    `library.ingest_lock()` alone).
 
     Returns:
         The ids of those documents (restored when `repair`).
@@ -484,16 +501,35 @@ def restore_retired_assets(library: Library, *, repair: bool = True) -> list[str
     if not library.assets_dir.is_dir():
         return []
     with library.sessions() as session:
-        ok = set(session.scalars(select(Document.id).where(Document.status == DocumentStatus.OK)))
+        versions = {
+            did: document_version(created)
+            for did, created in session.execute(
+                select(Document.id, Document.created).where(Document.status == DocumentStatus.OK)
+            )
+        }
     found = []
     for path in sorted(library.assets_dir.glob(f"*{RETIRED_SUFFIX}")):
         doc_id = path.name[: -len(RETIRED_SUFFIX)]
         final = library.assets_dir / doc_id
-        if path.is_dir() and doc_id in ok and not final.exists():
-            found.append(doc_id)
-            if repair:
-                path.rename(final)
+        if not path.is_dir() or doc_id not in versions:
+            continue
+        uncommitted = final.is_dir() and _stamp(final) not in (None, versions[doc_id])
+        if final.exists() and not uncommitted:
+            continue  # committed: `<doc>.old` is a leftover
+        found.append(doc_id)
+        if repair:
+            if uncommitted:
+                shutil.rmtree(final)
+            path.rename(final)
     return found
+
+
+def _stamp(folder: Path) -> str | None:
+    """The version an image folder was stored with (None: written before stamps existed)."""
+    try:
+        return (folder / STORE_STAMP).read_text()
+    except FileNotFoundError:
+        return None
 
 
 def leftover_assets(library: Library) -> list[Path]:

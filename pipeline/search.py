@@ -43,7 +43,7 @@ from retrieval import (
     RetrievalConfig,
     RetrievalMode,
 )
-from storage import Chunk, Document, DocumentStatus, FileLock, Library
+from storage import Chunk, Document, DocumentStatus, FileLock, Library, document_version
 
 logger = logging.getLogger(__name__)
 
@@ -557,11 +557,6 @@ class LibraryIndex:
                 )
             )
         return out
-
-
-def document_version(created) -> str:  # noqa: ANN001 - a datetime (or what a driver returns for one)
-    """A document's version: when its rows were written (storing it again writes them anew)."""
-    return created.isoformat() if hasattr(created, "isoformat") else str(created)
 
 
 def _clear(directory: Path) -> None:

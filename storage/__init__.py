@@ -12,6 +12,7 @@ from storage.models import (
     DocumentStatus,
     Page,
     User,
+    document_version,
 )
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "SchemaMismatchError",
     "StorageConfig",
     "User",
+    "document_version",
     "open_library",
 ]

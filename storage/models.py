@@ -88,6 +88,13 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(256))
 
 
+def document_version(created) -> str:  # noqa: ANN001 - a datetime (or what a driver returns for one)
+    """A document's version: when its rows were written (storing it again writes them anew).
+    Compare versions read back from the database, never a value before it was written (drivers
+    may change its time zone or precision)."""
+    return created.isoformat() if hasattr(created, "isoformat") else str(created)
+
+
 class Document(Base):
     """One PDF, identified by the SHA-256 of its bytes."""
 

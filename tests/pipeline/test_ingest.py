@@ -8,7 +8,7 @@ from pipeline import ingest as ingest_module
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
 from pipeline.ingest import delete_document, find_pdfs, ingest
 from pipeline.library import list_documents
-from storage import Block, Chunk, Document, Page, StorageConfig, open_library
+from storage import Block, Chunk, Document, Page, StorageConfig, document_version, open_library
 
 PARSE = ParseConfig(ocr=OcrMode.NEVER)
 
@@ -125,6 +125,63 @@ def test_a_reindex_that_fails_at_the_image_move_keeps_the_old_images(library, sa
     (again,) = _run([sample_pdf], library, reindex=True)
     assert again.status == "added" and all(library.asset_path(t).is_file() for t in thumbs)
     assert sorted(p.name for p in library.assets_dir.iterdir()) == [first.doc_id]
+
+
+def _reindex_killed_after_the_image_renames(library_dir: Path, pdf: Path) -> None:
+    """In a child process: `--reindex` killed (no handler runs) right after the new images
+    moved into place, before the commit."""
+    import os
+
+    real_rename = Path.rename
+
+    def rename(self: Path, target):  # noqa: ANN001, ANN202
+        done = real_rename(self, target)
+        if self.name.endswith(".partial"):
+            os._exit(9)
+        return done
+
+    Path.rename = rename
+    _run([pdf], open_library(StorageConfig(library=library_dir)), reindex=True)
+    os._exit(0)  # not reached when the kill lands
+
+
+def test_a_reindex_killed_after_both_renames_gets_its_old_images_back(
+    library, sample_pdf: Path, tmp_path: Path
+) -> None:
+    import multiprocessing
+
+    (first,) = _run([sample_pdf], library)
+    folder = library.assets_dir / first.doc_id
+    stamp = folder / ingest_module.STORE_STAMP
+    with library.sessions() as s:
+        version = document_version(s.get(Document, first.doc_id).created)
+        thumbs = [p.thumbnail for p in s.get(Document, first.doc_id).pages]
+    assert stamp.read_text() == version  # the folder names the rows it was stored with
+    counts = _counts(library)
+
+    child = multiprocessing.get_context("fork").Process(
+        target=_reindex_killed_after_the_image_renames, args=(tmp_path / "lib", sample_pdf)
+    )
+    child.start()
+    child.join(120)
+    assert child.exitcode == 9
+    # The old rows (never replaced), the new images in place, the old ones aside.
+    assert _counts(library) == counts
+    retired = library.assets_dir / f"{first.doc_id}{ingest_module.RETIRED_SUFFIX}"
+    assert retired.is_dir() and stamp.read_text() != version
+
+    assert ingest_module.restore_retired_assets(library, repair=False) == [first.doc_id]
+    assert ingest_module.restore_retired_assets(library) == [first.doc_id]
+    assert stamp.read_text() == version and not retired.exists()
+    assert all(library.asset_path(t).is_file() for t in thumbs)
+    assert ingest_module.restore_retired_assets(library) == []  # nothing left to do
+
+    # After a committed store, `<doc>.old` is only a leftover: its stamp is the old version.
+    _run([sample_pdf], library, reindex=True)
+    shutil.copytree(folder, retired)
+    (retired / ingest_module.STORE_STAMP).write_text(version)
+    assert ingest_module.restore_retired_assets(library) == []
+    assert ingest_module.leftover_assets(library) == [retired]
 
 
 def test_delete_removes_rows_index_items_and_images(library, sample_pdf: Path) -> None:
