@@ -20,7 +20,7 @@ from pipeline.batch import BatchQuestion, run_batch
 from pipeline.check import check_library
 from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, OcrMode, ParseConfig, RayConfig
 from pipeline.distributed import answer_batch_on_ray, check_address, ingest_on_ray
-from pipeline.ingest import ingest
+from pipeline.ingest import STORE_STAMP, ingest
 from pipeline.search import LibraryIndex
 from retrieval import RetrievalConfig
 from storage import Block, Chunk, Document, Page, StorageConfig, open_library
@@ -106,8 +106,12 @@ def _snapshot(library) -> dict:
 
 
 def _assets(library) -> dict[str, str]:
+    # A folder's store stamp holds the version of its library's own rows (when they were
+    # written): that it is there must match, not its value.
     return {
-        str(p.relative_to(library.assets_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(library.assets_dir)): (
+            "stamped" if p.name == STORE_STAMP else hashlib.sha256(p.read_bytes()).hexdigest()
+        )
         for p in sorted(library.assets_dir.rglob("*"))
         if p.is_file()
     }
