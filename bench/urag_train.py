@@ -133,6 +133,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     s = {**SETTINGS, "epochs": args.epochs}
     out = Path(args.out)
+    stamp = out / "model.json"  # the model the states came from, stamped into saved weights
+    if args.save and not stamp.is_file():
+        raise SystemExit(f"no {stamp}: run `python -m bench.urag cache` (it writes it) first")
     train, val = _load(out, args.layer, "train"), _load(out, args.layer, "val")
     usable = [r for r in train if _usable(r)]
     print(
@@ -163,9 +166,6 @@ def main() -> None:
     print(json.dumps(report, indent=1))
     (out / f"train-L{args.layer}.json").write_text(json.dumps(report, indent=1) + "\n")
     if args.save:
-        stamp = out / "model.json"
-        if not stamp.is_file():
-            raise SystemExit(f"no {stamp}: run `python -m bench.urag cache` (it writes it) first")
         projection.model = json.loads(stamp.read_text())
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         projection.save(Path(args.save), **s, train_questions=len(usable),
