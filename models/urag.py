@@ -672,14 +672,14 @@ class UragRunner:
                     f"the MaxSim projection {path.name} was trained on layer "
                     f"{self.projection.layer}, not {config.layer}; set layer={self.projection.layer}"
                 )
-            hidden = model_fingerprint(generator.model)["hidden_size"]
-            if self.projection.proj.in_features != hidden:
+            loaded = model_fingerprint(generator.model)
+            if self.projection.proj.in_features != loaded["hidden_size"]:
                 raise ValueError(
                     f"the MaxSim projection {path.name} reads {self.projection.proj.in_features}-d "
-                    f"states, this model's are {hidden}-d; train one for it (bench/urag_train.py) "
-                    "or use scorer=attention"
+                    f"states, this model's are {loaded['hidden_size']}-d; train one for it "
+                    "(bench/urag_train.py) or use scorer=attention"
                 )
-            if not self.projection.fits(generator.model, config.layer):
+            if not fingerprints_match(self.projection.model, loaded):
                 logger.warning("URaG: %s was trained on another model's states", path.name)
         self.config = config  # its scorer resolved: attention or maxsim
         self._layout: PromptLayout | None = None
