@@ -178,6 +178,25 @@ def maxsim_for(record: dict, projection, out: Path) -> list[float]:
     return maxsim_scores(projection, hidden[None], _Layout()).tolist()
 
 
+def oracle_scores(record: dict) -> list[float]:
+    """Scores of a scorer that knows the gold pages: one item per gold page first (the shortest
+    of the page's items), then the other items, shortest first. The ceiling of any scorer."""
+    gold, tokens = set(record["gold_pages"]), _seg_tokens(record)
+    order = sorted(range(len(tokens)), key=lambda i: (record["pages"][i] not in gold, tokens[i]))
+    covered: set[int] = set()
+    first = []
+    for i in order:
+        page = record["pages"][i]
+        if page in gold and page not in covered:
+            covered.add(page)
+            first.append(i)
+    ranked = first + [i for i in order if i not in first]
+    scores = [0.0] * len(tokens)
+    for rank, i in enumerate(ranked):
+        scores[i] = -float(rank)
+    return scores
+
+
 def curve(args: argparse.Namespace) -> None:
     """Step 2: page recall of the kept set against L, per split, next to the sampler alone."""
     out = Path(args.out)
@@ -201,6 +220,16 @@ def curve(args: argparse.Namespace) -> None:
                 statistics.fmean(
                     sum(_seg_tokens(r)[i] for i in _top(r["mass"][args.at], _seg_tokens(r), keep))
                     / sum(_seg_tokens(r)) for r in rows), 4)  # fmt: skip
+            oracle = [_top(oracle_scores(r), _seg_tokens(r), keep) for r in rows]
+            report.setdefault("oracle", {}).setdefault(f"keep{keep}", {})[split] = {
+                "recall": round(statistics.fmean(
+                    _recall(set(r["gold_pages"]), r["pages"], kept) for r, kept in zip(rows, oracle, strict=True)
+                ), 4),
+                "kept_token_share": round(statistics.fmean(
+                    sum(_seg_tokens(r)[i] for i in kept) / sum(_seg_tokens(r))
+                    for r, kept in zip(rows, oracle, strict=True)
+                ), 4),
+            }  # fmt: skip
             report.setdefault("random", {}).setdefault(f"keep{keep}", {})[split] = round(
                 statistics.fmean(min(keep, len(r["pages"])) / len(r["pages"])
                                  * _recall(set(r["gold_pages"]), r["pages"], list(range(len(r["pages"]))))

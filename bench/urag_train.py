@@ -19,6 +19,7 @@ import argparse
 import json
 import random
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -33,10 +34,10 @@ CV_TEMPERATURES = (0.05, 0.1, 0.2)
 CV_EPOCHS = (3, 8, 15)
 
 
-def _load(out: Path, layer: int, split: str) -> list[dict]:
+def _load(out: Path, layer: int, *splits: str) -> list[dict]:
     rows = []
     for r in _records(out):
-        if r["split"] != split or not r["gold_pages"] or r["answer_format"] == "None":
+        if r["split"] not in splits or not r["gold_pages"] or r["answer_format"] == "None":
             continue
         path = out / "states" / f"{r['index']}-L{layer}.pt"
         if not path.exists():
@@ -87,17 +88,23 @@ def train_projection(rows: list[dict], s: dict, layer: int, log: bool = False) -
 
 
 def cross_validate(
-    train: list[dict], grid: list[dict], folds: int, layer: int, keep: int
+    train: list[dict],
+    grid: list[dict],
+    folds: int,
+    layer: int,
+    keep: int,
+    extra: Sequence[dict] = (),
 ) -> list[dict]:
     """Recall@keep of each setting in `grid` on held-out train documents (folds grouped by
-    document, so a document's questions never sit on both sides)."""
+    document, so a document's questions never sit on both sides); `extra` rows (other
+    sources) are added to every fold's training side, never held out."""
     docs = sorted({r["doc"] for r in train})
     fold_of = {d: i % folds for i, d in enumerate(docs)}
     results = []
     for settings in grid:
         recalls = []
         for fold in range(folds):
-            fit = [r for r in train if fold_of[r["doc"]] != fold and _usable(r)]
+            fit = [r for r in train if fold_of[r["doc"]] != fold and _usable(r)] + list(extra)
             held = [r for r in train if fold_of[r["doc"]] == fold]
             projection = train_projection(fit, settings, layer)
             recalls += [_recall_of(projection, [r], keep) for r in held]
@@ -128,6 +135,22 @@ def main() -> None:
         "--cv-temperatures", type=float, nargs="*", default=list(CV_TEMPERATURES),
         help="with --cv, the temperatures searched",
     )  # fmt: skip
+    parser.add_argument(
+        "--cv-epochs", type=int, nargs="*", default=list(CV_EPOCHS),
+        help="with --cv, the epoch counts searched",
+    )  # fmt: skip
+    parser.add_argument(
+        "--extra", nargs="*", default=[], metavar="DIR",
+        help="more training prompts (`bench.urag_extra` folders), added to training only",
+    )  # fmt: skip
+    parser.add_argument(
+        "--extra-limit", type=int, default=0, metavar="N",
+        help="use N of the --extra prompts (a seeded draw), to weigh them against the dev ones",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-dev-training", action="store_true",
+        help="train on the --extra prompts alone (how far they transfer to the dev documents)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,25 +161,39 @@ def main() -> None:
         raise SystemExit(f"no {stamp}: run `python -m bench.urag cache` (it writes it) first")
     train, val = _load(out, args.layer, "train"), _load(out, args.layer, "val")
     usable = [r for r in train if _usable(r)]
+    extra = []
+    for folder in map(Path, args.extra):
+        if (folder / "model.json").read_text() != (out / "model.json").read_text():
+            raise SystemExit(f"{folder} holds states of another model than {out}")
+        extra += [r for r in _load(folder, args.layer, "ir", "ict") if _usable(r)]
+    if args.extra_limit:
+        extra = random.Random(SETTINGS["seed"]).sample(extra, min(args.extra_limit, len(extra)))
     print(
-        f"train {len(train)} questions ({len(usable)} with a positive and a negative), val {len(val)}"
+        f"train {len(train)} questions ({len(usable)} with a positive and a negative), "
+        f"extra {len(extra)}, val {len(val)}"
     )
+    if args.no_dev_training:
+        if args.cv or not extra:
+            raise SystemExit("--no-dev-training needs --extra prompts and no --cv")
+        usable = []
     cv = None
     if args.cv:
         grid = [{**s, "temperature": t, "epochs": e, "dim": d}
                 for d in args.cv_dims or [s["dim"]] for t in args.cv_temperatures
-                for e in CV_EPOCHS]  # fmt: skip
-        cv = cross_validate(train, grid, args.cv, args.layer, s["keep"])
+                for e in args.cv_epochs]  # fmt: skip
+        cv = cross_validate(train, grid, args.cv, args.layer, s["keep"], extra)
         s = {k: v for k, v in max(cv, key=lambda r: r[f"cv_recall_keep{s['keep']}"]).items()
              if k in SETTINGS}  # fmt: skip
         print("chosen:", json.dumps(s), flush=True)
-    projection = train_projection(usable, s, args.layer, log=True)
+    projection = train_projection(usable + extra, s, args.layer, log=True)
     report = {
         "layer": args.layer,
         "settings": s,
         "cross_validation": cv,
         "train_questions": len(train),
         "train_used": len(usable),
+        "extra_used": len(extra),
+        "extra": args.extra,
         "val_questions": len(val),
         "recall": {
             split: {f"keep{k}": round(_recall_of(projection, rows, k), 4) for k in (2, 3, 4, 5)}
@@ -164,13 +201,23 @@ def main() -> None:
         },
     }
     print(json.dumps(report, indent=1))
-    (out / f"train-L{args.layer}.json").write_text(json.dumps(report, indent=1) + "\n")
+    name = (
+        f"train-L{args.layer}"
+        + (f"-extra{len(extra)}" if extra else "")
+        + ("-only" if args.no_dev_training else "")
+    )
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     if args.save:
         projection.model = json.loads(stamp.read_text())
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        data = (
+            "MMLongBench dev, train documents (bench.urag.split_of), the questions "
+            "bench.urag cache stored (train_questions of them usable)"
+        )
+        if extra:
+            data += f"; plus {len(extra)} prompts from bench.urag_extra ({', '.join(args.extra)})"
         projection.save(Path(args.save), **s, train_questions=len(usable),
-                        data="MMLongBench dev, train documents (bench.urag.split_of), the questions "
-                        "bench.urag cache stored (train_questions of them usable)")  # fmt: skip
+                        extra_prompts=len(extra), data=data)  # fmt: skip
 
 
 if __name__ == "__main__":

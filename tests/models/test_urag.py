@@ -362,3 +362,44 @@ def test_the_shipped_projection_fits_the_packaged_qwen_not_gemma() -> None:
     gemma = load_generator(GeneratorConfig(model="gemma3-270m"), cache_dir=MODEL_CACHE)
     assert not projection.fits(gemma.model, layer=4)
     assert UragRunner(gemma, UragConfig()).config.scorer is UragScorer.ATTENTION
+
+
+def test_ir_training_prompts_take_the_ranking_top_with_few_positives() -> None:
+    """`bench.urag_ir` prompts: ranking order, budget and item cap, at most N relevant."""
+    from bench.urag_extra import select_passages
+
+    ranked = ["r1", "n1", "r2", "r3", "n2", "n3", "n4"]
+    lengths = dict.fromkeys(ranked, 100)
+    relevant = {"r1", "r2", "r3"}
+    everything = select_passages(ranked, relevant, lengths, 1000, 12, 2)
+    assert everything == ["r1", "n1", "r2", "n2", "n3", "n4"]  # r3: a third positive, skipped
+    assert select_passages(ranked, relevant, lengths, 350, 12, 2) == ["r1", "n1", "r2"]
+    assert select_passages(ranked, relevant, lengths, 1000, 2, 1) == ["r1", "n1"]
+    # A prompt of one label only teaches nothing: skipped.
+    assert select_passages(ranked, relevant, lengths, 150, 12, 2) is None
+    assert select_passages(["n1", "n2"], relevant, lengths, 1000, 12, 2) is None
+
+
+def test_cloze_sentences_are_question_sized_words_from_paragraphs_with_more() -> None:
+    """`bench.urag_extra ict`: the pseudo-question leaves the rest of its paragraph behind."""
+    from bench.urag_extra import cloze_sentences
+
+    long = "The committee approved the budget for the new research building in March. "
+    rest = "It opens in 2027. Costs rose by a third over the original plan of the university."
+    assert cloze_sentences(long + rest) == [long.strip(), rest.split(". ")[1]]
+    assert cloze_sentences(long) == []  # alone in its paragraph: nothing would be left
+    table = "Revenue 2021 2022 2023 12.5 13.1 14.2 15.0 16.3 17.9 18.8 19.0. Totals follow below."
+    assert cloze_sentences(table) == []  # numbers, not words
+
+
+def test_the_oracle_scorer_keeps_one_short_item_per_gold_page_first() -> None:
+    """`bench.urag curve`'s ceiling: every gold page within the fewest, shortest items."""
+    from bench.urag import _recall, _top, oracle_scores
+
+    spans = [[0, 10], [10, 60], [60, 80], [80, 90], [90, 150]]
+    record = {"gold_pages": [2, 5], "pages": [1, 2, 2, 3, 5], "segments": spans}
+    scores = oracle_scores(record)
+    assert _top(scores, [10, 50, 20, 10, 60], 2) == [2, 4]  # page 2's shorter item, page 5
+    assert _recall({2, 5}, record["pages"], _top(scores, [10, 50, 20, 10, 60], 2)) == 1.0
+    # Then the other item on a gold page, then the rest, shortest first.
+    assert sorted(range(5), key=lambda i: -scores[i])[2:] == [1, 0, 3]
