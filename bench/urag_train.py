@@ -65,12 +65,21 @@ def _recall_of(projection: MaxSimProjection, rows: list[dict], keep: int) -> flo
         )  # fmt: skip
 
 
-def train_projection(rows: list[dict], s: dict, layer: int, log: bool = False) -> MaxSimProjection:
-    """Train a projection on `rows` (each with a positive and a negative segment) with settings `s`."""
+def train_projection(
+    rows: list[dict],
+    s: dict,
+    layer: int,
+    log: bool = False,
+    start: MaxSimProjection | None = None,
+) -> MaxSimProjection:
+    """Train a projection on `rows` (each with a positive and a negative segment) with settings
+    `s`, from scratch or on from `start`'s weights (with a fresh optimiser)."""
     torch.manual_seed(s["seed"])
     rng = random.Random(s["seed"])
     rows = list(rows)
-    projection = MaxSimProjection(rows[0]["q"].shape[1], s["dim"], layer)
+    projection = (
+        start.train() if start else MaxSimProjection(rows[0]["q"].shape[1], s["dim"], layer)
+    )
     optim = torch.optim.AdamW(projection.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
     for epoch in range(s["epochs"]):
         rng.shuffle(rows)
@@ -148,6 +157,10 @@ def main() -> None:
         help="use N of the --extra prompts (a seeded draw), to weigh them against the dev ones",
     )  # fmt: skip
     parser.add_argument(
+        "--pretrain-epochs", type=int, default=0, metavar="N",
+        help="train on the --extra prompts alone for N epochs first, then on the dev ones only",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-dev-training", action="store_true",
         help="train on the --extra prompts alone (how far they transfer to the dev documents)",
     )  # fmt: skip
@@ -185,7 +198,13 @@ def main() -> None:
         s = {k: v for k, v in max(cv, key=lambda r: r[f"cv_recall_keep{s['keep']}"]).items()
              if k in SETTINGS}  # fmt: skip
         print("chosen:", json.dumps(s), flush=True)
-    projection = train_projection(usable + extra, s, args.layer, log=True)
+    if args.pretrain_epochs:
+        if args.cv or not extra:
+            raise SystemExit("--pretrain-epochs needs --extra prompts and no --cv")
+        first = train_projection(extra, {**s, "epochs": args.pretrain_epochs}, args.layer)
+        projection = train_projection(usable, s, args.layer, log=True, start=first)
+    else:
+        projection = train_projection(usable + extra, s, args.layer, log=True)
     report = {
         "layer": args.layer,
         "settings": s,
@@ -205,6 +224,7 @@ def main() -> None:
         f"train-L{args.layer}"
         + (f"-extra{len(extra)}" if extra else "")
         + ("-only" if args.no_dev_training else "")
+        + (f"-pre{args.pretrain_epochs}" if args.pretrain_epochs else "")
     )
     (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     if args.save:
