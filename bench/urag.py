@@ -12,6 +12,7 @@ Run by hand (never in tests), under `nice`, one step at a time:
     .venv/bin/python -m bench.urag curve --out DIR --projection P --prior-weights 0 0.5 1 2
     # 2b. the sampler alone under smaller budgets (the baseline the kept set must beat)
     nice -n 15 .venv/bin/python -m bench.urag budget --library LIB --out DIR --shares 0.4 0.5 0.6 1
+    # 2c. more training prompts for the projection: `bench.urag_extra` (BENCHMARKS: no gain)
     # 3. answers with and without the stage on the validation documents
     nice -n 15 .venv/bin/python -m bench.urag qa --library LIB --out DIR --stride 4 --limit 32 --layer 4 \\
         --keep 3 --scorer maxsim

@@ -7,7 +7,8 @@ sampled for this question: hard negatives) are negatives. Loss: contrastive, the
 softmax mass of the positives among all segments of the prompt (MaxSim scores / temperature).
 Only the train documents (`bench.urag.split_of`) are used; the validation documents are scored
 at the end, never used to pick anything. `--cv FOLDS` chooses the temperature and the number of
-epochs by cross-validation grouped by document inside the train documents.
+epochs by cross-validation grouped by document inside the train documents. `--extra DIR` adds the
+prompts `bench.urag_extra` cached (IR queries, inverse cloze) to training only.
 
     nice -n 10 .venv/bin/python -m bench.urag_train --out bench-work/urag --layer 4 --cv 4 \\
         --threads 1 --save models/weights/urag_maxsim_qwen2.5-coder-0.5b.pt
