@@ -198,9 +198,27 @@ def oracle_scores(record: dict) -> list[float]:
     return scores
 
 
+def _flops_saved(model_config, rows: list[dict], kept: list[list[int]], layer: int) -> float:
+    """Mean share of prefill FLOPs saved when the deep layers after `layer` read only `kept`."""
+    from models.urag import prefill_flops
+
+    saved = []
+    for r, keep in zip(rows, kept, strict=True):
+        seg = _seg_tokens(r)
+        deep = r["tokens"] - (sum(seg) - sum(seg[i] for i in keep))
+        full = prefill_flops(model_config, r["tokens"])
+        saved.append(1 - prefill_flops(model_config, r["tokens"], deep, layer) / full)
+    return round(statistics.fmean(saved), 4)
+
+
 def curve(args: argparse.Namespace) -> None:
     """Step 2: page recall of the kept set against L, per split, next to the sampler alone."""
     out = Path(args.out)
+    model_config = None
+    if args.model_config:  # the generator's config.json folder: FLOPs saved at `--at`
+        from transformers import AutoConfig
+
+        model_config = AutoConfig.from_pretrained(args.model_config)
     records = [r for r in _records(out) if r["gold_pages"] and r["answer_format"] != "None"]
     report: dict = {"questions": {}, "sampler": {}, "attention": {}, "kept_token_share": {}}
     for split in ("train", "val"):
@@ -231,6 +249,10 @@ def curve(args: argparse.Namespace) -> None:
                     for r, kept in zip(rows, oracle, strict=True)
                 ), 4),
             }  # fmt: skip
+            if model_config is not None:
+                report["oracle"][f"keep{keep}"][split]["flops_saved"] = _flops_saved(
+                    model_config, rows, oracle, args.at
+                )
             report.setdefault("random", {}).setdefault(f"keep{keep}", {})[split] = round(
                 statistics.fmean(min(keep, len(r["pages"])) / len(r["pages"])
                                  * _recall(set(r["gold_pages"]), r["pages"], list(range(len(r["pages"]))))
@@ -251,6 +273,12 @@ def curve(args: argparse.Namespace) -> None:
                 ] = round(statistics.fmean(
                     sum(_seg_tokens(r)[i] for i in kept[r["index"]]) / sum(_seg_tokens(r))
                     for r in rows), 4)  # fmt: skip
+                if model_config is not None:
+                    report.setdefault("maxsim_flops_saved", {}).setdefault(f"keep{keep}", {})[
+                        split
+                    ] = _flops_saved(
+                        model_config, rows, [kept[r["index"]] for r in rows], projection.layer
+                    )
         if args.projection and args.prior_weights:
             _fused_curve(report, split, rows, scores, _priors(out), args)
     report["segments_mean"] = round(statistics.fmean(len(r["pages"]) for r in records), 2)
@@ -491,6 +519,7 @@ def main() -> None:
     p.add_argument("--keep", type=int, nargs="*", default=[2, 3, 4, 5])
     p.add_argument("--at", type=int, default=4, help="layer whose kept-token share is reported")
     p.add_argument("--projection")
+    p.add_argument("--model-config", help="the generator's folder (config.json): FLOPs saved")
     p.add_argument("--prior-weights", type=float, nargs="*", default=[],
                    help="also fuse MaxSim with the sampler's similarity at these weights")  # fmt: skip
     p = sub.add_parser("priors")

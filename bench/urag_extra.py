@@ -33,14 +33,13 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
+from bench.refrag_train import IR
 from bench.urag import SAMPLES, split_of
 
-ROOT = Path(__file__).resolve().parents[1]
-IR = Path(os.environ.get("FOLIO_SHARED_DATA", ROOT.parent / "shared" / "data")) / "ir"
 COLLECTIONS = ("cranfield", "cisi", "medline", "cacm", "npl")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
@@ -100,7 +99,6 @@ class _Sink:
             self.done = {json.loads(line)["index"] for line in self.path.open()}
         self.decoder = LayerwiseDecoder(generator.model)
         (out / "model.json").write_text(json.dumps(model_fingerprint(generator.model)) + "\n")
-        self._file: TextIO = self.path.open("a")
 
     def store(self, prompt: Any, record: dict, started: float) -> None:
         from models.urag import layout_prompt
@@ -123,8 +121,8 @@ class _Sink:
             "evidence_s": round(t1 - started, 2),
             "layers_s": round(time.perf_counter() - t1, 2),
         }
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with self.path.open("a") as sink:  # one line per prompt: a killed run resumes
+            sink.write(json.dumps(record) + "\n")
         print(record["index"], len(record["pages"]), len(record["gold_pages"]), layout.num_tokens,
               record["layers_s"], flush=True)  # fmt: skip
 

@@ -236,7 +236,8 @@ def main() -> None:
             "bench.urag cache stored (train_questions of them usable)"
         )
         if extra:
-            data += f"; plus {len(extra)} prompts from bench.urag_extra ({', '.join(args.extra)})"
+            folders = ", ".join(Path(d).name for d in args.extra)
+            data += f"; plus {len(extra)} prompts from bench.urag_extra ({folders})"
         projection.save(Path(args.save), **s, train_questions=len(usable),
                         extra_prompts=len(extra), data=data)  # fmt: skip
 
