@@ -74,7 +74,7 @@ def cache(args: argparse.Namespace) -> None:
     questions = load_qa_questions(SAMPLES)
     folio = _folio(args.library)
     answerer = folio.answerer
-    cfg = answerer.config
+    cfg = answerer.config.model_copy(update={"question_first": args.question_first})
     generator = answerer.generator()
     decoder = LayerwiseDecoder(generator.model)
     # Which model the states come from: `urag_train --save` stamps it into the projection, and
@@ -118,6 +118,7 @@ def cache(args: argparse.Namespace) -> None:
                 "segments": [list(s) for s in layout.segments],
                 "question_span": list(layout.question),
                 "tokens": layout.num_tokens,
+                "question_first": args.question_first,
                 "mass": mass,
                 "evidence_s": round(t1 - t0, 2),
                 "layers_s": round(time.perf_counter() - t1, 2),
@@ -401,7 +402,7 @@ def qa(args: argparse.Namespace) -> None:
     ][:: args.stride][: args.limit]
     folio = _folio(args.library)
     answerer = folio.answerer
-    base = answerer.config
+    base = answerer.config.model_copy(update={"question_first": args.question_first})
     on = base.model_copy(
         update={
             "use_urag": True,
@@ -514,6 +515,8 @@ def main() -> None:
     p.add_argument("--max-layer", type=int, default=10)
     p.add_argument("--save-layers", type=int, nargs="*", default=[4, 6, 8])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--question-first", action="store_true",
+                   help="state the question before the evidence too (AnswerConfig.question_first)")  # fmt: skip
     p = sub.add_parser("curve")
     p.add_argument("--out", required=True)
     p.add_argument("--keep", type=int, nargs="*", default=[2, 3, 4, 5])
@@ -541,6 +544,8 @@ def main() -> None:
     p.add_argument("--scorer", default="attention")
     p.add_argument("--projection")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--question-first", action="store_true",
+                   help="both arms state the question before the evidence too")  # fmt: skip
     p.add_argument("--summary-only", action="store_true",
                    help="summarise the rows an earlier run with these settings wrote")  # fmt: skip
     args = parser.parse_args()

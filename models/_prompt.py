@@ -43,6 +43,9 @@ class Prompt:
     question: str
     evidence: tuple[Evidence, ...] = ()
     instructions: str = ANSWER_INSTRUCTION
+    # State the question before the evidence too (Liu et al. 2023, "query-aware
+    # contextualization"): a causal model then reads every evidence token knowing the question.
+    question_first: bool = False
 
     @property
     def images(self) -> list[Any]:
@@ -65,6 +68,8 @@ class Prompt:
         if not system_role and self.instructions:
             parts.append({"type": "text", "text": f"{self.instructions}\n\n"})
         if self.evidence:
+            if self.question_first:
+                parts.append({"type": "text", "text": f"Question: {self.question}\n\n"})
             parts.append({"type": "text", "text": "Evidence:\n"})
             for number, item in enumerate(self.evidence, start=1):
                 parts.append({"type": "text", "text": f"[{number}] {item.text}\n"})
@@ -92,6 +97,8 @@ class Prompt:
         if self.instructions:
             lines += [self.instructions, ""]
         if self.evidence:
+            if self.question_first:
+                lines += [f"Question: {self.question}", ""]
             lines.append("Context:")
             lines += [f"[{number}] {item.text}" for number, item in enumerate(self.evidence, 1)]
             lines.append("")
@@ -144,6 +151,7 @@ def build_prompt(
     evidence: Sequence[str | Evidence] = (),
     *,
     instructions: str = ANSWER_INSTRUCTION,
+    question_first: bool = False,
 ) -> Prompt:
     """Build a model-independent prompt.
 
@@ -153,6 +161,7 @@ def build_prompt(
             `Evidence` items (figures with an image). Item `i` is cited as `[i + 1]`.
         instructions: The instruction, sent as the system message in chat style. Pass `""`
             for none.
+        question_first: Also state the question before the evidence (it always follows it).
 
     Returns:
         A frozen `Prompt`; render it with `Generator.encode` or inspect `messages()`/`completion()`.
@@ -173,7 +182,12 @@ def build_prompt(
             raise TypeError(
                 f"evidence[{index}] must be a str or an Evidence, got {type(item).__name__}"
             )
-    return Prompt(question=question.strip(), evidence=tuple(items), instructions=instructions)
+    return Prompt(
+        question=question.strip(),
+        evidence=tuple(items),
+        instructions=instructions,
+        question_first=question_first,
+    )
 
 
 def load_image(image: Any) -> Any:

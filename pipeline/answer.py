@@ -748,7 +748,9 @@ class Answerer:
         if cfg.quote_evidence and evidence:
             instructions = f"{instructions} {EVIDENCE_IS_DATA}".strip()
             question = defuse(question, generator.control_tokens, role_lines=False)
-        return build_prompt(question, evidence, instructions=instructions)
+        return build_prompt(
+            question, evidence, instructions=instructions, question_first=cfg.question_first
+        )
 
     def _quoted_texts(
         self,

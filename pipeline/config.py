@@ -170,6 +170,11 @@ class AnswerConfig(BaseModel):
         description="Leave out of the prompt evidence sentences addressed to the model "
         "('ignore previous instructions', 'reply only with ...'); they stay in the library.",
     )
+    question_first: bool = Field(
+        default=False,
+        description="State the question before the evidence as well as after it, so the model "
+        "reads the evidence knowing the question (query-aware contextualization).",
+    )
     use_urag: bool = Field(
         default=False,
         description="URaG after the sampler: the model's first layers score the evidence items "

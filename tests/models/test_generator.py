@@ -191,6 +191,19 @@ def test_completion_style_for_base_models() -> None:
     )
 
 
+def test_question_first_states_the_question_before_the_evidence_and_after_it() -> None:
+    prompt = build_prompt("How tall?", ["A is 3 m."], instructions="Be brief.", question_first=True)
+    assert prompt.messages()[1]["content"] == (
+        "Question: How tall?\n\nEvidence:\n[1] A is 3 m.\n\nQuestion: How tall?"
+    )
+    assert prompt.completion() == (
+        "Be brief.\n\nQuestion: How tall?\n\nContext:\n[1] A is 3 m.\n\nQuestion: How tall?\nAnswer:"
+    )
+    # Without evidence there is nothing to read the question before: it is stated once.
+    bare = build_prompt("How tall?", instructions="", question_first=True)
+    assert bare.messages() == [{"role": "user", "content": "Question: How tall?"}]
+
+
 def test_image_blocks_follow_their_figure_text() -> None:
     image = Image.new("RGB", (8, 8))
     prompt = build_prompt("Q?", ["para", Evidence("Figure 1: cats", image=image)])

@@ -69,14 +69,14 @@ def generator(request, tokenizer) -> Generator:
     return gen
 
 
-def _prompt():
+def _prompt(question_first: bool = False):
     evidence = [
         "The revenue in 2023 was 4.2 billion dollars.",
         "Figure 3 shows the accuracy of each model on the test set.",
         "The Eiffel Tower is 330 metres tall and was completed in 1889.",
         "Table 2 lists the results, up from 3.9 billion in 2022.",
     ]
-    return build_prompt("How tall is the Eiffel Tower?", evidence)
+    return build_prompt("How tall is the Eiffel Tower?", evidence, question_first=question_first)
 
 
 def test_layerwise_forward_equals_model(generator: Generator) -> None:
@@ -120,8 +120,11 @@ def test_sdpa_shortcut_equals_explicit_masks(generator: Generator) -> None:
     )
 
 
-def test_layout_spans_hold_the_evidence_and_question(generator: Generator) -> None:
-    prompt = _prompt()
+@pytest.mark.parametrize("question_first", [False, True])
+def test_layout_spans_hold_the_evidence_and_question(
+    generator: Generator, question_first: bool
+) -> None:
+    prompt = _prompt(question_first)
     layout = layout_prompt(generator, prompt)
     ids = layout.inputs.input_ids[0]
     tok = generator.tokenizer

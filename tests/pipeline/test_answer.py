@@ -206,6 +206,17 @@ def test_no_context_sends_the_question_alone(lib, tiny, bow_encoder) -> None:
     assert "Evidence:" not in scripted.prompts[0] and QUESTION in scripted.prompts[0]
 
 
+def test_question_first_states_the_question_before_the_evidence_too(lib, tiny, bow_encoder) -> None:
+    scripted = Scripted(tiny, "I do not know")
+    answerer = _answerer(lib, scripted, bow_encoder)
+    answerer.ask(QUESTION, doc_ids=[lib[2]])
+    answerer.ask(QUESTION, doc_ids=[lib[2]], config=FAST.model_copy(update={"question_first": True}))
+    last, first = scripted.prompts
+    assert last.count(QUESTION) == 1 and last.index("Evidence:") < last.index(QUESTION)
+    assert first.count(QUESTION) == 2
+    assert first.index(QUESTION) < first.index("Evidence:") < first.rindex(QUESTION)
+
+
 # ------------------------------------------------------------------------------- citations
 
 
