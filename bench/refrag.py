@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> dict:
     cache = Path(os.environ.get("FOLIO_MODEL_CACHE", "folio-library/models"))
     generator = load_generator(GeneratorConfig(model=args.model), cache_dir=cache)
     model, embed = generator.model, generator.model.get_input_embeddings()
-    compressor = RefragCompressor(generator, ChunkProjector.load(Path(args.projector)), ChunkEncoder())
+    projector = ChunkProjector.load(Path(args.projector))
+    compressor = RefragCompressor(generator, projector, ChunkEncoder.for_projector(projector))
     docs = token_stream(generator.tokenizer, corpus_texts("val"), seed=args.seed)
     n = args.context + args.continuation
     long_docs = [d for d in docs if len(d) >= n]

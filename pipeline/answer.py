@@ -515,8 +515,9 @@ class Answerer:
 
                 path = Path(config.projector) if config.projector else default_projector_path(generator)
                 self._refrag = {k: v for k, v in self._refrag.items() if k[1] == id(generator)}
+                projector = ChunkProjector.load(path)
                 self._refrag[key] = RefragCompressor(
-                    generator, ChunkProjector.load(path), ChunkEncoder()
+                    generator, projector, ChunkEncoder.for_projector(projector)
                 )
             return self._refrag[key]
 

@@ -124,6 +124,53 @@ def test_projector_round_trip_and_size_check(generator: Generator, encoder: Chun
         ChunkProjector.load(tmp_path / "missing.pt")
 
 
+def test_token_features_are_the_first_encoder_states_in_order(encoder: ChunkEncoder) -> None:
+    by_token = ChunkEncoder(tokens=6)
+    assert by_token.feature_dim == 6 * encoder.hidden_size
+    texts = ["Tall.", "The Eiffel Tower is 330 metres tall and was completed in 1889."]
+    feats, vectors = by_token.encode(texts)
+    tokenizer, model = by_token._get()
+    for row, text in enumerate(texts):
+        batch = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            states = model(**batch).last_hidden_state[0]  # [T, H]
+        n = min(len(states), 6)
+        expected = torch.zeros(6, encoder.hidden_size)
+        expected[:n] = states[:n]
+        torch.testing.assert_close(feats[row].view(6, -1), expected, rtol=1e-4, atol=1e-4)
+    # The expansion gate's vectors do not depend on the feature kind.
+    torch.testing.assert_close(vectors, encoder.encode(texts)[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="tokens"):
+        ChunkEncoder(tokens=-1)
+
+
+def test_a_token_feature_projector_round_trips_and_names_its_encoder(
+    generator: Generator, tmp_path: Path
+) -> None:
+    by_token = ChunkEncoder(tokens=6)
+    hidden = generator.model.config.hidden_size
+    torch.manual_seed(0)
+    projector = ChunkProjector(by_token.feature_dim, hidden, width=32, tokens=6, token_rank=8)
+    projector.save(tmp_path / "p.pt")
+    loaded = ChunkProjector.load(tmp_path / "p.pt")
+    assert (loaded.tokens, loaded.token_rank) == (6, 8)
+    assert ChunkEncoder.for_projector(loaded).tokens == 6
+    assert ChunkEncoder.for_projector(ChunkProjector(768, hidden)).tokens == 0
+    feats = torch.randn(3, by_token.feature_dim)
+    torch.testing.assert_close(loaded(feats), projector(feats), rtol=2e-3, atol=2e-3)
+    # The token order matters to the projector (mean and max could not see it).
+    swapped = feats.view(3, 6, -1).flip(1).reshape(3, -1)
+    assert not torch.allclose(projector(swapped), projector(feats), atol=1e-3)
+    layout = layout_prompt(generator, _prompt())
+    comp = RefragCompressor(generator, loaded, by_token).compress(
+        layout.inputs.input_ids, layout.segments, k=4, expand_fraction=0.0
+    )
+    evidence = sum(end - start for start, end in layout.segments)
+    assert comp.positions == layout.inputs.num_tokens - evidence + comp.chunks
+    with pytest.raises(ValueError, match="token states"):
+        ChunkProjector(100, hidden, tokens=6)
+
+
 def test_the_shipped_projector_fits_the_default_generator() -> None:
     path = Path(__file__).resolve().parents[2] / "models" / "weights" / "refrag_projector_d896.pt"
     projector = ChunkProjector.load(path)
