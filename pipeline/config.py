@@ -173,7 +173,8 @@ class AnswerConfig(BaseModel):
     question_first: bool = Field(
         default=False,
         description="State the question before the evidence as well as after it, so the model "
-        "reads the evidence knowing the question (query-aware contextualization).",
+        "reads the evidence knowing the question (query-aware contextualization; off: it did "
+        "not improve URaG's layer-4 evidence scores, BENCHMARKS.md).",
     )
     use_urag: bool = Field(
         default=False,
