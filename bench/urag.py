@@ -391,7 +391,9 @@ def qa(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    path = out / f"qa-{args.scorer}-L{args.layer}-k{args.keep}.jsonl"
+    # A question-first run gets its own file: the two prompts are different experiments.
+    qf = "-qf" if args.question_first else ""
+    path = out / f"qa-{args.scorer}-L{args.layer}-k{args.keep}{qf}.jsonl"
     if args.summary_only:  # the summary again from the rows an earlier run wrote
         summary = _qa_summary([json.loads(line) for line in path.open()])
         (out / path.name.replace(".jsonl", ".json")).write_text(json.dumps(summary, indent=1) + "\n")
