@@ -13,6 +13,9 @@ question and setting, one forward pass over the prompt followed by the gold answ
   question (the stage's query gate) stay tokens, the rest enter as one projected vector each;
 - truncation k=K p=P: the evidence cut to the same number of prompt positions, keeping its first
   tokens in prompt order (what a fixed context budget does);
+- foreign k=K p=P: as refrag, but every compressed chunk's vector is one of the next question's
+  evidence chunks (cycled): what the vectors' content adds, against whatever a projector trained
+  on answers learned about answers in general;
 - dropped k=K p=P: the chunks REFRAG expands, as tokens, and nothing in place of the others
   (what the projected vectors add over the same expanded tokens alone);
 - none: the prompt with every evidence item removed.
@@ -94,10 +97,13 @@ def run(args: argparse.Namespace) -> dict:
     compressor = answerer.refrag(RefragConfig(projector=args.projector), generator)
     tokenizer = generator.tokenizer
 
+    def project(features: torch.Tensor) -> torch.Tensor:
+        return compressor.projector(features.to(generator.device))
+
     settings = ["full", "none"]
     for k in args.k:
         for p in args.p:
-            settings += [f"refrag k={k} p={p}", f"truncation k={k} p={p}"]
+            settings += [f"refrag k={k} p={p}", f"foreign k={k} p={p}", f"truncation k={k} p={p}"]
             if p > 0:
                 settings.append(f"dropped k={k} p={p}")
     nll = {s: 0.0 for s in settings}
@@ -107,11 +113,12 @@ def run(args: argparse.Namespace) -> dict:
     per_question: dict[str, list[float]] = {s: [] for s in settings}
     evidence_tokens: list[int] = []
     report: dict = {}
-    for qi, q in enumerate(questions):
+    prompts = []  # built first: the "foreign" setting reads the next question's evidence
+    for q in questions:
         items, prompt = _evidence_prompt(answerer, q.question, q.doc_id, cfg)
-        if not items:
-            continue
-        layout = layout_prompt(generator, prompt)
+        if items:
+            prompts.append((q, layout_prompt(generator, prompt)))
+    for qi, (q, layout) in enumerate(prompts):
         ids = layout.inputs.input_ids  # [1, T]
         segments = [tuple(s) for s in layout.segments]
         n_evidence = sum(e - s for s, e in segments)
@@ -132,20 +139,26 @@ def run(args: argparse.Namespace) -> dict:
 
         record("full", full)
         record("none", _keep(full, segments, 0))
+        other = prompts[(qi + 1) % len(prompts)][1]  # the next question's prompt
         for k in args.k:
+            other_features = compressor.plan(
+                other.inputs.input_ids, [tuple(s) for s in other.segments], k=k, expand_fraction=0.0
+            ).features  # [C', F]
             for p in args.p:
                 t0 = time.perf_counter()
-                comp = compressor.compress(
-                    ids, segments, k=k, expand_fraction=p, question=q.question
-                )
+                plan = compressor.plan(ids, segments, k=k, expand_fraction=p, question=q.question)
+                comp = compressor.assemble(ids, plan, project(plan.features))
                 spent = time.perf_counter() - t0
                 prefix = comp.inputs.inputs_embeds
                 record(f"refrag k={k} p={p}", prefix, spent)
+                cycled = other_features[torch.arange(len(plan.spans)) % len(other_features)]
+                foreign = compressor.assemble(ids, plan, project(cycled))
+                record(f"foreign k={k} p={p}", foreign.inputs.inputs_embeds)
                 record(f"truncation k={k} p={p}", _keep(full, segments, prefix.shape[1] - outside))
                 if p > 0:
                     dropped = _only_chunks(full, chunk_spans(segments, k), comp.expanded)
                     record(f"dropped k={k} p={p}", dropped)
-        print(f"question {qi + 1}/{len(questions)}: {ids.shape[1]} prompt tokens, "
+        print(f"question {qi + 1}/{len(prompts)}: {ids.shape[1]} prompt tokens, "
               f"{n_evidence} of evidence, answer {len(answer)} tokens", flush=True)  # fmt: skip
         report = _report(args, settings, nll, count, per_question, seconds, positions)
         report["evidence_tokens_mean"] = round(statistics.mean(evidence_tokens), 1)

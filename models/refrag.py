@@ -21,7 +21,9 @@ Here:
 
 The projector is trained with encoder and decoder frozen (`bench/refrag_train.py`): reconstruction
 (the decoder reproduces a chunk from its vector), then continued pre-training (the next paragraph
-from compressed context), with a curriculum from few to many chunks.
+from compressed context), with a curriculum from few to many chunks. `bench/refrag_qa.py` can
+fine-tune it on the task itself (answers after compressed evidence; `plan` and `assemble` keep
+the projection in the graph), measured in BENCHMARKS.
 
 Shapes: T tokens of a prompt, C chunks, F = 2 * encoder hidden, D = decoder hidden.
 """
@@ -43,6 +45,7 @@ from models.generator import Generator, PromptInputs
 
 __all__ = [
     "ChunkEncoder",
+    "ChunkPlan",
     "ChunkProjector",
     "Compression",
     "RefragCompressor",
@@ -293,6 +296,23 @@ class Compression:
         return self.tokens_before / max(self.positions, 1)
 
 
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What `RefragCompressor.plan` decided for one prompt, before any projection.
+
+    Attributes:
+        spans: The evidence chunks (`chunk_spans` order).
+        items: How many evidence items the prompt has.
+        features: [C, F] encoder features of the chunks (None when there are none).
+        expanded: Indices of the chunks kept as tokens.
+    """
+
+    spans: tuple[ChunkSpan, ...]
+    items: int
+    features: torch.Tensor | None
+    expanded: frozenset[int]
+
+
 class RefragCompressor:
     """Builds compressed decoder inputs for a tokenised prompt.
 
@@ -313,7 +333,7 @@ class RefragCompressor:
         self.projector = projector.to(generator.device)
         self.encoder = encoder
 
-    def compress(
+    def plan(
         self,
         input_ids: torch.Tensor,
         segments: Sequence[tuple[int, int]],
@@ -322,8 +342,8 @@ class RefragCompressor:
         expand_fraction: float,
         question: str | None = None,
         chunk_scores: Sequence[float] | None = None,
-    ) -> Compression:
-        """Replace the evidence chunks that the policy does not expand by one vector each.
+    ) -> ChunkPlan:
+        """Chunk the evidence, encode every chunk and choose the ones kept as tokens.
 
         Args:
             input_ids: [1, T] the prompt's tokens.
@@ -333,9 +353,6 @@ class RefragCompressor:
             question: Ranks chunks for expansion by similarity to it (the query gate).
             chunk_scores: One score per chunk (`chunk_spans` order), used instead of the gate
                 when `question` is None (e.g. recency for plain-text continuation).
-
-        Returns:
-            The `Compression` (its `inputs` go to `Generator.stream`).
         """
         if not 0.0 <= expand_fraction <= 1.0:
             raise ValueError(f"expand_fraction must be in [0, 1], got {expand_fraction}")
@@ -357,19 +374,20 @@ class RefragCompressor:
                 scores = [0.0] * len(spans)
             order = sorted(range(len(spans)), key=lambda i: (-scores[i], i))
             expanded = set(order[:n_expand])
+        return ChunkPlan(tuple(spans), len(segments), features, frozenset(expanded))
+
+    def assemble(self, input_ids: torch.Tensor, plan: ChunkPlan, projected: torch.Tensor | None) -> Compression:
+        """The decoder input: the prompt's token embeddings with every chunk the plan does not
+        expand replaced by its row of `projected` [C, D] (with grad when training)."""
         embeds = self.generator.embed_tokens(input_ids)[0]  # [T, D]
-        with torch.no_grad():
-            projected = (
-                self.projector(features.to(embeds.device)).to(embeds.dtype)
-                if features is not None
-                else None
-            )  # [C, D]
+        if projected is not None:
+            projected = projected.to(embeds.dtype)
         pieces: list[torch.Tensor] = []
         cursor = 0
-        per_item = [0] * len(segments)
-        for i, chunk in enumerate(spans):
+        per_item = [0] * plan.items
+        for i, chunk in enumerate(plan.spans):
             pieces.append(embeds[cursor : chunk.start])
-            if i in expanded:
+            if i in plan.expanded:
                 pieces.append(embeds[chunk.start : chunk.end])
             else:
                 pieces.append(projected[i : i + 1])
@@ -379,9 +397,33 @@ class RefragCompressor:
         out = torch.cat(pieces).unsqueeze(0)  # [1, T', D]
         return Compression(
             inputs=PromptInputs(inputs_embeds=out),
-            tokens_before=len(ids),
+            tokens_before=int(input_ids.shape[1]),
             positions=int(out.shape[1]),
-            chunks=len(spans),
-            expanded=tuple(sorted(expanded)),
+            chunks=len(plan.spans),
+            expanded=tuple(sorted(plan.expanded)),
             items_compressed=tuple(per_item),
         )
+
+    def compress(
+        self,
+        input_ids: torch.Tensor,
+        segments: Sequence[tuple[int, int]],
+        *,
+        k: int,
+        expand_fraction: float,
+        question: str | None = None,
+        chunk_scores: Sequence[float] | None = None,
+    ) -> Compression:
+        """Replace the evidence chunks that the policy does not expand by one vector each
+        (`plan`'s arguments; the `Compression`'s inputs go to `Generator.stream`)."""
+        plan = self.plan(
+            input_ids, segments, k=k, expand_fraction=expand_fraction,
+            question=question, chunk_scores=chunk_scores,
+        )  # fmt: skip
+        with torch.no_grad():
+            projected = (
+                self.projector(plan.features.to(self.generator.device))
+                if plan.features is not None
+                else None
+            )  # [C, D]
+        return self.assemble(input_ids, plan, projected)

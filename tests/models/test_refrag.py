@@ -110,6 +110,39 @@ def test_the_question_gate_expands_the_chunks_most_like_the_question(generator: 
         compressor.compress(ids, layout.segments, k=k, expand_fraction=0.5, chunk_scores=[1.0])
 
 
+def test_answer_training_reaches_only_the_projector(generator: Generator, encoder: ChunkEncoder) -> None:
+    """`bench.refrag_qa`'s step: the answer's loss after a compressed prompt trains the projector
+    (gradients reach it, not the frozen decoder) and falls on a prompt it is trained on."""
+    from bench.refrag_qa import answer_loss
+
+    layout = layout_prompt(generator, _prompt())
+    compressor = _compressor(generator, encoder)
+    ids = layout.inputs.input_ids
+    plan = compressor.plan(ids, layout.segments, k=4, expand_fraction=0.0)
+    assert plan.expanded == frozenset() and len(plan.spans) == len(chunk_spans(layout.segments, 4))
+    with torch.no_grad():  # plan + assemble is what compress does
+        assembled = compressor.assemble(ids, plan, compressor.projector(plan.features))
+    torch.testing.assert_close(
+        assembled.inputs.inputs_embeds,
+        compressor.compress(ids, layout.segments, k=4, expand_fraction=0.0).inputs.inputs_embeds,
+    )
+    for param in generator.model.parameters():
+        param.requires_grad_(False)
+    answer = torch.tensor([5, 9, 11])
+    opt = torch.optim.Adam(compressor.projector.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = answer_loss(compressor, plan, ids, answer)
+        opt.zero_grad()
+        loss.backward()
+        grads = [q.grad for q in compressor.projector.parameters()]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        opt.step()
+        losses.append(loss.item())
+    assert all(q.grad is None for q in generator.model.parameters())
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
 def test_projector_round_trip_and_size_check(generator: Generator, encoder: ChunkEncoder, tmp_path: Path) -> None:
     projector = _compressor(generator, encoder).projector
     projector.save(tmp_path / "p.pt", note="test")

@@ -1,0 +1,159 @@
+"""Fine-tune the REFRAG projector to answer questions over compressed evidence.
+
+    HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=... python -m bench.refrag_qa --library LIB \\
+        --init PROJECTOR.pt --out OUT.pt [--epochs 2] [--k 8 16] [--p 0 0.25] [--prompts FILE]
+
+Why: reconstruction and continued pre-training (`bench.refrag_train`) teach the projector to
+continue document text, and on held-aside text that improves with more steps, but on the
+answering prompt the vectors added nothing (BENCHMARKS, REFRAG). This objective is the task
+itself: the prompt `Answerer.ask` builds, its evidence compressed by the stage's own policy,
+and the loss on the gold answer's tokens after it. Encoder and decoder stay frozen; only the
+projector learns.
+
+Data: the MMLongBench dev questions of the train documents (`bench.urag.split_of` == "train";
+`bench.refrag_answers` measures the held-aside "val" documents, never seen here). Their prompts
+(hybrid retrieval -> WuKong sampler -> instructions, numbered evidence, question) are built once
+and kept in `--prompts`, so a rerun skips retrieval. Each step takes one question, draws k from
+`--k` and p from `--p`, lets the query gate pick the expanded chunks, and steps on the answer's
+cross-entropy. The settings, the initial projector's own settings and the loss curve go into the
+weights file; the same arguments reproduce it (seeded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from bench._cli import command_line
+from bench.urag import SAMPLES, _evidence_prompt, _folio, split_of
+
+
+def build_prompts(library: str, path: Path) -> list[dict]:
+    """Per train-document question with evidence: its prompt ids, evidence segments and answer."""
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    from models.urag import layout_prompt
+    from pipeline.eval_qa import load_qa_questions
+
+    questions = [q for q in load_qa_questions(SAMPLES) if split_of(q.doc_id) == "train"]
+    folio = _folio(library)
+    answerer = folio.answerer
+    generator = answerer.generator()
+    rows = []
+    t0 = time.perf_counter()
+    for i, q in enumerate(questions):
+        items, prompt = _evidence_prompt(answerer, q.question, q.doc_id, answerer.config)
+        if not items:
+            continue
+        layout = layout_prompt(generator, prompt)
+        answer = generator.tokenizer(q.answer, add_special_tokens=False)["input_ids"]
+        rows.append({
+            "question": q.question,
+            "doc_id": q.doc_id,
+            "ids": layout.inputs.input_ids[0].tolist(),
+            "segments": [list(s) for s in layout.segments],
+            "answer": answer,
+        })  # fmt: skip
+        print(f"prompt {i + 1}/{len(questions)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(rows, path)
+    return rows
+
+
+def answer_loss(compressor, plan, input_ids: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """Mean cross-entropy of `answer` [n] after the prompt compressed by `plan`, with the
+    projector in the graph (the decoder is frozen, so only the projector gets gradients)."""
+    generator = compressor.generator
+    projected = compressor.projector(plan.features.to(generator.device))  # [C, D]
+    prefix = compressor.assemble(input_ids, plan, projected).inputs.inputs_embeds  # [1, P, D]
+    answer_embeds = generator.embed_tokens(answer.unsqueeze(0))  # [1, n, D], no grad
+    inputs = torch.cat([prefix, answer_embeds], dim=1)
+    labels = torch.cat([torch.full((1, prefix.shape[1]), -100), answer.unsqueeze(0)], dim=1)
+    return generator.model(inputs_embeds=inputs, labels=labels.to(inputs.device), use_cache=False).loss
+
+
+def train(args: argparse.Namespace) -> dict:
+    from models.refrag import ChunkEncoder, ChunkProjector, RefragCompressor
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rows = build_prompts(args.library, Path(args.prompts))
+    folio = _folio(args.library)
+    generator = folio.answerer.generator()
+    for param in generator.model.parameters():
+        param.requires_grad_(False)
+    projector = ChunkProjector.load(Path(args.init)).train()
+    init_settings = projector.settings
+    compressor = RefragCompressor(generator, projector, ChunkEncoder.for_projector(projector))
+    opt = torch.optim.AdamW(projector.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    rng = random.Random(args.seed)
+    plans: dict[tuple[int, int, float], object] = {}  # the encoder is frozen: plan once
+    log: list[list] = []
+    t0 = time.perf_counter()
+    step = 0
+    for epoch in range(args.epochs):
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        for qi in order:
+            row = rows[qi]
+            k, p = rng.choice(args.k), rng.choice(args.p)
+            ids = torch.tensor([row["ids"]])
+            key = (qi, k, p)
+            if key not in plans:
+                plans[key] = compressor.plan(
+                    ids, [tuple(s) for s in row["segments"]], k=k, expand_fraction=p,
+                    question=row["question"],
+                )  # fmt: skip
+            plan = plans[key]
+            if plan.features is None or len(plan.expanded) == len(plan.spans):
+                continue
+            loss = answer_loss(compressor, plan, ids, torch.tensor(row["answer"]))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
+            opt.step()
+            log.append([step, epoch, k, p, round(loss.item(), 4)])
+            recent = [r[-1] for r in log[-20:]]
+            print(f"qa {step} (epoch {epoch}): k={k} p={p} loss {loss.item():.4f} "
+                  f"(mean of last {len(recent)}: {sum(recent) / len(recent):.4f}; {time.perf_counter() - t0:.0f} s)",
+                  flush=True)  # fmt: skip
+            step += 1
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "command": command_line("bench.refrag_qa", args, skip={"out", "library", "prompts"}),
+        "init": init_settings,
+        "data": f"{len(rows)} MMLongBench dev questions of the train documents, bench.urag.split_of",
+        "seconds": round(time.perf_counter() - t0),
+        "log_qa": log,
+    }
+    projector.eval().save(out, **settings)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()[:16]
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {digest}) in {settings['seconds']} s")
+    return settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--library", required=True, help="a library holding the dev documents")
+    parser.add_argument("--init", required=True, help="the projector to start from (bench.refrag_train)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--prompts", default="refrag-qa-prompts.pt", help="cache of the train prompts")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--k", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--p", type=float, nargs="+", default=[0.0, 0.25])
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    train(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
