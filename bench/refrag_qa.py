@@ -22,6 +22,7 @@ weights file; the same arguments reproduce it (seeded).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import random
 import time
@@ -93,33 +94,47 @@ def train(args: argparse.Namespace) -> dict:
     opt = torch.optim.AdamW(projector.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     rng = random.Random(args.seed)
     plans: dict[tuple[int, int, float], object] = {}  # the encoder is frozen: plan once
+
+    def plan_of(qi: int, k: int, p: float):  # noqa: ANN202
+        if (qi, k, p) not in plans:
+            row = rows[qi]
+            plans[qi, k, p] = compressor.plan(
+                torch.tensor([row["ids"]]), [tuple(s) for s in row["segments"]], k=k,
+                expand_fraction=p, question=row["question"],
+            )  # fmt: skip
+        return plans[qi, k, p]
     log: list[list] = []
     t0 = time.perf_counter()
     step = 0
     for epoch in range(args.epochs):
         order = list(range(len(rows)))
         rng.shuffle(order)
-        for qi in order:
+        for position, qi in enumerate(order):
             row = rows[qi]
             k, p = rng.choice(args.k), rng.choice(args.p)
             ids = torch.tensor([row["ids"]])
-            key = (qi, k, p)
-            if key not in plans:
-                plans[key] = compressor.plan(
-                    ids, [tuple(s) for s in row["segments"]], k=k, expand_fraction=p,
-                    question=row["question"],
-                )  # fmt: skip
-            plan = plans[key]
+            plan = plan_of(qi, k, p)
             if plan.features is None or len(plan.expanded) == len(plan.spans):
                 continue
-            loss = answer_loss(compressor, plan, ids, torch.tensor(row["answer"]))
+            answer = torch.tensor(row["answer"])
+            loss = own = answer_loss(compressor, plan, ids, answer)
+            foreign = None
+            if args.contrast:
+                # The same prompt with the next question's chunk vectors in place of its own: the
+                # answer must be likelier with its own evidence (a logistic preference), so that a
+                # vector that only says "an answer follows" does not lower the loss.
+                other = plan_of(order[(position + 1) % len(order)], k, 0.0).features
+                cycled = other[torch.arange(len(plan.spans)) % len(other)]
+                foreign = answer_loss(compressor, dataclasses.replace(plan, features=cycled), ids, answer)
+                loss = own + args.contrast * torch.nn.functional.softplus(own - foreign)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
             opt.step()
-            log.append([step, epoch, k, p, round(loss.item(), 4)])
-            recent = [r[-1] for r in log[-20:]]
-            print(f"qa {step} (epoch {epoch}): k={k} p={p} loss {loss.item():.4f} "
+            log.append([step, epoch, k, p, round(own.item(), 4)] + ([round(foreign.item(), 4)] if foreign is not None else []))
+            recent = [r[4] for r in log[-20:]]
+            versus = f" foreign {foreign.item():.4f}" if foreign is not None else ""
+            print(f"qa {step} (epoch {epoch}): k={k} p={p} loss {own.item():.4f}{versus} "
                   f"(mean of last {len(recent)}: {sum(recent) / len(recent):.4f}; {time.perf_counter() - t0:.0f} s)",
                   flush=True)  # fmt: skip
             step += 1
@@ -148,6 +163,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--k", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--p", type=float, nargs="+", default=[0.0, 0.25])
+    parser.add_argument(
+        "--contrast", type=float, default=0.0, metavar="W",
+        help="add W * softplus(loss - loss with another question's vectors) (0: off)",
+    )  # fmt: skip
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=2)
