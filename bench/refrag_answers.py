@@ -14,7 +14,7 @@ question and setting, one forward pass over the prompt followed by the gold answ
 - truncation k=K p=P: the evidence cut to the same number of prompt positions, keeping its first
   tokens in prompt order (what a fixed context budget does);
 - foreign k=K p=P: as refrag, but every compressed chunk's vector is one of the next question's
-  evidence chunks (cycled): what the vectors' content adds, against whatever a projector trained
+  evidence chunks (cycled; `--foreign-document`: the next question on another document): what the vectors' content adds, against whatever a projector trained
   on answers learned about answers in general;
 - dropped k=K p=P: the chunks REFRAG expands, as tokens, and nothing in place of the others
   (what the projected vectors add over the same expanded tokens alone);
@@ -139,7 +139,12 @@ def run(args: argparse.Namespace) -> dict:
 
         record("full", full)
         record("none", _keep(full, segments, 0))
-        other = prompts[(qi + 1) % len(prompts)][1]  # the next question's prompt
+        # The next question's prompt (with --foreign-document, the next one on another document).
+        other = next(
+            (prompts[(qi + j) % len(prompts)][1] for j in range(1, len(prompts))
+             if not args.foreign_document or prompts[(qi + j) % len(prompts)][0].doc_id != q.doc_id),
+            prompts[(qi + 1) % len(prompts)][1],
+        )  # fmt: skip
         for k in args.k:
             other_features = compressor.plan(
                 other.inputs.input_ids, [tuple(s) for s in other.segments], k=k, expand_fraction=0.0
@@ -203,6 +208,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--p", type=float, nargs="+", default=[0.0, 0.25, 0.5])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--foreign-document", action="store_true",
+        help="the foreign vectors come from the next question on another document",
+    )  # fmt: skip
     parser.add_argument("--json", default=None)
     run(parser.parse_args())
 
