@@ -14,8 +14,9 @@ question and setting, one forward pass over the prompt followed by the gold answ
 - truncation k=K p=P: the evidence cut to the same number of prompt positions, keeping its first
   tokens in prompt order (what a fixed context budget does);
 - foreign k=K p=P: as refrag, but every compressed chunk's vector is one of the next question's
-  evidence chunks (cycled; `--foreign-document`: the next question on another document): what the vectors' content adds, against whatever a projector trained
-  on answers learned about answers in general;
+  evidence chunks (cycled; with `--foreign-document`, of the next question on another document):
+  what the vectors' own content adds, beyond whatever a projector trained on answers learned
+  about answers in general;
 - dropped k=K p=P: the chunks REFRAG expands, as tokens, and nothing in place of the others
   (what the projected vectors add over the same expanded tokens alone);
 - none: the prompt with every evidence item removed.

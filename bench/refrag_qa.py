@@ -13,7 +13,8 @@ projector learns.
 Data: the MMLongBench dev questions of the train documents (`bench.urag.split_of` == "train";
 `bench.refrag_answers` measures the held-aside "val" documents, never seen here). Their prompts
 (hybrid retrieval -> WuKong sampler -> instructions, numbered evidence, question) are built once
-and kept in `--prompts`, so a rerun skips retrieval. Each step takes one question, draws k from
+and kept in `--prompts`, so a rerun skips retrieval (delete it after changing the library, the
+model or the pipeline's settings). Each step takes one question, draws k from
 `--k` and p from `--p`, lets the query gate pick the expanded chunks, and steps on the answer's
 cross-entropy. The settings, the initial projector's own settings and the loss curve go into the
 weights file; the same arguments reproduce it (seeded).
@@ -159,7 +160,9 @@ def main() -> None:
     parser.add_argument("--library", required=True, help="a library holding the dev documents")
     parser.add_argument("--init", required=True, help="the projector to start from (bench.refrag_train)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--prompts", default="refrag-qa-prompts.pt", help="cache of the train prompts")
+    parser.add_argument(
+        "--prompts", default="folio-library/refrag-qa-prompts.pt", help="cache of the train prompts"
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--k", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--p", type=float, nargs="+", default=[0.0, 0.25])
