@@ -30,6 +30,7 @@ so its ratios show what the shorter prompt buys.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -80,6 +81,22 @@ def _only_chunks(embeds: torch.Tensor, spans, expanded: tuple[int, ...]) -> torc
     return embeds[:, mask]
 
 
+def with_foreign_features(plan, features: torch.Tensor):  # noqa: ANN001, ANN201
+    """`plan` with every chunk's feature taken from `features` [C', F] (another prompt's chunks,
+    cycled): the "foreign" control of this benchmark and of `bench.refrag_qa --contrast`."""
+    cycled = features[torch.arange(len(plan.spans)) % len(features)]
+    return dataclasses.replace(plan, features=cycled)
+
+
+def _foreign_index(prompts: list, qi: int, other_document: bool) -> int:  # noqa: ANN001
+    """The next question after `qi` (cyclic); with `other_document`, the next on another document."""
+    later = [(qi + j) % len(prompts) for j in range(1, len(prompts))] or [qi]
+    if other_document:
+        doc = prompts[qi][0].doc_id
+        return next((i for i in later if prompts[i][0].doc_id != doc), later[0])
+    return later[0]
+
+
 @torch.no_grad()
 def run(args: argparse.Namespace) -> dict:
     from models.config import RefragConfig
@@ -113,6 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     positions: dict[str, list[int]] = {s: [] for s in settings}
     per_question: dict[str, list[float]] = {s: [] for s in settings}
     evidence_tokens: list[int] = []
+    foreign_same_document = 0  # questions whose foreign vectors come from their own document
     report: dict = {}
     prompts = []  # built first: the "foreign" setting reads the next question's evidence
     for q in questions:
@@ -140,12 +158,8 @@ def run(args: argparse.Namespace) -> dict:
 
         record("full", full)
         record("none", _keep(full, segments, 0))
-        # The next question's prompt (with --foreign-document, the next one on another document).
-        other = next(
-            (prompts[(qi + j) % len(prompts)][1] for j in range(1, len(prompts))
-             if not args.foreign_document or prompts[(qi + j) % len(prompts)][0].doc_id != q.doc_id),
-            prompts[(qi + 1) % len(prompts)][1],
-        )  # fmt: skip
+        foreign_q, other = prompts[_foreign_index(prompts, qi, args.foreign_document)]
+        foreign_same_document += foreign_q.doc_id == q.doc_id
         for k in args.k:
             other_features = compressor.plan(
                 other.inputs.input_ids, [tuple(s) for s in other.segments], k=k, expand_fraction=0.0
@@ -157,8 +171,8 @@ def run(args: argparse.Namespace) -> dict:
                 spent = time.perf_counter() - t0
                 prefix = comp.inputs.inputs_embeds
                 record(f"refrag k={k} p={p}", prefix, spent)
-                cycled = other_features[torch.arange(len(plan.spans)) % len(other_features)]
-                foreign = compressor.assemble(ids, plan, project(cycled))
+                foreign_plan = with_foreign_features(plan, other_features)
+                foreign = compressor.assemble(ids, foreign_plan, project(foreign_plan.features))
                 record(f"foreign k={k} p={p}", foreign.inputs.inputs_embeds)
                 record(f"truncation k={k} p={p}", _keep(full, segments, prefix.shape[1] - outside))
                 if p > 0:
@@ -168,6 +182,7 @@ def run(args: argparse.Namespace) -> dict:
               f"{n_evidence} of evidence, answer {len(answer)} tokens", flush=True)  # fmt: skip
         report = _report(args, settings, nll, count, per_question, seconds, positions)
         report["evidence_tokens_mean"] = round(statistics.mean(evidence_tokens), 1)
+        report["foreign_same_document"] = foreign_same_document
         if args.json:  # rewritten after every question: an interrupted run keeps its numbers
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     for s, row in report["results"].items():

@@ -23,28 +23,28 @@ weights file; the same arguments reproduce it (seeded).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import random
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from bench._cli import command_line
+from bench.refrag_answers import with_foreign_features
 from bench.urag import SAMPLES, _evidence_prompt, _folio, split_of
 
 
-def build_prompts(library: str, path: Path) -> list[dict]:
-    """Per train-document question with evidence: its prompt ids, evidence segments and answer."""
+def build_prompts(answerer, path: Path) -> list[dict]:  # noqa: ANN001
+    """Per train-document question with evidence: its prompt ids, evidence segments and answer
+    (read from `path` when an earlier run wrote it)."""
     if path.is_file():
         return torch.load(path, weights_only=True)
     from models.urag import layout_prompt
     from pipeline.eval_qa import load_qa_questions
 
     questions = [q for q in load_qa_questions(SAMPLES) if split_of(q.doc_id) == "train"]
-    folio = _folio(library)
-    answerer = folio.answerer
     generator = answerer.generator()
     rows = []
     t0 = time.perf_counter()
@@ -80,13 +80,15 @@ def answer_loss(compressor, plan, input_ids: torch.Tensor, answer: torch.Tensor)
 
 
 def train(args: argparse.Namespace) -> dict:
-    from models.refrag import ChunkEncoder, ChunkProjector, RefragCompressor
+    from models.refrag import ChunkEncoder, ChunkPlan, ChunkProjector, RefragCompressor
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    rows = build_prompts(args.library, Path(args.prompts))
-    folio = _folio(args.library)
-    generator = folio.answerer.generator()
+    answerer = _folio(args.library).answerer
+    generator = answerer.generator()
+    rows = build_prompts(answerer, Path(args.prompts))
+    print(f"{len(rows)} prompts, {statistics.mean(len(r['ids']) for r in rows):.1f} prompt tokens and "
+          f"{statistics.mean(len(r['answer']) for r in rows):.2f} answer tokens on average", flush=True)  # fmt: skip
     for param in generator.model.parameters():
         param.requires_grad_(False)
     projector = ChunkProjector.load(Path(args.init)).train()
@@ -94,7 +96,7 @@ def train(args: argparse.Namespace) -> dict:
     compressor = RefragCompressor(generator, projector, ChunkEncoder.for_projector(projector))
     opt = torch.optim.AdamW(projector.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     rng = random.Random(args.seed)
-    plans: dict[tuple[int, int, float], object] = {}  # the encoder is frozen: plan once
+    plans: dict[tuple[int, int, float], ChunkPlan] = {}  # the encoder is frozen: plan once
 
     def plan_of(qi: int, k: int, p: float):  # noqa: ANN202
         if (qi, k, p) not in plans:
@@ -104,6 +106,7 @@ def train(args: argparse.Namespace) -> dict:
                 expand_fraction=p, question=row["question"],
             )  # fmt: skip
         return plans[qi, k, p]
+
     log: list[list] = []
     t0 = time.perf_counter()
     step = 0
@@ -125,8 +128,7 @@ def train(args: argparse.Namespace) -> dict:
                 # answer must be likelier with its own evidence (a logistic preference), so that a
                 # vector that only says "an answer follows" does not lower the loss.
                 other = plan_of(order[(position + 1) % len(order)], k, 0.0).features
-                cycled = other[torch.arange(len(plan.spans)) % len(other)]
-                foreign = answer_loss(compressor, dataclasses.replace(plan, features=cycled), ids, answer)
+                foreign = answer_loss(compressor, with_foreign_features(plan, other), ids, answer)
                 loss = own + args.contrast * torch.nn.functional.softplus(own - foreign)
             opt.zero_grad()
             loss.backward()
@@ -139,6 +141,14 @@ def train(args: argparse.Namespace) -> dict:
                   f"(mean of last {len(recent)}: {sum(recent) / len(recent):.4f}; {time.perf_counter() - t0:.0f} s)",
                   flush=True)  # fmt: skip
             step += 1
+        epoch_rows = [r for r in log if r[1] == epoch]
+        if not epoch_rows:
+            continue
+        margin = (
+            f", foreign minus own {statistics.mean(r[5] - r[4] for r in epoch_rows):.4f}"
+            if args.contrast else ""
+        )  # fmt: skip
+        print(f"epoch {epoch}: mean answer loss {statistics.mean(r[4] for r in epoch_rows):.4f}{margin}", flush=True)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

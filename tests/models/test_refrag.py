@@ -143,6 +143,25 @@ def test_answer_training_reaches_only_the_projector(generator: Generator, encode
     assert losses[-1] < losses[0] - 0.1, losses
 
 
+def test_the_foreign_control_takes_another_prompts_chunks_in_place(generator: Generator, encoder: ChunkEncoder) -> None:
+    """`bench.refrag_answers`' control: the next question's chunk features, cycled over this
+    prompt's chunks; with `--foreign-document`, the next question on another document."""
+    from types import SimpleNamespace
+
+    from bench.refrag_answers import _foreign_index, with_foreign_features
+
+    layout = layout_prompt(generator, _prompt())
+    plan = _compressor(generator, encoder).plan(layout.inputs.input_ids, layout.segments, k=4, expand_fraction=0.5)
+    other = torch.arange(2 * plan.features.shape[1], dtype=torch.float32).view(2, -1)
+    foreign = with_foreign_features(plan, other)
+    assert foreign.spans == plan.spans and foreign.expanded == plan.expanded
+    assert torch.equal(foreign.features[0], other[0]) and torch.equal(foreign.features[3], other[1])
+    prompts = [(SimpleNamespace(doc_id=d), None) for d in ["a", "a", "b", "a"]]
+    assert [_foreign_index(prompts, i, False) for i in range(4)] == [1, 2, 3, 0]
+    assert [_foreign_index(prompts, i, True) for i in range(4)] == [2, 2, 3, 2]
+    assert _foreign_index(prompts[:1], 0, True) == 0
+
+
 def test_projector_round_trip_and_size_check(generator: Generator, encoder: ChunkEncoder, tmp_path: Path) -> None:
     projector = _compressor(generator, encoder).projector
     projector.save(tmp_path / "p.pt", note="test")
