@@ -9,6 +9,8 @@ Only the train documents (`bench.urag.split_of`) are used; the validation docume
 at the end, never used to pick anything. `--cv FOLDS` chooses the temperature and the number of
 epochs by cross-validation grouped by document inside the train documents. `--extra DIR` adds the
 prompts `bench.urag_extra` cached (IR queries, inverse cloze) to training only.
+`--learning-curve N...` trains on N of the train questions (seeded draws) and reports
+validation recall for each N: how much more dev-like questions would buy.
 
     nice -n 10 .venv/bin/python -m bench.urag_train --out bench-work/urag --layer 4 --cv 4 \\
         --threads 1 --save models/weights/urag_maxsim_qwen2.5-coder-0.5b.pt
@@ -123,6 +125,30 @@ def cross_validate(
     return results
 
 
+def learning_curve(
+    usable: list[dict], val: list[dict], sizes: Sequence[int], draws: int, s: dict, layer: int
+) -> list[dict]:
+    """Validation recall against the number of training questions: for each size, `draws`
+    seeded draws of that many usable train questions, each trained with settings `s`. How
+    much would more dev-like questions buy (the dev split holds no more of them)?"""
+    results = []
+    for size in sizes:
+        size = min(size, len(usable))
+        recalls: dict[int, list[float]] = {k: [] for k in (2, 3, 4, 5)}
+        for draw in range(draws if size < len(usable) else 1):  # all of them: one draw is all
+            subset = random.Random(1000 + draw).sample(usable, size)
+            projection = train_projection(subset, s, layer)
+            for k in recalls:
+                recalls[k].append(_recall_of(projection, val, k))
+        row = {"train_questions": size, "draws": len(recalls[3])}
+        for k, values in recalls.items():
+            row[f"val_keep{k}"] = round(statistics.fmean(values), 4)
+            row[f"val_keep{k}_spread"] = [round(min(values), 4), round(max(values), 4)]
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    return results
+
+
 def _usable(row: dict) -> bool:
     return bool(row["labels"].any()) and not bool(row["labels"].all())
 
@@ -165,6 +191,11 @@ def main() -> None:
         "--no-dev-training", action="store_true",
         help="train on the --extra prompts alone (how far they transfer to the dev documents)",
     )  # fmt: skip
+    parser.add_argument(
+        "--learning-curve", type=int, nargs="*", default=[], metavar="N",
+        help="validation recall when trained on N of the usable train questions (seeded draws)",
+    )  # fmt: skip
+    parser.add_argument("--draws", type=int, default=3, help="with --learning-curve, draws per N")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -186,6 +217,12 @@ def main() -> None:
         f"train {len(train)} questions ({len(usable)} with a positive and a negative), "
         f"extra {len(extra)}, val {len(val)}"
     )
+    if args.learning_curve:
+        if args.cv or extra or args.save:
+            raise SystemExit("--learning-curve takes the settings as they are: no --cv, --extra or --save")
+        curve = learning_curve(usable, val, args.learning_curve, args.draws, s, args.layer)
+        (out / f"learning-curve-L{args.layer}.json").write_text(json.dumps(curve, indent=1) + "\n")
+        return
     if args.no_dev_training:
         if args.cv or not extra:
             raise SystemExit("--no-dev-training needs --extra prompts and no --cv")

@@ -406,3 +406,40 @@ def test_the_oracle_scorer_keeps_one_short_item_per_gold_page_first() -> None:
     assert _recall({2, 5}, record["pages"], _top(scores, [10, 50, 20, 10, 60], 2)) == 1.0
     # Then the other item on a gold page, then the rest, shortest first.
     assert sorted(range(5), key=lambda i: -scores[i])[2:] == [1, 0, 3]
+
+
+def _synthetic_rows(count: int, seed: int) -> list[dict]:
+    """Prompts of 4 segments. Every negative shares a strong direction with the question (word
+    overlap, say) and the positive a weaker one: an untrained projection ranks the positive
+    last; a trained one learns which direction marks the evidence."""
+    gen = torch.Generator().manual_seed(seed)
+    signal, distractor = torch.eye(32)[0], torch.eye(32)[1]
+    rows = []
+    for n in range(count):
+        q = torch.randn(3, 32, generator=gen) * 0.3 + 2 * signal + 6 * distractor
+        segs = [torch.randn(5, 32, generator=gen) * 0.3 + 6 * distractor for _ in range(4)]
+        positive = n % 4
+        segs[positive] = torch.randn(5, 32, generator=gen) * 0.3 + 2 * signal
+        rows.append({
+            "q": q, "segs": segs, "labels": torch.arange(4) == positive,
+            "gold_pages": [10 + positive], "pages": [10, 11, 12, 13],
+            "segments": [[5 * i, 5 * i + 5] for i in range(4)],
+        })  # fmt: skip
+    return rows
+
+
+def test_the_learning_curve_draws_subsets_and_learns_a_separable_signal() -> None:
+    """`bench.urag_train --learning-curve`: sizes capped at what exists, one draw of the whole
+    set, and validation recall that grows with the training questions."""
+    from bench.urag_train import SETTINGS, learning_curve
+
+    train, val = _synthetic_rows(12, seed=0), _synthetic_rows(8, seed=1)
+    settings = {**SETTINGS, "epochs": 8, "dim": 8, "temperature": 0.1}
+    untrained = learning_curve(train, val, [12], 1, {**settings, "epochs": 0}, layer=4)
+    assert untrained[0]["val_keep2"] == 0.0  # the distractor wins without training
+    rows = learning_curve(train, val, [4, 50], 2, settings, layer=4)
+    assert [r["train_questions"] for r in rows] == [4, 12]
+    assert [r["draws"] for r in rows] == [2, 1]
+    low, high = rows[0]["val_keep2_spread"]
+    assert low <= rows[0]["val_keep2"] <= high < 1.0
+    assert rows[1]["val_keep2"] == 1.0  # four candidates, the positive in the top two
