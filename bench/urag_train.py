@@ -219,7 +219,9 @@ def main() -> None:
     )
     if args.learning_curve:
         if args.cv or extra or args.save:
-            raise SystemExit("--learning-curve takes the settings as they are: no --cv, --extra or --save")
+            raise SystemExit(
+                "--learning-curve trains with the settings as given: no --cv, --extra or --save"
+            )
         curve = learning_curve(usable, val, args.learning_curve, args.draws, s, args.layer)
         (out / f"learning-curve-L{args.layer}.json").write_text(json.dumps(curve, indent=1) + "\n")
         return
