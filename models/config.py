@@ -222,8 +222,8 @@ class UragConfig(BaseModel):
     )  # fmt: skip
     scorer: UragScorer = Field(
         default=UragScorer.AUTO, description="Segment score; auto: MaxSim through the projection "
-        "when it was trained on the loaded model at `layer` (the shipped one: Qwen2.5-Coder-0.5B, "
-        "layer 4), else the training-free attention mass."
+        "when one was trained on the loaded model at `layer` (shipped: Qwen2.5-Coder-0.5B and "
+        "1.5B, layer 4), else the training-free attention mass."
     )  # fmt: skip
     keep: int = Field(default=4, ge=1, description="Most evidence segments kept.")
     keep_tokens: float = Field(
@@ -231,5 +231,6 @@ class UragConfig(BaseModel):
         "(1: no limit beyond `keep`); the best segment is always kept."
     )  # fmt: skip
     projection: str | None = Field(
-        default=None, description="MaxSim projection weights (.pt); None: the shipped file."
+        default=None, description="MaxSim projection weights (.pt); None: the shipped file "
+        "trained on the loaded model."
     )

@@ -24,7 +24,8 @@ Two segment scores:
   (training-free), averaged over heads and question tokens.
 - `maxsim`: late interaction (ColBERT MaxSim) between the question's and the segment's layer-L
   hidden states through a small learned projection (`MaxSimProjection`, trained by
-  `bench/urag_train.py`, weights in `models/weights/`).
+  `bench/urag_train.py`, weights in `models/weights/`: one file per packaged Qwen generator, and
+  the stage takes the one trained on the loaded model, `shipped_projection`).
 """
 
 from __future__ import annotations
@@ -60,12 +61,22 @@ __all__ = [
     "maxsim_scores",
     "model_fingerprint",
     "select_top",
+    "shipped_projection",
 ]
 
-DEFAULT_PROJECTION = (
-    Path(__file__).resolve().parent / "weights" / "urag_maxsim_qwen2.5-coder-0.5b.pt"
-)
-"""The shipped MaxSim projection (Qwen2.5-Coder-0.5B, see `bench/urag_train.py`)."""
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+DEFAULT_PROJECTION = WEIGHTS / "urag_maxsim_qwen2.5-coder-0.5b.pt"
+"""The shipped MaxSim projection of the default generator (Qwen2.5-Coder-0.5B, see
+`bench/urag_train.py`); the other generators' files lie beside it."""
+
+
+def shipped_projection(model: Any, layer: int, folder: Path | None = None) -> Path:
+    """The shipped projection (in `folder`, default `WEIGHTS`) trained on `model`'s states at
+    `layer`, else the default file (which the auto scorer then finds unfit: attention mass)."""
+    for path in sorted((folder or WEIGHTS).glob("urag_maxsim_*.pt")):
+        if MaxSimProjection.load(path).fits(model, layer):
+            return path
+    return DEFAULT_PROJECTION
 
 
 # --------------------------------------------------------------------------- prompt layout
@@ -630,7 +641,7 @@ class UragRunner:
         generator: The loaded generator (its model runs layer by layer).
         config: Layer, scorer and how much to keep.
         projection: The MaxSim projection (scorer "maxsim"); loaded from `config.projection`
-            or the shipped file when None.
+            or, when None, the shipped file trained on this model.
 
     Example:
         >>> runner = UragRunner(generator, UragConfig(layer=6, keep=4))
@@ -653,7 +664,11 @@ class UragRunner:
                 f"({self.decoder.num_layers - 1}); use 0..{self.decoder.num_layers - 2}"
             )
         self.projection: MaxSimProjection | None = None
-        path = Path(config.projection) if config.projection else DEFAULT_PROJECTION
+        path = (
+            Path(config.projection)
+            if config.projection
+            else shipped_projection(generator.model, config.layer)
+        )
         if config.scorer is UragScorer.AUTO:
             chosen = config.projection is not None or path.is_file()  # a named file must exist
             found = projection or (MaxSimProjection.load(path) if chosen else None)

