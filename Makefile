@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml requirements-models.txt
 # The first question, asked from the terminal, converts the packaged model once (about 90 s on
 # two cores), so the web page's first answer comes in seconds instead.
 demo: setup
-	$(BIN)/python -m pipeline.sample $(LIBRARY)/sample/folio-guide.pdf
+	$(BIN)/python -m pipeline.ingestion.sample $(LIBRARY)/sample/folio-guide.pdf
 	$(BIN)/folio --library $(LIBRARY) ingest $(LIBRARY)/sample
 	$(BIN)/folio --library $(LIBRARY) ask "Which hash identifies a document in Folio?" --doc folio-guide.pdf
 	$(BIN)/folio --library $(LIBRARY) serve --host $(HOST) --port $(PORT)

@@ -30,11 +30,11 @@ from app.cli_eval import eval_app
 from app.cli_users import user_app
 from app.settings import is_loopback, parse_auth
 from pipeline.config import OcrMode, ParserKind
-from pipeline.distributed import check_address
-from pipeline.ingest import Progress as IngestProgress
-from pipeline.ingest import count_pages, find_pdfs
-from pipeline.library import SchemaMismatchError
-from pipeline.owners import has_accounts
+from pipeline.ingestion.distributed import check_address
+from pipeline.ingestion.ingest import Progress as IngestProgress
+from pipeline.ingestion.ingest import count_pages, find_pdfs
+from pipeline.library.documents import SchemaMismatchError
+from pipeline.library.owners import has_accounts
 from retrieval.config import RetrievalMode
 
 app = typer.Typer(
@@ -472,7 +472,7 @@ def eval_qa_command(
 ) -> None:
     """Answer accuracy and F1 by answer format, Not-answerable precision/recall, citation page
     recall, TTFT, tokens/s and peak memory, each question asked of its own document."""
-    from pipeline.eval_qa import batch_questions, load_qa_questions, score_run
+    from pipeline.evaluation.qa import batch_questions, load_qa_questions, score_run
 
     overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget)
     try:
@@ -522,7 +522,7 @@ def eval_pages_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
 ) -> None:
     """Recall@1/5/10 and nDCG@5 of evidence pages, ranking pages within each question's document."""
-    from pipeline.eval_pages import documents_by_name, evaluate_pages, load_questions
+    from pipeline.evaluation.pages import documents_by_name, evaluate_pages, load_questions
 
     try:
         questions = load_questions(file)

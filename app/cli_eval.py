@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.config import EncoderConfig
-from pipeline.eval_retrieval import evaluate_retrieval
+from pipeline.evaluation.retrieval import evaluate_retrieval
 from retrieval.config import RetrievalConfig, RetrievalMode
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.owners import add_user, list_users, remove_user, set_password
+from pipeline.library.owners import add_user, list_users, remove_user, set_password
 
 user_app = typer.Typer(
     name="user",

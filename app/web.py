@@ -30,12 +30,12 @@ import gradio as gr
 from pydantic import ValidationError
 
 from app.api import Folio
-from pipeline.answer import Answer, AnswerStats
-from pipeline.ingest import IngestResult, Progress, count_pages
-from pipeline.library import DocumentInfo
-from pipeline.owners import check_login, list_users
-from pipeline.search import SearchHit
-from pipeline.viewer import PageImage, figure_assets, render_page
+from pipeline.answering.answer import Answer, AnswerStats
+from pipeline.ingestion.ingest import IngestResult, Progress, count_pages
+from pipeline.library.documents import DocumentInfo
+from pipeline.library.owners import check_login, list_users
+from pipeline.library.search import SearchHit
+from pipeline.library.viewer import PageImage, figure_assets, render_page
 
 logger = logging.getLogger(__name__)
 

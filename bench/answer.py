@@ -26,8 +26,8 @@ SAMPLES = ROOT.parent / "shared" / "data" / "mmlongbench" / "dev" / "samples.jso
 
 
 def _questions(n: int) -> tuple[list[dict], dict]:
-    from pipeline.eval_qa import load_qa_questions
-    from pipeline.parse import sha256_file
+    from pipeline.evaluation.qa import load_qa_questions
+    from pipeline.ingestion.parse import sha256_file
 
     questions = load_qa_questions(SAMPLES)[::8]
     docs = SAMPLES.parent / "documents"

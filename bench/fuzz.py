@@ -6,7 +6,7 @@ Usage:
 
 Each case takes a strategy (round robin), a seed PDF and a variant of it, mutates the bytes
 deterministically from (seed, case number), and parses the result with ingest's task
-(`pipeline.ingest._parse_worker`) in a `WorkerPool` under the parse deadline and memory limit.
+(`pipeline.ingestion.ingest._parse_worker`) in a `WorkerPool` under the parse deadline and memory limit.
 Every outcome must be one of: parsed; failed with a one-line reason naming the file; or a timeout,
 crash or memory kill confined to the worker. Anything that goes wrong in this process, and any
 reason that is not one line naming the file, is counted as a problem (the run never stops for it).
@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import IngestConfig, OcrMode, ParseConfig  # noqa: E402
-from pipeline.ingest import _init_worker, _parse_worker, parse_failure  # noqa: E402
-from pipeline.isolation import TaskStatus, WorkerPool  # noqa: E402
-from pipeline.parse import ParsedDocument  # noqa: E402
+from pipeline.ingestion.ingest import _init_worker, _parse_worker, parse_failure  # noqa: E402
+from pipeline.ingestion.isolation import TaskStatus, WorkerPool  # noqa: E402
+from pipeline.ingestion.parse import ParsedDocument  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("FOLIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 WORK = Path(os.environ.get("FOLIO_BENCH_DIR", ROOT / "bench-work")) / "fuzz"

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from models.config import EncoderConfig  # noqa: E402
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig, ParserKind  # noqa: E402
-from pipeline.ingest import ingest  # noqa: E402
-from pipeline.parse import parse_pdf  # noqa: E402
-from pipeline.search import LibraryIndex  # noqa: E402
+from pipeline.ingestion.ingest import ingest  # noqa: E402
+from pipeline.ingestion.parse import parse_pdf  # noqa: E402
+from pipeline.library.search import LibraryIndex  # noqa: E402
 from retrieval.config import FusionConfig, RetrievalConfig  # noqa: E402
 from storage import StorageConfig, open_library  # noqa: E402
 

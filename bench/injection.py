@@ -242,7 +242,7 @@ def false_positives(sources: list[Path]) -> dict:
     """Sentences that the screen would leave out: of every block of the given libraries (folders
     with folio.db), every text of the given BEIR corpora (folders with corpus.jsonl) and every
     page of the given PDFs. Each flagged sentence is printed."""
-    from pipeline.guard import screen
+    from pipeline.answering.guard import screen
 
     texts: list[str] = []
     for source in sources:

@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from app import Folio
-    from pipeline.owners import add_user, owned_chunk_ids
+    from pipeline.library.owners import add_user, owned_chunk_ids
 
     with tempfile.TemporaryDirectory() as work:
         copy = Path(work) / "lib"

@@ -25,8 +25,8 @@ from sqlalchemy import create_engine, text
 
 from app import Folio
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
-from pipeline.ingest import _store
-from pipeline.parse import parse_pdf
+from pipeline.ingestion.ingest import _store
+from pipeline.ingestion.parse import parse_pdf
 from storage import StorageConfig, open_library
 
 ROOT = Path(__file__).resolve().parents[1]

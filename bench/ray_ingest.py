@@ -6,7 +6,7 @@ Usage:
 
 Each configuration ingests the same born-digital PDFs (the set of bench/ingest.py, 181 pages)
 into a fresh temporary library with the shipped index (BM25 + MiniLM dense): the local path
-(`pipeline.ingest.ingest`, parser processes, embedding in the main process), then Ray with N
+(`pipeline.ingestion.ingest.ingest`, parser processes, embedding in the main process), then Ray with N
 ingest actors on a local Ray of `--ray-cpus` CPUs (started before the clock; its start is
 reported apart). Reported per configuration: wall time, pages/s, chunks/s, the peak memory of
 the whole process tree, and for Ray the per-worker rates of its two stages, from the workers'
@@ -31,9 +31,9 @@ import psutil
 from bench.ingest import BORN_DIGITAL
 from models.config import EncoderConfig
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig, RayConfig
-from pipeline.distributed import WorkerTiming, ingest_on_ray
-from pipeline.ingest import IngestResult, ingest
-from pipeline.search import LibraryIndex
+from pipeline.ingestion.distributed import WorkerTiming, ingest_on_ray
+from pipeline.ingestion.ingest import IngestResult, ingest
+from pipeline.library.search import LibraryIndex
 from retrieval.config import RetrievalConfig
 from storage import StorageConfig, open_library
 

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
     from models.config import RefragConfig
     from models.refrag import chunk_spans
     from models.urag import layout_prompt
-    from pipeline.eval_qa import load_qa_questions
+    from pipeline.evaluation.qa import load_qa_questions
 
     torch.set_num_threads(args.threads)
     questions = [q for q in load_qa_questions(SAMPLES) if split_of(q.doc_id) == "val"]

@@ -42,7 +42,7 @@ def build_prompts(answerer, path: Path) -> list[dict]:  # noqa: ANN001
     if path.is_file():
         return torch.load(path, weights_only=True)
     from models.urag import layout_prompt
-    from pipeline.eval_qa import load_qa_questions
+    from pipeline.evaluation.qa import load_qa_questions
 
     questions = [q for q in load_qa_questions(SAMPLES) if split_of(q.doc_id) == "train"]
     generator = answerer.generator()

@@ -40,7 +40,7 @@ import scipy.sparse as sp
 
 from models.config import EncoderConfig
 from models.encoders import MiniLMEncoder, SpladeEncoder
-from pipeline.eval_retrieval import build_retriever
+from pipeline.evaluation.retrieval import build_retriever
 from retrieval import (
     BM25Index,
     DenseConfig,

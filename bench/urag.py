@@ -49,7 +49,7 @@ def _folio(library: str):
 
 def _evidence_prompt(answerer, question: str, doc: str, cfg):
     """The evidence items and the prompt exactly as `Answerer.stream` builds them."""
-    from pipeline.answer import _token_counter
+    from pipeline.answering.answer import _token_counter
 
     generator = answerer.generator()
     docs = answerer._resolve_docs([doc], None)
@@ -62,7 +62,7 @@ def _evidence_prompt(answerer, question: str, doc: str, cfg):
 def cache(args: argparse.Namespace) -> None:
     """Step 1: per question, segments with pages, attention mass per layer, saved states."""
     from models.urag import LayerwiseDecoder, attention_mass, layout_prompt, model_fingerprint
-    from pipeline.eval_qa import load_qa_questions
+    from pipeline.evaluation.qa import load_qa_questions
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -386,8 +386,8 @@ def qa(args: argparse.Namespace) -> None:
     alternating per question so that machine load hits both alike)."""
     from models.config import UragConfig
     from models.urag import prefill_flops
-    from pipeline.eval_qa import load_qa_questions
-    from pipeline.scoring import score_answer
+    from pipeline.evaluation.qa import load_qa_questions
+    from pipeline.evaluation.scoring import score_answer
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

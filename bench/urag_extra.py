@@ -138,8 +138,8 @@ def ir(args: argparse.Namespace) -> None:
     """Prompts from the judged queries of the IR collections."""
     from models.config import GeneratorConfig
     from models.generator import EVIDENCE_IS_DATA, Evidence, build_prompt, defuse, load_generator
-    from pipeline.answer import CITE_INSTRUCTION
-    from pipeline.eval_retrieval import build_retriever, make_encoders
+    from pipeline.answering.answer import CITE_INSTRUCTION
+    from pipeline.evaluation.retrieval import build_retriever, make_encoders
     from retrieval import RetrievalConfig, RetrievalMode, load_beir
 
     torch.set_num_threads(args.threads)
@@ -202,7 +202,7 @@ def ict(args: argparse.Namespace) -> None:
     from sqlalchemy import select
 
     from app import Folio
-    from pipeline.answer import _token_counter
+    from pipeline.answering.answer import _token_counter
     from storage import Block
 
     torch.set_num_threads(args.threads)

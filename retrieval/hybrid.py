@@ -319,7 +319,7 @@ class HybridRetriever:
         Each save writes its parts under new names stamped with a fresh generation, and only
         then replaces the manifest that names them: a crash at any point leaves the previous
         save whole. Files of earlier (or unfinished) saves are removed after. One writer at a
-        time per directory (`pipeline.search.LibraryIndex` locks).
+        time per directory (`pipeline.library.search.LibraryIndex` locks).
 
         Args:
             directory: The index folder.

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.sample import write_sample_pdf
+from pipeline.ingestion.sample import write_sample_pdf
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,9 @@ from app.web import (
     summary_markdown,
     transparency_html,
 )
-from pipeline.answer import Answer, AnswerStats, Citation, EvidenceRef, StageStats
-from pipeline.ingest import IngestResult, Progress
-from pipeline.library import DocumentInfo
+from pipeline.answering.answer import Answer, AnswerStats, Citation, EvidenceRef, StageStats
+from pipeline.ingestion.ingest import IngestResult, Progress
+from pipeline.library.documents import DocumentInfo
 
 runner = CliRunner()
 
@@ -343,7 +343,7 @@ def test_progress_shows_while_page_events_keep_coming(tmp_path: Path) -> None:
     import time
 
     from app.web import drain_progress
-    from pipeline.ingest import Progress
+    from pipeline.ingestion.ingest import Progress
 
     path = tmp_path / "long.pdf"
     rows = {path: UploadRow(path.name)}

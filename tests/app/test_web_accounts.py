@@ -1,7 +1,7 @@
 """Several users on one `folio serve`, in a real browser: each login sees, asks about and deletes
 only its own documents, and an upload by one never shows up for another.
 
-Accounts are made with `pipeline.owners.add_user` before the server starts (what `folio user
+Accounts are made with `pipeline.library.owners.add_user` before the server starts (what `folio user
 add` does); each user signs in through Gradio's login route in a browser context of their own.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.owners import add_user
+from pipeline.library.owners import add_user
 from storage import StorageConfig, open_library
 
 PAPER = "unstructured__multi-column_DPR.pdf"  # 13 pages, text layer

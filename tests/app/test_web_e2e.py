@@ -24,7 +24,7 @@ ARTIFACTS = Path(os.environ.get("FOLIO_TEST_ARTIFACTS", ROOT / "test-artifacts")
 PAPER = "unstructured__multi-column_DPR.pdf"  # 13 pages, text layer, two columns
 EMPTY = "pdfplumber__empty.pdf"  # 0 bytes: recorded as failed with its reason
 QUESTION = "Which retriever is trained on question and passage pairs?"
-HIGHLIGHT = (230, 81, 0)  # pipeline.viewer's outline colour
+HIGHLIGHT = (230, 81, 0)  # pipeline.library.viewer's outline colour
 
 
 pytestmark = pytest.mark.skipif(

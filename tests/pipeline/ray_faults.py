@@ -16,7 +16,7 @@ from pathlib import Path
 def parse_or_fault(path: str, *args):  # noqa: ANN002, ANN201 - the signature of ingest._parse_worker
     """ingest's parse task, except for files named `segfault-*` (the parser process crashes)
     and `killworker-*` (the Ray worker that runs the parser process is killed)."""
-    from pipeline import ingest
+    from pipeline.ingestion import ingest
 
     kind = Path(path).name.split("-")[0]
     if kind == "segfault":

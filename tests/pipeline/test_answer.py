@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from models.config import EncoderConfig, GeneratorConfig, SamplerConfig, UragConfig
 from models.generator import Generation, GenerationStream, Generator, StopReason, load_generator
-from pipeline.answer import Answer, Answerer, resolve_options
+from pipeline.answering.answer import Answer, Answerer, resolve_options
 from pipeline.config import (
     AnswerConfig,
     ChunkConfig,
@@ -26,8 +26,8 @@ from pipeline.config import (
     OcrMode,
     ParseConfig,
 )
-from pipeline.ingest import ingest
-from pipeline.search import LibraryIndex
+from pipeline.ingestion.ingest import ingest
+from pipeline.library.search import LibraryIndex
 from retrieval.config import FusionConfig, RetrievalConfig
 from storage import Block, StorageConfig, open_library
 

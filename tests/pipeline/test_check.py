@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select, update
 
-import pipeline.search as search_module
+import pipeline.library.search as search_module
 from models.config import EncoderConfig
-from pipeline.check import Severity, check_library
+from pipeline.library.check import Severity, check_library
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
-from pipeline.ingest import ingest
-from pipeline.search import LibraryIndex
+from pipeline.ingestion.ingest import ingest
+from pipeline.library.search import LibraryIndex
 from retrieval import DenseIndex, HybridRetriever, RetrievalConfig, RetrievalMode, inspect_saved
 from retrieval.config import FusionConfig
 from storage import Chunk, Document, DocumentStatus, Page, StorageConfig, open_library

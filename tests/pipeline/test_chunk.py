@@ -1,4 +1,4 @@
-from pipeline.chunk import BlockRef, chunk_blocks, count_tokens
+from pipeline.ingestion.chunk import BlockRef, chunk_blocks, count_tokens
 from pipeline.config import ChunkConfig
 
 CONFIG = ChunkConfig(target_tokens=20, max_tokens=40)

@@ -1,4 +1,4 @@
-"""Ray ingestion and batch answering (`pipeline.distributed`) against the local paths.
+"""Ray ingestion and batch answering (`pipeline.ingestion.distributed`) against the local paths.
 
 One local Ray (2 CPUs) serves the module. Real PDFs from the shared data; the batch uses the
 tiny random generator with greedy decoding, so its answers are comparable exactly.
@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import select
 
 from models.config import EncoderConfig, GeneratorConfig
-from pipeline.answer import Answerer
-from pipeline.batch import BatchQuestion, run_batch
-from pipeline.check import check_library
+from pipeline.answering.answer import Answerer
+from pipeline.answering.batch import BatchQuestion, run_batch
+from pipeline.library.check import check_library
 from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, OcrMode, ParseConfig, RayConfig
-from pipeline.distributed import answer_batch_on_ray, check_address, ingest_on_ray
-from pipeline.ingest import STORE_STAMP, ingest
-from pipeline.search import LibraryIndex
+from pipeline.ingestion.distributed import answer_batch_on_ray, check_address, ingest_on_ray
+from pipeline.ingestion.ingest import STORE_STAMP, ingest
+from pipeline.library.search import LibraryIndex
 from retrieval import RetrievalConfig
 from storage import Block, Chunk, Document, Page, StorageConfig, open_library
 
@@ -198,7 +198,7 @@ def test_a_crashed_parser_or_dead_worker_fails_its_document_alone(
         parse_task=__import__("ray_faults").parse_or_fault,
     )  # fmt: skip
     assert [r.status for r in results] == ["failed", "failed", "added"]
-    # The same reason as a crash in a local parser process (pipeline.ingest.parse_failure).
+    # The same reason as a crash in a local parser process (pipeline.ingestion.ingest.parse_failure).
     assert results[0].error == (
         "segfault-papermage.pdf: the parser crashed (SIGSEGV); the file is probably damaged, try re-saving it"
     )

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from pipeline import ingest as ingest_module
+from pipeline.ingestion import ingest as ingest_module
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
-from pipeline.ingest import delete_document, find_pdfs, ingest
-from pipeline.library import list_documents
+from pipeline.ingestion.ingest import delete_document, find_pdfs, ingest
+from pipeline.library.documents import list_documents
 from storage import Block, Chunk, Document, Page, StorageConfig, document_version, open_library
 
 PARSE = ParseConfig(ocr=OcrMode.NEVER)

@@ -4,7 +4,7 @@ import pymupdf
 import pytest
 
 from pipeline.config import OcrMode, ParseConfig
-from pipeline.parse import ParseError, _reading_order, parse_pdf, tesseract_available
+from pipeline.ingestion.parse import ParseError, _reading_order, parse_pdf, tesseract_available
 
 FAST = ParseConfig(ocr=OcrMode.NEVER)
 
@@ -165,7 +165,7 @@ def test_ocr_never_leaves_scans_empty(robustness_dir: Path) -> None:
 
 
 def test_missing_tesseract_warns_once_and_keeps_going(robustness_dir: Path, monkeypatch, caplog) -> None:
-    from pipeline import parse
+    from pipeline.ingestion import parse
 
     monkeypatch.setattr(parse.shutil, "which", lambda _name: None)
     monkeypatch.setattr(parse, "_TESSERACT_WARNED", False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.scoring import (
+from pipeline.evaluation.scoring import (
     ScoredAnswer,
     aggregate,
     is_not_answerable,

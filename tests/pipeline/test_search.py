@@ -6,8 +6,8 @@ from sqlalchemy import delete, select
 
 from models.config import EncoderConfig
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
-from pipeline.ingest import delete_document, ingest
-from pipeline.search import LibraryIndex
+from pipeline.ingestion.ingest import delete_document, ingest
+from pipeline.library.search import LibraryIndex
 from retrieval.config import FusionConfig, RetrievalConfig
 from storage import Chunk, StorageConfig, open_library
 

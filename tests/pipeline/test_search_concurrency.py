@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select
 
-import pipeline.search as search_module
+import pipeline.library.search as search_module
 from models.config import EncoderConfig
-from pipeline.search import LibraryIndex, _ReadWriteLock
+from pipeline.library.search import LibraryIndex, _ReadWriteLock
 from retrieval import HybridRetriever, RetrievalConfig, inspect_saved
 from storage import Chunk, Document, DocumentStatus, StorageConfig, open_library
 

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
-from pipeline.ingest import ingest
-from pipeline.library import StorageConfig, open_library
-from pipeline.viewer import draw_highlights, figure_assets, render_page, source_pdf
+from pipeline.ingestion.ingest import ingest
+from pipeline.library.documents import StorageConfig, open_library
+from pipeline.library.viewer import draw_highlights, figure_assets, render_page, source_pdf
 from storage import Block
 
 OUTLINE = (230, 81, 0)

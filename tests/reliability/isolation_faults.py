@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from pipeline.isolation import emit
+from pipeline.ingestion.isolation import emit
 
 # Without a working memory limit, `allocate_forever` stops here instead of exhausting the machine;
 # bytearray memory is reserved, not touched, so even this much never becomes resident.
@@ -50,7 +50,7 @@ def faulty_task(kind: str, value: int = 0) -> int:
 
 def parse_or_fault(path: str, *args):  # noqa: ANN002, ANN201 - the signature of ingest._parse_worker
     """ingest's parse task, except for files whose name starts with a fault: segfault, abort, hang, hog."""
-    from pipeline import ingest
+    from pipeline.ingestion import ingest
 
     kind = Path(path).name.split("-")[0]
     if kind == "segfault":

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select
 
 from app import Answer, Folio
-from pipeline.ingest import Progress
-from pipeline.sample import write_sample_pdf
+from pipeline.ingestion.ingest import Progress
+from pipeline.ingestion.sample import write_sample_pdf
 from storage import Block, Document, DocumentStatus
 
 QUESTIONS = [

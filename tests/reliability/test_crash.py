@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-import pipeline.search as search_module
+import pipeline.library.search as search_module
 from bench.crash import DEFAULT_FILES, run
 from models.config import EncoderConfig
-from pipeline.check import Severity, check_library
-from pipeline.search import LibraryIndex
+from pipeline.library.check import Severity, check_library
+from pipeline.library.search import LibraryIndex
 from retrieval import HybridRetriever, RetrievalConfig, inspect_saved
 from storage import Chunk, StorageConfig, open_library
 
@@ -64,7 +64,7 @@ _CHILD = textwrap.dedent(
     import os, signal, sys
     sys.path[:0] = [{root!r}, {tests!r}]
     from conftest import BagOfWordsEncoder
-    import pipeline.search as search
+    import pipeline.library.search as search
     from models.config import EncoderConfig
     from retrieval import DenseIndex, RetrievalConfig
     from storage import Chunk, Document, DocumentStatus, StorageConfig, open_library

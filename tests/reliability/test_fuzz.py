@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from bench.fuzz import STRATEGIES, append_update, make_case, prepare_seeds, repeated_flate, run
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
-from pipeline.ingest import ingest
-from pipeline.parse import ParseError, parse_pdf
-from pipeline.sample import write_sample_pdf
+from pipeline.ingestion.ingest import ingest
+from pipeline.ingestion.parse import ParseError, parse_pdf
+from pipeline.ingestion.sample import write_sample_pdf
 from storage import Page, StorageConfig, open_library
 
 NO_OCR = ParseConfig(ocr=OcrMode.NEVER)

@@ -15,7 +15,7 @@ from app import Folio
 from bench.injection import ATTACKS, FACTS, write_report_pdf
 from models.config import GeneratorConfig
 from models.generator import EVIDENCE_IS_DATA, build_prompt, defuse, load_generator
-from pipeline.guard import looks_like_injection, screen
+from pipeline.answering.guard import looks_like_injection, screen
 from storage import Block
 
 CONTROL = next(a for a in ATTACKS if a.name == "control-tokens")

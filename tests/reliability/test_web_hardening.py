@@ -25,7 +25,7 @@ import pytest
 
 from app import Folio
 from app.web import UploadRow, check_upload, documents_html, progress_html
-from pipeline.library import list_documents
+from pipeline.library.documents import list_documents
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("FOLIO_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "web-hardening"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from app.cli_eval import eval_app
-from pipeline.eval_retrieval import evaluate_retrieval
+from pipeline.evaluation.retrieval import evaluate_retrieval
 from retrieval.config import FusionConfig, RetrievalConfig
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from pipeline.sample import write_sample_pdf
+from pipeline.ingestion.sample import write_sample_pdf
 
 UNPRIVILEGED = "nobody"
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from app import Folio
-from pipeline.owners import (
+from pipeline.library.owners import (
     add_user,
     check_login,
     list_users,
@@ -19,7 +19,7 @@ from pipeline.owners import (
     remove_user,
     set_password,
 )
-from pipeline.parse import sha256_file
+from pipeline.ingestion.parse import sha256_file
 from storage import Document, StorageConfig, User, open_library
 
 SECRET = "The merger code name is Bluefinch and the price is 41 dollars per share."
@@ -110,7 +110,7 @@ def test_the_owner_filter_is_read_once_until_the_index_changes(
         reads.append(owner)
         return owned_chunk_ids(library, owner)
 
-    monkeypatch.setattr("pipeline.search.owned_chunk_ids", counted)
+    monkeypatch.setattr("pipeline.library.search.owned_chunk_ids", counted)
     secret = _pdf(tmp_path / "board-minutes.pdf", SECRET + " " + "Quarterly board minutes. " * 20)
     alice = _folio(tmp_path, None, tiny_settings, "alice")
     bob = alice.as_user("bob")
@@ -196,7 +196,7 @@ def test_a_user_created_meanwhile_by_another_upload_is_reused(
     re-reads the id (simulated: the existence check is made to miss once)."""
     from sqlalchemy.orm import Session
 
-    from pipeline.owners import owner_id
+    from pipeline.library.owners import owner_id
 
     library = open_library(StorageConfig(library=tmp_path / "lib", database_url=database_url))
     first = owner_id(library, "dora", create=True)

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from app import Folio
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
-from pipeline.ingest import _store
-from pipeline.parse import parse_pdf
+from pipeline.ingestion.ingest import _store
+from pipeline.ingestion.parse import parse_pdf
 from storage import Block, Chunk, Document, DocumentStatus, Page, StorageConfig, open_library
 
 

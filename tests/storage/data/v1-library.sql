@@ -1,5 +1,5 @@
 -- A library made by Folio at schema version 1 (commit 9cff07c, before Alembic): `folio ingest` of
--- the sample guide (python -m pipeline.sample) and a broken file, then `sqlite3 folio.db .dump`.
+-- the sample guide (python -m pipeline.ingestion.sample) and a broken file, then `sqlite3 folio.db .dump`.
 PRAGMA foreign_keys=OFF;
 BEGIN TRANSACTION;
 CREATE TABLE meta (

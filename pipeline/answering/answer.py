@@ -45,10 +45,10 @@ from models.generator import (
 )
 from models.sampler import Candidate, EmbeddingCache, EvidenceSampler, SampleResult
 from pipeline.config import AnswerConfig, ContextMode
-from pipeline.guard import screen
-from pipeline.owners import has_owners, owner_clause
-from pipeline.scoring import NOT_ANSWERABLE, is_not_answerable
-from pipeline.search import LibraryIndex, SearchHit
+from pipeline.answering.guard import screen
+from pipeline.library.owners import has_owners, owner_clause
+from pipeline.evaluation.scoring import NOT_ANSWERABLE, is_not_answerable
+from pipeline.library.search import LibraryIndex, SearchHit
 from storage import Block, Chunk, Document, DocumentStatus, Library
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from pipeline.owners import owner_clause
+from pipeline.library.owners import owner_clause
 from storage import Chunk, Document, Library, SchemaMismatchError, StorageConfig, open_library
 
 __all__ = ["DocumentInfo", "Library", "SchemaMismatchError", "StorageConfig", "list_documents", "open_library"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.answer import Answer
+from pipeline.answering.answer import Answer
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`folio eval qa`: answer MMLongBench-style questions and score them by answer format.
 
 Each question is asked of its own document. The report holds accuracy and F1 (the benchmark's
-definitions, see `pipeline.scoring`), "Not answerable" precision and recall, the evidence-page
+definitions, see `pipeline.evaluation.scoring`), "Not answerable" precision and recall, the evidence-page
 recall of the citations, median time to first token, decode speed, peak memory and, per
 question, the prediction, its score and the per-stage stats.
 """
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.answer import Answer
-from pipeline.batch import BatchQuestion
-from pipeline.scoring import ScoredAnswer, aggregate, score_answer
+from pipeline.answering.answer import Answer
+from pipeline.answering.batch import BatchQuestion
+from pipeline.evaluation.scoring import ScoredAnswer, aggregate, score_answer
 
 logger = logging.getLogger(__name__)
 

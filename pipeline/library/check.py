@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, func, select, text, update
 
 from models.config import EncoderConfig
-from pipeline.ingest import RETIRED_SUFFIX, leftover_assets, restore_retired_assets
-from pipeline.search import LOCK_FILE, LibraryIndex, index_key
+from pipeline.ingestion.ingest import RETIRED_SUFFIX, leftover_assets, restore_retired_assets
+from pipeline.library.search import LOCK_FILE, LibraryIndex, index_key
 from retrieval import RetrievalConfig, inspect_saved
 from storage import (
     Block,

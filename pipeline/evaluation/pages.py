@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.search import LibraryIndex
+from pipeline.library.search import LibraryIndex
 from retrieval import RetrievalMode
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def evaluate_pages(
 
 def documents_by_name(index: LibraryIndex, names: Sequence[str], docs_dir: Path) -> dict[str, set[str]]:
     """Chunk ids of each named document (file in `docs_dir`), matched by content hash."""
-    from pipeline.parse import sha256_file
+    from pipeline.ingestion.parse import sha256_file
 
     out: dict[str, set[str]] = {}
     for name in sorted(set(names)):

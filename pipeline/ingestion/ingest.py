@@ -20,11 +20,11 @@ from typing import Protocol
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.chunk import BlockRef, ChunkDraft, chunk_blocks
+from pipeline.ingestion.chunk import BlockRef, ChunkDraft, chunk_blocks
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
-from pipeline.isolation import TaskOutcome, TaskStatus, WorkerPool, emit
-from pipeline.owners import owned_doc_id, owner_clause, owner_id
-from pipeline.parse import ParsedDocument, ParseError, parse_pdf, sha256_file
+from pipeline.ingestion.isolation import TaskOutcome, TaskStatus, WorkerPool, emit
+from pipeline.library.owners import owned_doc_id, owner_clause, owner_id
+from pipeline.ingestion.parse import ParsedDocument, ParseError, parse_pdf, sha256_file
 from storage import (
     SOURCE_PDF,
     Block,
@@ -128,9 +128,9 @@ def ingest(
         password: password for encrypted PDFs.
         on_progress: called in this process for every parsed page and finished document.
         owner: the user whose library the documents join (None: the local user); the same
-            bytes make a separate document per owner (`pipeline.owners.owned_doc_id`).
+            bytes make a separate document per owner (`pipeline.library.owners.owned_doc_id`).
         parse_all: what parses the documents to store (default: local worker processes;
-            `pipeline.distributed` passes Ray workers). This process stores every one of them.
+            `pipeline.ingestion.distributed` passes Ray workers). This process stores every one of them.
     """
     notify = on_progress or (lambda _event: None)
     owner_key = owner_id(library, owner, create=True)
@@ -187,7 +187,7 @@ def ingest(
 
 
 def _parser_version(config: ParseConfig) -> str:
-    from pipeline.parse import PARSER_VERSION
+    from pipeline.ingestion.parse import PARSER_VERSION
 
     return f"{PARSER_VERSION}+{config.parser}"
 

@@ -33,8 +33,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from models.config import EncoderConfig
-from pipeline.eval_retrieval import make_encoders
-from pipeline.owners import owned_chunk_ids, owner_clause
+from pipeline.evaluation.retrieval import make_encoders
+from pipeline.library.owners import owned_chunk_ids, owner_clause
 from retrieval import (
     EncodedChunks,
     Hit,

@@ -2,16 +2,16 @@
 
 Ingestion. Actors on the Ray cluster each take one PDF at a time: they parse it in a parser
 process of their own, under the same deadline and memory limit as the local path
-(`pipeline.isolation`, OCR included), then chunk it and encode the chunks with the library
+(`pipeline.ingestion.isolation`, OCR included), then chunk it and encode the chunks with the library
 index's encoders, which load once per actor. They send back the parsed document, its page images
-and the encoded chunks. This process stays the only writer: `pipeline.ingest.ingest` stores each
+and the encoded chunks. This process stays the only writer: `pipeline.ingestion.ingest.ingest` stores each
 document in one transaction and the index takes the encoded chunks, under the same locks as
 without Ray. A document whose parser crashes, hangs or runs out of memory fails with the same
 one-line reason as without Ray; one whose actor dies fails saying so, the actor is replaced and
 the run goes on.
 
 Batch answering. A pool of actors, each opening the library and loading the answering models
-once, answers the questions; `pipeline.batch.run_batch_parallel` writes the answers as they come
+once, answers the questions; `pipeline.answering.batch.run_batch_parallel` writes the answers as they come
 and leaves the output file in input order and resumable.
 
 Ingest workers read nothing from this machine's disk (PDFs and images travel through Ray's object
@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from models.config import EncoderConfig, GeneratorConfig
-from pipeline import ingest as _ingest
-from pipeline.answer import Answer, Answerer
-from pipeline.batch import BatchProgress, BatchQuestion, answer_one, run_batch_parallel
+from pipeline.ingestion import ingest as _ingest
+from pipeline.answering.answer import Answer, Answerer
+from pipeline.answering.batch import BatchProgress, BatchQuestion, answer_one, run_batch_parallel
 from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, ParseConfig, RayConfig
-from pipeline.ingest import IngestResult, Progress, chunk_texts, ingest, parse_failure
-from pipeline.isolation import TaskStatus, WorkerPool
-from pipeline.parse import PARSER_VERSION, ParsedDocument
-from pipeline.search import LibraryIndex, index_encoders, index_key
+from pipeline.ingestion.ingest import IngestResult, Progress, chunk_texts, ingest, parse_failure
+from pipeline.ingestion.isolation import TaskStatus, WorkerPool
+from pipeline.ingestion.parse import PARSER_VERSION, ParsedDocument
+from pipeline.library.search import LibraryIndex, index_encoders, index_key
 from retrieval import EncodedChunks, HybridRetriever, RetrievalConfig
 from storage import Library, StorageConfig, open_library
 
@@ -280,7 +280,7 @@ def ingest_on_ray(
     parse_task: Callable[..., ParsedDocument | str] | None = None,
     owner: str | None = None,
 ) -> list[IngestResult]:
-    """`pipeline.ingest.ingest` with parsing and encoding on Ray workers: the same results, and
+    """`pipeline.ingestion.ingest.ingest` with parsing and encoding on Ray workers: the same results, and
     the same guarantees (this process stores each document in one transaction and keeps the
     index; a bad file fails alone, with its one-line reason).
 
@@ -364,7 +364,7 @@ class _RayIngest:
         notify: Callable[[Progress], None],
     ) -> Generator[tuple[int, Path, ParsedDocument | str], None, None]:
         """Yield (position, path, ParsedDocument | one-line error) as the workers finish (the
-        `pipeline.ingest.ParseAll` of this run)."""
+        `pipeline.ingestion.ingest.ParseAll` of this run)."""
         if not todo:
             return
         paths = {i: path for i, path, _ in todo}
@@ -545,7 +545,7 @@ def answer_batch_on_ray(
     on_progress: Callable[[BatchProgress], None] | None = None,
     owner: str | None = None,
 ) -> list[Answer]:
-    """`pipeline.batch.run_batch` with a pool of Ray actors answering: the same answers (with
+    """`pipeline.answering.batch.run_batch` with a pool of Ray actors answering: the same answers (with
     greedy decoding), written to `out` as they come and left there in input order; a rerun with
     the same `out` answers only the questions not answered there yet.
 
