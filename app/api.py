@@ -24,9 +24,9 @@ from typing import Any
 from app.settings import Settings
 from pipeline.answering.answer import Answer, Answerer, resolve_options
 from pipeline.answering.batch import BatchProgress, BatchQuestion, as_batch, load_batch, run_batch
-from pipeline.library.check import CheckReport, check_library
 from pipeline.ingestion.distributed import answer_batch_on_ray, check_address, ingest_on_ray
 from pipeline.ingestion.ingest import IngestResult, Progress, delete_document, find_pdfs, ingest
+from pipeline.library.check import CheckReport, check_library
 from pipeline.library.documents import DocumentInfo, Library, list_documents, open_library
 from pipeline.library.owners import check_user_name, owns_document
 from pipeline.library.search import LibraryIndex, SearchHit

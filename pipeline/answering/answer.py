@@ -44,10 +44,10 @@ from models.generator import (
     load_generator,
 )
 from models.sampler import Candidate, EmbeddingCache, EvidenceSampler, SampleResult
-from pipeline.config import AnswerConfig, ContextMode
 from pipeline.answering.guard import screen
-from pipeline.library.owners import has_owners, owner_clause
+from pipeline.config import AnswerConfig, ContextMode
 from pipeline.evaluation.scoring import NOT_ANSWERABLE, is_not_answerable
+from pipeline.library.owners import has_owners, owner_clause
 from pipeline.library.search import LibraryIndex, SearchHit
 from storage import Block, Chunk, Document, DocumentStatus, Library
 

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from models.config import EncoderConfig, GeneratorConfig
-from pipeline.ingestion import ingest as _ingest
 from pipeline.answering.answer import Answer, Answerer
 from pipeline.answering.batch import BatchProgress, BatchQuestion, answer_one, run_batch_parallel
 from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, ParseConfig, RayConfig
+from pipeline.ingestion import ingest as _ingest
 from pipeline.ingestion.ingest import IngestResult, Progress, chunk_texts, ingest, parse_failure
 from pipeline.ingestion.isolation import TaskStatus, WorkerPool
 from pipeline.ingestion.parse import PARSER_VERSION, ParsedDocument

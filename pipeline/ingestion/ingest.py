@@ -20,11 +20,11 @@ from typing import Protocol
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.ingestion.chunk import BlockRef, ChunkDraft, chunk_blocks
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
+from pipeline.ingestion.chunk import BlockRef, ChunkDraft, chunk_blocks
 from pipeline.ingestion.isolation import TaskOutcome, TaskStatus, WorkerPool, emit
-from pipeline.library.owners import owned_doc_id, owner_clause, owner_id
 from pipeline.ingestion.parse import ParsedDocument, ParseError, parse_pdf, sha256_file
+from pipeline.library.owners import owned_doc_id, owner_clause, owner_id
 from storage import (
     SOURCE_PDF,
     Block,

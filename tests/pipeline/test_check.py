@@ -11,9 +11,9 @@ from sqlalchemy import delete, select, update
 
 import pipeline.library.search as search_module
 from models.config import EncoderConfig
-from pipeline.library.check import Severity, check_library
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
 from pipeline.ingestion.ingest import ingest
+from pipeline.library.check import Severity, check_library
 from pipeline.library.search import LibraryIndex
 from retrieval import DenseIndex, HybridRetriever, RetrievalConfig, RetrievalMode, inspect_saved
 from retrieval.config import FusionConfig

@@ -1,5 +1,5 @@
-from pipeline.ingestion.chunk import BlockRef, chunk_blocks, count_tokens
 from pipeline.config import ChunkConfig
+from pipeline.ingestion.chunk import BlockRef, chunk_blocks, count_tokens
 
 CONFIG = ChunkConfig(target_tokens=20, max_tokens=40)
 

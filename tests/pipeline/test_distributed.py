@@ -17,10 +17,10 @@ from sqlalchemy import select
 from models.config import EncoderConfig, GeneratorConfig
 from pipeline.answering.answer import Answerer
 from pipeline.answering.batch import BatchQuestion, run_batch
-from pipeline.library.check import check_library
 from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, OcrMode, ParseConfig, RayConfig
 from pipeline.ingestion.distributed import answer_batch_on_ray, check_address, ingest_on_ray
 from pipeline.ingestion.ingest import STORE_STAMP, ingest
+from pipeline.library.check import check_library
 from pipeline.library.search import LibraryIndex
 from retrieval import RetrievalConfig
 from storage import Block, Chunk, Document, Page, StorageConfig, open_library

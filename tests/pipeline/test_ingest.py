@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from pipeline.ingestion import ingest as ingest_module
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
+from pipeline.ingestion import ingest as ingest_module
 from pipeline.ingestion.ingest import delete_document, find_pdfs, ingest
 from pipeline.library.documents import list_documents
 from storage import Block, Chunk, Document, Page, StorageConfig, document_version, open_library

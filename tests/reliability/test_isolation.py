@@ -12,12 +12,12 @@ from isolation_faults import faulty_task, parse_or_fault
 from sqlalchemy import select
 
 from bench.fuzz import repeated_flate
-from pipeline.ingestion import ingest as ingest_module
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
+from pipeline.ingestion import ingest as ingest_module
 from pipeline.ingestion.ingest import ingest
 from pipeline.ingestion.isolation import TaskStatus, WorkerPool
-from pipeline.library.documents import list_documents
 from pipeline.ingestion.sample import write_sample_pdf
+from pipeline.library.documents import list_documents
 from storage import Page, StorageConfig, open_library
 
 PARSE = ParseConfig(ocr=OcrMode.NEVER)

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from app import Folio
+from pipeline.ingestion.parse import sha256_file
 from pipeline.library.owners import (
     add_user,
     check_login,
@@ -19,7 +20,6 @@ from pipeline.library.owners import (
     remove_user,
     set_password,
 )
-from pipeline.ingestion.parse import sha256_file
 from storage import Document, StorageConfig, User, open_library
 
 SECRET = "The merger code name is Bluefinch and the price is 41 dollars per share."
