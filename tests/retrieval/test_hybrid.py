@@ -61,11 +61,21 @@ def test_every_mode_answers(retriever) -> None:
 
 
 def test_prf_is_deterministic_and_differs_from_plain_hybrid(retriever) -> None:
-    a = retriever.search(QUERIES[1], 10, mode="hybrid-prf")
-    b = retriever.search(QUERIES[1], 10, mode="hybrid-prf")
-    assert a == b
-    keep = retriever.with_config(RetrievalConfig(prf=PRFConfig(keep_first_pass=1.0)))
-    assert len(keep.search(QUERIES[1], 10, mode="hybrid-prf")) > 0
+    query = QUERIES[1]
+    prf = retriever.search(query, 10, mode="hybrid-prf")
+    assert prf == retriever.search(query, 10, mode="hybrid-prf")
+    plain = retriever.search(query, 10, mode="hybrid")
+    assert set(ids(prf)) == set(ids(plain))  # the whole corpus, in another order
+    assert ids(prf) != ids(plain)
+    # The difference is the feedback's: feedback that changes nothing gives the plain run back.
+    no_feedback = retriever.with_config(
+        RetrievalConfig(
+            prf=PRFConfig(rm3_original_weight=1.0, rocchio_beta=0.0, keep_first_pass=0.0)
+        )
+    )
+    same = no_feedback.search(query, 10, mode="hybrid-prf")
+    assert ids(same) == ids(plain)
+    assert [h.score for h in same] == pytest.approx([h.score for h in plain], abs=1e-6)
 
 
 def test_modes_need_their_encoders(corpus, dense_encoder) -> None:
