@@ -60,6 +60,7 @@ __all__ = [
     "Answerer",
     "Citation",
     "EvidenceRef",
+    "RetrievedChunk",
     "StageStats",
     "resolve_options",
 ]
@@ -135,6 +136,25 @@ class EvidenceRef:
     tokens: int
     text: str
     image: str | None = None
+
+
+@dataclass(frozen=True)
+class RetrievedChunk:
+    """One chunk retrieval returned for the question, before sampling and the budget.
+
+    Attributes:
+        doc_id: Document id.
+        file_name: The PDF's file name.
+        page: 1-based page.
+        score: The retrieval score.
+        text: The chunk's text.
+    """
+
+    doc_id: str
+    file_name: str
+    page: int
+    score: float
+    text: str
 
 
 @dataclass(frozen=True)
@@ -216,6 +236,8 @@ class Answer:
         evidence: The numbered evidence the model read.
         doc_ids: The documents the question was restricted to (empty: the whole library).
         id: The caller's question id (batch input), if any.
+        retrieved: The chunks retrieval returned, best first (empty unless the context is
+            `retrieved`).
     """
 
     question: str
@@ -227,6 +249,7 @@ class Answer:
     evidence: tuple[EvidenceRef, ...] = ()
     doc_ids: tuple[str, ...] = ()
     id: str | None = None
+    retrieved: tuple[RetrievedChunk, ...] = ()
 
     @property
     def plain(self) -> str:
@@ -276,6 +299,7 @@ class Answer:
                 ),
                 doc_ids=tuple(data.get("doc_ids", ())),
                 id=data.get("id"),
+                retrieved=tuple(RetrievedChunk(**r) for r in data.get("retrieved", ())),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an answer record ({type(exc).__name__}: {exc})") from exc
@@ -532,12 +556,13 @@ class Answerer:
         generator_config: GeneratorConfig | None = None,
         id: str | None = None,
         owner: str | None = None,
+        on_progress: Callable[[str], None] | None = None,
     ) -> Answer:
         """Answer one question (see `stream`); returns the final `Answer`."""
         answer = None
         for part in self.stream(
             question, doc_ids=doc_ids, config=config, generator_config=generator_config, id=id,
-            owner=owner,
+            owner=owner, on_progress=on_progress,
         ):  # fmt: skip
             if isinstance(part, Answer):
                 answer = part
@@ -553,6 +578,7 @@ class Answerer:
         generator_config: GeneratorConfig | None = None,
         id: str | None = None,
         owner: str | None = None,
+        on_progress: Callable[[str], None] | None = None,
     ) -> Iterator[str | Answer]:
         """Answer one question, streaming.
 
@@ -564,6 +590,9 @@ class Answerer:
             generator_config: The generator for this request (default: the answerer's).
             id: A question id carried into the `Answer`.
             owner: Whose library to answer from (None: the local user's; pipeline/owners.py).
+            on_progress: Called with a short status line as each stage starts ("Retrieving
+                from the library…", "Reading 1,062 prompt tokens…", ...); what it raises is
+                logged, not raised.
 
         Yields:
             Text deltas of the answer as generated, then the final `Answer`.
@@ -581,10 +610,13 @@ class Answerer:
         generator = self.generator(gen_cfg)
         count = _token_counter(generator)
         stages: list[StageStats] = []
+        say = _Progress(on_progress)
 
+        hits: list[SearchHit] = []
         if cfg.context is ContextMode.RETRIEVED:
-            items = self._retrieved(question, docs, owner, cfg, generator, stages)
+            items, hits = self._retrieved(question, docs, owner, cfg, generator, stages, say)
         elif cfg.context is ContextMode.FIRST_PAGES:
+            say("Reading the document from its first page…")
             items = self._first_pages(docs, owner, cfg, count, stages)
         else:
             items = []
@@ -610,6 +642,9 @@ class Answerer:
             "evidence": refs,
             "doc_ids": tuple(docs or ()),
             "id": id,
+            "retrieved": tuple(
+                RetrievedChunk(h.doc_id, h.file_name, h.page, float(h.score), h.text) for h in hits
+            ),
         }
         if cfg.context is not ContextMode.NONE and not items:
             stats = AnswerStats(
@@ -647,8 +682,9 @@ class Answerer:
                 )
             )  # fmt: skip
             stream = generator.stream(
-                compression.inputs, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True
-            )
+                compression.inputs, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
+                **say.runner(generator),
+            )  # fmt: skip
         elif cfg.use_urag and items and not prompt.images:
             from models.urag import layout_prompt
 
@@ -657,16 +693,18 @@ class Answerer:
             runner.use(layout)
             stream = generator.stream(
                 layout.inputs, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
-                runner=runner,
+                **say.runner(runner),
             )  # fmt: skip
         else:
             stream = generator.stream(
-                prompt, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True
-            )
+                prompt, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
+                **say.runner(generator),
+            )  # fmt: skip
         ttft: float | None = None
         for delta in stream:
             if ttft is None:
                 ttft = time.perf_counter()
+                say("Writing the answer…")
             yield delta
         result = stream.result
         end = time.perf_counter()
@@ -694,6 +732,7 @@ class Answerer:
         declined = is_not_answerable(_MARKER.sub("", raw))
         citations: tuple[Citation, ...] = ()
         if not declined:
+            say("Finding the cited pages…")
             sampler = self.sampler(cfg.sampler, generator)
             citations = _cite(question, raw, items, names, sampler, read=urag_kept or None)
         stats = AnswerStats(
@@ -798,8 +837,14 @@ class Answerer:
         cfg: AnswerConfig,
         generator: Generator,
         stages: list[StageStats],
-    ) -> list[_Item]:
-        """Retrieve, then sample (or take the chunks in rank order) under the budget."""
+        say: _Progress,
+    ) -> tuple[list[_Item], list[SearchHit]]:
+        """Retrieve, then sample (or take the chunks in rank order) under the budget.
+
+        Returns:
+            (the evidence items, the retrieved hits in rank order).
+        """
+        say("Retrieving from the library…")
         t0 = time.perf_counter()
         hits = self.index.search(
             question, k=cfg.k, mode=cfg.retrieval_mode, doc_ids=docs, owner=owner
@@ -812,11 +857,13 @@ class Answerer:
             )
         )  # fmt: skip
         if not hits:
-            return []
+            return [], hits
         count = _token_counter(generator)
         if not cfg.use_sampler:
-            return self._ranked_chunks(hits, cfg, count, generator.is_multimodal, stages)
+            say("Fitting the retrieved chunks to the budget…")
+            return self._ranked_chunks(hits, cfg, count, generator.is_multimodal, stages), hits
 
+        say("Sampling evidence (WuKong)…")
         t1 = time.perf_counter()
         candidates, rows, positions = self._candidates(hits, cfg)
         stages.append(
@@ -844,7 +891,7 @@ class Answerer:
         )  # fmt: skip
         if sample.image_duplicates:
             logger.debug("sampler dropped %d near-duplicate figures", sample.image_duplicates)
-        return _group(sample, rows, positions, generator.is_multimodal)
+        return _group(sample, rows, positions, generator.is_multimodal), hits
 
     def _ranked_chunks(
         self,
@@ -1136,6 +1183,41 @@ class Answerer:
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+class _Progress:
+    """Tells the caller's `on_progress` which stage starts; a failing callback is only logged."""
+
+    def __init__(self, callback: Callable[[str], None] | None) -> None:
+        self.callback = callback
+
+    def __call__(self, status: str) -> None:
+        if self.callback is None:
+            return
+        try:
+            self.callback(status)
+        except Exception:  # noqa: BLE001 - a display callback must never break answering
+            logger.exception("on_progress failed on %r", status)
+
+    def runner(self, runner: Any) -> dict[str, Any]:
+        """`Generator.stream` arguments that announce the prefill with the prompt's tokens."""
+        if self.callback is None:
+            return {"runner": runner} if not isinstance(runner, Generator) else {}
+        return {"runner": _AnnouncingRunner(runner, self)}
+
+
+class _AnnouncingRunner:
+    """A runner (generator or URaG) that says "Reading N prompt tokens…" as prefill starts."""
+
+    def __init__(self, inner: Any, say: _Progress) -> None:
+        self.inner, self.say = inner, say
+
+    def prefill(self, inputs: Any, **kwargs: Any) -> Any:
+        self.say(f"Reading {inputs.num_tokens:,} prompt tokens…")
+        return self.inner.prefill(inputs, **kwargs)
+
+    def decode_step(self, tokens: Any, cache: Any) -> Any:
+        return self.inner.decode_step(tokens, cache)
 
 
 def _token_counter(generator: Generator) -> Callable[[str], int]:

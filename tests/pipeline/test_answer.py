@@ -309,6 +309,53 @@ def test_answers_round_trip_through_json(lib, tiny, bow_encoder) -> None:
         Answer.from_dict({"text": "x"})
 
 
+def test_progress_names_each_stage_as_it_starts(lib, tiny, bow_encoder) -> None:
+    answerer = _answerer(lib, tiny, bow_encoder)
+    seen: list[str] = []
+    answer = answerer.ask(QUESTION, doc_ids=[lib[2]], on_progress=seen.append)
+    reading = f"Reading {answer.stats.prompt_tokens:,} prompt tokens…"
+    assert seen[:4] == [
+        "Retrieving from the library…",
+        "Sampling evidence (WuKong)…",
+        reading,
+        "Writing the answer…",
+    ]
+    urag = FAST.model_copy(update={"use_urag": True, "urag": UragConfig(layer=0, keep=1)})
+    seen.clear()
+    pruned = answerer.ask(QUESTION, doc_ids=[lib[2]], config=urag, on_progress=seen.append)
+    assert f"Reading {pruned.stats.prompt_tokens:,} prompt tokens…" in seen
+    assert pruned.stats.urag_kept  # announcing the prefill keeps URaG's selection
+
+
+def test_a_failing_progress_callback_does_not_change_the_answer(lib, tiny, bow_encoder) -> None:
+    answerer = _answerer(lib, tiny, bow_encoder)
+    calls: list[str] = []
+
+    def broken(status: str) -> None:
+        calls.append(status)
+        raise RuntimeError("display gone")
+
+    plain = answerer.ask(QUESTION, doc_ids=[lib[2]])
+    answer = answerer.ask(QUESTION, doc_ids=[lib[2]], on_progress=broken)
+    assert len(calls) >= 4 and (answer.text, answer.citations) == (plain.text, plain.citations)
+
+
+def test_the_answer_keeps_its_retrieved_chunks_in_rank_order(lib, tiny, bow_encoder) -> None:
+    answerer = _answerer(lib, tiny, bow_encoder)
+    answer = answerer.ask(QUESTION, doc_ids=[lib[2]])
+    hits = lib[1].search(QUESTION, k=FAST.k, doc_ids=[lib[2]])
+    assert [(r.doc_id, r.page, r.score, r.text) for r in answer.retrieved] == [
+        (h.doc_id, h.page, h.score, h.text) for h in hits
+    ]
+    assert {r.file_name for r in answer.retrieved} == {"folio-guide.pdf"}
+    data = json.loads(json.dumps(answer.to_dict()))
+    assert Answer.from_dict(data) == answer
+    del data["retrieved"]  # written before the field existed
+    assert Answer.from_dict(data).retrieved == ()
+    first = FAST.model_copy(update={"context": ContextMode.FIRST_PAGES})
+    assert answerer.ask(QUESTION, doc_ids=[lib[2]], config=first).retrieved == ()
+
+
 def test_options_resolve_aliases_and_refuse_unknown_ones() -> None:
     answer, generator = resolve_options(
         AnswerConfig(), GeneratorConfig(), retrieval=False, sampler=False, budget=300, k=4,
