@@ -17,7 +17,7 @@ from rich.table import Table
 
 from models.config import EncoderConfig
 from pipeline.evaluation.retrieval import evaluate_retrieval
-from retrieval.config import RetrievalConfig, RetrievalMode
+from retrieval.config import NdcgGain, RetrievalConfig, RetrievalMode
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,10 @@ def _collections(directory: Path) -> list[Path]:
 
 
 def _table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"{result['collection']} ({result['queries']} queries)")
+    table = Table(
+        title=f"{result['collection']} ({result['queries']} queries)",
+        caption=f"nDCG with {result['ndcg_gain']} gains",
+    )
     table.add_column("mode")
     for name in _METRICS:
         table.add_column(name, justify="right")
@@ -92,6 +95,13 @@ def _retrieval_command(
         int,
         typer.Option("--threads", min=0, help="Torch threads for indexing (0: torch's default)."),
     ] = 0,
+    ndcg_gain: Annotated[
+        NdcgGain,
+        typer.Option(
+            "--ndcg-gain",
+            help="nDCG's gain of a grade: linear (trec_eval, BEIR) or exponential (2^grade - 1).",
+        ),
+    ] = NdcgGain.LINEAR,
 ) -> None:
     """nDCG@10, MAP, Recall@100, MRR and p50/p95 latency of every retrieval mode."""
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
@@ -118,6 +128,7 @@ def _retrieval_command(
                 encoder_config=EncoderConfig(threads=threads),
                 cache_dir=cache,
                 k=k,
+                ndcg_gain=ndcg_gain,
             )
         except (ValueError, FileNotFoundError) as exc:
             _err.print(f"[red]error:[/red] {folder}: {exc}", highlight=False, soft_wrap=True)

@@ -30,6 +30,13 @@ class Normalization(enum.StrEnum):
     RRF = "rrf"  # reciprocal-rank fusion: ranks, not scores
 
 
+class NdcgGain(enum.StrEnum):
+    """What a graded judgement is worth in nDCG (the two agree on binary judgements)."""
+
+    LINEAR = "linear"  # the grade itself: trec_eval's ndcg_cut, which BEIR tables report
+    EXPONENTIAL = "exponential"  # 2^grade - 1 (Burges et al.): favours the highest grades
+
+
 class DenseIndexKind(enum.StrEnum):
     """FAISS index type."""
 

@@ -1,9 +1,11 @@
 """Effectiveness metrics over BEIR-layout collections (trec_eval conventions).
 
-nDCG uses exponential gains (2^grade - 1, Burges et al.) and log2 discounts; this reproduces the
-reference numbers in `../shared/data/SOURCES.md` (graded Cranfield: .342 for BM25, where linear gains,
-trec_eval's `ndcg_cut`, give .352). With binary judgements the two agree. A chunk counts as relevant for MAP, recall and MRR when its grade is above zero. Only queries
-with at least one relevant judgement are evaluated (the BEIR convention).
+nDCG follows trec_eval's `ndcg_cut` (as BEIR tables do): linear gains (the grade) and log2
+discounts. Exponential gains (2^grade - 1, Burges et al.) are an option (`NdcgGain`); they
+reproduce the reference numbers in `../shared/data/SOURCES.md` (graded Cranfield: .342 for BM25,
+where linear gains give .352). With binary judgements the two agree. A chunk counts as relevant
+for MAP, recall and MRR when its grade is above zero. Only queries with at least one relevant
+judgement are evaluated (the BEIR convention).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ._types import Hit
+from .config import NdcgGain
 
 logger = logging.getLogger(__name__)
 
@@ -109,25 +112,41 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def ndcg_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int = 10) -> float:
-    """nDCG@k with exponential gains 2^grade - 1.
+def ndcg_at_k(
+    ranked: Sequence[str],
+    qrels: Mapping[str, int],
+    k: int = 10,
+    *,
+    gain: NdcgGain | str = NdcgGain.LINEAR,
+) -> float:
+    """nDCG@k with log2 discounts.
 
     Args:
         ranked: Retrieved ids, best first.
         qrels: Grade of each judged id (missing means 0).
         k: Cut-off.
+        gain: `linear` (the grade, as trec_eval) or `exponential` (2^grade - 1).
 
     Returns:
         A value in [0, 1]; 0 when nothing is relevant.
     """
-    dcg = sum(_gain(qrels.get(d, 0)) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    value = _gain_function(gain)
+    dcg = sum(value(qrels.get(d, 0)) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
     ideal = sorted((g for g in qrels.values() if g > 0), reverse=True)[:k]
-    idcg = sum(_gain(g) / math.log2(i + 2) for i, g in enumerate(ideal))
+    idcg = sum(value(g) / math.log2(i + 2) for i, g in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
 
 
-def _gain(grade: int) -> float:
-    return float(2**grade - 1) if grade > 0 else 0.0
+def _gain_function(gain: NdcgGain | str) -> Callable[[int], float]:
+    try:
+        gain = NdcgGain(gain)
+    except ValueError:
+        raise ValueError(
+            f"unknown nDCG gain {gain!r}; use one of {[g.value for g in NdcgGain]}"
+        ) from None
+    if gain == NdcgGain.EXPONENTIAL:
+        return lambda grade: float(2**grade - 1) if grade > 0 else 0.0
+    return lambda grade: float(grade) if grade > 0 else 0.0
 
 
 def average_precision(ranked: Sequence[str], qrels: Mapping[str, int]) -> float:
@@ -159,22 +178,26 @@ def reciprocal_rank(ranked: Sequence[str], qrels: Mapping[str, int]) -> float:
     return 0.0
 
 
-def evaluate_run(run: Mapping[str, Sequence[Hit]], qrels: Qrels) -> dict[str, float]:
+def evaluate_run(
+    run: Mapping[str, Sequence[Hit]], qrels: Qrels, *, gain: NdcgGain | str = NdcgGain.LINEAR
+) -> dict[str, float]:
     """Mean nDCG@10, MAP, Recall@100 and MRR over the judged queries.
 
     Args:
         run: Hits per query id; a judged query missing from the run scores 0.
         qrels: Grades per query id, then document id.
+        gain: nDCG's gain of a grade (`ndcg_at_k`).
 
     Returns:
         `{"ndcg@10": x, "map": x, "recall@100": x, "mrr": x}`.
     """
+    _gain_function(gain)  # an unknown gain fails before any work
     per_query = {"ndcg@10": [], "map": [], "recall@100": [], "mrr": []}
     for qid, judged in qrels.items():
         if not any(g > 0 for g in judged.values()):
             continue
         ranked = [h.chunk_id for h in run.get(qid, [])]
-        per_query["ndcg@10"].append(ndcg_at_k(ranked, judged, 10))
+        per_query["ndcg@10"].append(ndcg_at_k(ranked, judged, 10, gain=gain))
         per_query["map"].append(average_precision(ranked, judged))
         per_query["recall@100"].append(recall_at_k(ranked, judged, 100))
         per_query["mrr"].append(reciprocal_rank(ranked, judged))

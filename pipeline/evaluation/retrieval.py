@@ -2,7 +2,8 @@
 
 Builds the encoders the requested modes need, indexes the corpus (or loads the index cached by an
 earlier run), runs each judged query one at a time per mode, and returns
-`{"collection", "queries", "modes": {mode: {"ndcg@10", "map", "recall@100", "mrr", "p50_ms", "p95_ms"}}}`.
+`{"collection", "queries", "ndcg_gain", "modes": {mode: {"ndcg@10", "map", "recall@100", "mrr",
+"p50_ms", "p95_ms"}}}`. nDCG takes trec_eval's linear gains unless told otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from retrieval import (
     DenseConfig,
     DenseIndexKind,
     HybridRetriever,
+    NdcgGain,
     RetrievalConfig,
     RetrievalMode,
     evaluate_run,
@@ -136,6 +138,7 @@ def evaluate_retrieval(
     encoder_config: EncoderConfig | None = None,
     cache_dir: Path | None = None,
     k: int = 1000,
+    ndcg_gain: NdcgGain | str = NdcgGain.LINEAR,
 ) -> dict[str, Any]:
     """Evaluate retrieval modes on one BEIR-layout collection.
 
@@ -146,16 +149,23 @@ def evaluate_retrieval(
         encoder_config: Encoder settings (defaults when None).
         cache_dir: If given, indexes are saved there and reused by later calls.
         k: Ranking depth per query (MAP and MRR are computed to this depth).
+        ndcg_gain: nDCG's gain of a grade: `linear` (trec_eval) or `exponential` (2^grade - 1).
 
     Returns:
-        `{"collection": name, "queries": N, "modes": {mode: {"ndcg@10", "map", "recall@100",
-        "mrr", "p50_ms", "p95_ms"}}}`; latency is per query, encoding included.
+        `{"collection": name, "queries": N, "ndcg_gain": gain, "modes": {mode: {"ndcg@10", "map",
+        "recall@100", "mrr", "p50_ms", "p95_ms"}}}`; latency is per query, encoding included.
 
     Raises:
         FileNotFoundError: If a collection file is missing.
-        ValueError: On an unknown mode.
+        ValueError: On an unknown mode or gain.
     """
     mode_list = _parse_modes(modes)
+    try:
+        ndcg_gain = NdcgGain(ndcg_gain)
+    except ValueError:
+        raise ValueError(
+            f"unknown nDCG gain {ndcg_gain!r}; use one of {[g.value for g in NdcgGain]}"
+        ) from None
     retrieval_config = retrieval_config or RetrievalConfig()
     collection = load_beir(Path(directory))
     queries = collection.judged_queries()
@@ -169,7 +179,12 @@ def evaluate_retrieval(
         cache_dir=cache_dir,
         corpus_key=corpus_key,
     )
-    result: dict[str, Any] = {"collection": collection.name, "queries": len(queries), "modes": {}}
+    result: dict[str, Any] = {
+        "collection": collection.name,
+        "queries": len(queries),
+        "ndcg_gain": ndcg_gain.value,
+        "modes": {},
+    }
     for mode in mode_list:
         if queries:
             retriever.search(next(iter(queries.values())), k, mode=mode)  # warm-up: model loads
@@ -178,7 +193,7 @@ def evaluate_retrieval(
             start = time.perf_counter()
             run[qid] = retriever.search(text, k, mode=mode)
             times.append((time.perf_counter() - start) * 1000.0)
-        metrics = evaluate_run(run, collection.qrels)
+        metrics = evaluate_run(run, collection.qrels, gain=ndcg_gain)
         result["modes"][mode.value] = {**metrics, **latency_summary(times)}
         logger.info("%s %s: %s", collection.name, mode.value, result["modes"][mode.value])
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from app.cli_eval import eval_app
@@ -45,7 +46,14 @@ def test_cli_prints_a_table_and_writes_json(tmp_path: Path, write_beir) -> None:
     assert "tiny" in res.output and "ndcg@10" in res.output
     data = json.loads(out.read_text())
     assert data["collection"] == "tiny" and "bm25" in data["modes"]
+    assert data["ndcg_gain"] == "linear" and "linear gains" in res.output
     assert folder.is_dir()
+    res = CliRunner().invoke(
+        eval_app,
+        ["retrieval", str(folder), "--modes", "bm25", "--ndcg-gain", "exponential", "--json", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["ndcg_gain"] == "exponential"
 
 
 def test_cli_user_errors_exit_1(tmp_path: Path, write_beir) -> None:
@@ -55,3 +63,5 @@ def test_cli_user_errors_exit_1(tmp_path: Path, write_beir) -> None:
     write_beir(tmp_path / "tiny")
     res = runner.invoke(eval_app, ["retrieval", str(tmp_path / "tiny"), "--modes", "bm25,magic"])
     assert res.exit_code == 1 and "magic" in res.output
+    with pytest.raises(ValueError, match="unknown nDCG gain 'cubic'"):
+        evaluate_retrieval(tmp_path / "tiny", modes=["bm25"], ndcg_gain="cubic")

@@ -7,6 +7,7 @@ import pytest
 
 from retrieval import (
     Hit,
+    NdcgGain,
     average_precision,
     evaluate_run,
     latency_summary,
@@ -20,12 +21,32 @@ from retrieval import (
 def test_ndcg_by_hand_with_graded_judgements() -> None:
     qrels = {"a": 3, "b": 1, "c": 2}
     ranked = ["b", "x", "a"]
-    dcg = (2**1 - 1) / math.log2(2) + (2**3 - 1) / math.log2(4)
-    idcg = 7 / math.log2(2) + 3 / math.log2(3) + 1 / math.log2(4)
+    dcg = 1 / math.log2(2) + 3 / math.log2(4)  # linear gains: the grade itself
+    idcg = 3 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
     assert ndcg_at_k(ranked, qrels, 10) == pytest.approx(dcg / idcg)
+    assert ndcg_at_k(ranked, qrels, 10, gain="linear") == pytest.approx(dcg / idcg)
     assert ndcg_at_k(["a", "c", "b"], qrels, 10) == pytest.approx(1.0)
     assert ndcg_at_k(["x", "a"], qrels, 1) == 0.0
     assert ndcg_at_k(["a"], {"a": 0}, 10) == 0.0
+
+
+def test_ndcg_with_exponential_gains_on_request() -> None:
+    qrels = {"a": 3, "b": 1, "c": 2}
+    ranked = ["b", "x", "a"]
+    dcg = (2**1 - 1) / math.log2(2) + (2**3 - 1) / math.log2(4)
+    idcg = 7 / math.log2(2) + 3 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at_k(ranked, qrels, 10, gain=NdcgGain.EXPONENTIAL) == pytest.approx(dcg / idcg)
+    assert ndcg_at_k(ranked, qrels, 10, gain="exponential") != pytest.approx(
+        ndcg_at_k(ranked, qrels, 10)
+    )
+    binary = {"a": 1, "c": 1}
+    assert ndcg_at_k(ranked, binary, 10, gain="exponential") == ndcg_at_k(ranked, binary, 10)
+    with pytest.raises(ValueError, match="unknown nDCG gain 'cubic'"):
+        ndcg_at_k(ranked, qrels, 10, gain="cubic")
+    run = {"q": [Hit(d, 1.0) for d in ranked]}
+    assert evaluate_run(run, {"q": qrels}, gain="exponential")["ndcg@10"] == pytest.approx(
+        dcg / idcg
+    )
 
 
 def test_ap_recall_rr_by_hand() -> None:
