@@ -8,8 +8,12 @@ the calling process carry on. Used by ingestion to parse PDFs (MuPDF is C code f
         for outcome in pool.run([(key, (path,)) for key, path in todo]):
             ...  # outcome.status: "ok" (outcome.value), "error", "timeout", "memory" or "crash"
 
-`fn` must be a top-level (picklable) function; a task calls `emit(payload)` to send progress
-events, which the pool hands to `on_event` in this process.
+`fn` must be a top-level function of an importable module (not `__main__`); a task calls
+`emit(payload)` to send progress events, which the pool hands to `on_event` in this process.
+
+Workers start as `python -m pipeline.ingestion.worker`, Folio's own entry point: unlike
+multiprocessing's spawn, they never import the caller's `__main__`, so a script without a main
+guard, code piped to `python -`, `python -c` and notebook kernels can all ingest.
 """
 
 from __future__ import annotations
@@ -17,17 +21,20 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import multiprocessing
 import os
+import pickle
 import queue
 import resource
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection, Pipe, wait
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -35,6 +42,8 @@ logger = logging.getLogger(__name__)
 # A worker that cannot even report its MemoryError exits with this status.
 _EXIT_OUT_OF_MEMORY = 86
 _POLL_S = 0.5  # how often the supervisor wakes without any message (stop requests, deadlines)
+# The folder that holds the `pipeline` package: a worker imports its entry point from there.
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class TaskStatus(enum.StrEnum):
@@ -107,21 +116,27 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _worker_main(
-    conn: Connection,
-    fn: Callable[..., Any],
-    memory_mb: int | None,
-    initializer: Callable[..., None] | None,
-    initargs: tuple,
-    parent: int,
-) -> None:
-    """A worker's life: limit memory, then run tasks until told to stop. Top-level for spawn."""
+def serve_worker(fd: int, parent: int) -> None:
+    """A worker's life (`python -m pipeline.ingestion.worker`): take the job the supervisor
+    sends on the connection `fd`, limit memory, then run tasks until told to stop."""
     global _conn
-    # Ctrl-C goes to the whole process group: the supervisor decides, workers carry on until killed.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(fd)
+    os.set_inheritable(fd, False)  # not to the subprocesses a task starts (tesseract)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    if initializer is not None:
-        initializer(*initargs)
+    try:
+        sys_path, job, memory_mb = conn.recv()
+    except (EOFError, OSError):
+        return
+    try:
+        # The supervisor's import path, so `fn` imports here as it did there (spawn does the same).
+        sys.path[:] = sys_path
+        fn, initializer, initargs = pickle.loads(job)
+        if initializer is not None:
+            initializer(*initargs)
+    except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which stops the pool
+        with contextlib.suppress(OSError):
+            conn.send(("failed", _one_line(f"{type(exc).__name__}: {exc}")))
+        raise
     _limit_memory(memory_mb)
     _conn = conn
     conn.send(("ready", None))
@@ -156,9 +171,10 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 @dataclass
 class _Worker:
-    process: multiprocessing.process.BaseProcess
+    process: subprocess.Popen
     conn: Connection
     ready: bool = False
+    failure: str = ""  # why it could not start, as it reported
     key: Hashable = None
     started: float = 0.0  # when the current task was sent (monotonic); 0: idle
 
@@ -168,16 +184,19 @@ class _Worker:
 
 
 class WorkerPool:
-    """Spawned worker processes that run `fn(*args)` for tasks, each under a deadline and a
+    """Worker processes that run `fn(*args)` for tasks, each under a deadline and a
     memory limit; a worker that crashed, timed out or ran out of memory is replaced.
 
     Args:
-        fn: a top-level function (pickled by reference).
+        fn: a top-level function of an importable module (pickled by reference).
         workers: most processes at once.
         timeout_s: wall-clock seconds a task may run (None: no deadline).
         memory_mb: address space a task may add to the worker's own at start (None: no limit).
         on_event: called in this process, from the supervising thread, for each `emit` payload.
         initializer: called with `initargs` in each worker when it starts (top-level).
+
+    Raises:
+        ValueError: `fn` or `initializer` is defined in `__main__` (workers do not import it).
     """
 
     def __init__(
@@ -199,8 +218,13 @@ class WorkerPool:
         self.initializer = initializer
         self.initargs = initargs
         self.restarts = 0  # workers replaced after a crash, timeout or memory kill
-        # NOTE: spawn, not fork: the parent may hold model threads (API, web app) that fork would copy.
-        self._context = multiprocessing.get_context("spawn")
+        for function in (fn, initializer):
+            if function is not None and function.__module__ == "__main__":
+                raise ValueError(
+                    f"{function.__qualname__} is defined in __main__: worker processes cannot "
+                    "import it; define it in a module"
+                )
+        self._job = pickle.dumps((fn, initializer, initargs))
         self._pool: list[_Worker] = []
 
     def __enter__(self) -> WorkerPool:
@@ -245,7 +269,8 @@ class WorkerPool:
                     worker.conn.send(None)
         deadline = time.monotonic() + 5
         for worker in list(self._pool):
-            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             self._discard(worker)
 
     # -- the supervising thread
@@ -256,7 +281,8 @@ class WorkerPool:
             while remaining and not stop.is_set():
                 self._dispatch(pending)
                 busy = [w for w in self._pool if w.busy or not w.ready]
-                wait([w.conn for w in busy] + [w.process.sentinel for w in busy], self._wait_s(busy))
+                # A worker that dies closes its end of the connection, which wakes this wait.
+                wait([w.conn for w in busy], self._wait_s(busy))
                 for worker in busy:
                     outcome = self._check(worker)
                     if outcome is not None:
@@ -278,14 +304,25 @@ class WorkerPool:
                     worker.conn.send(args)
 
     def _start(self) -> _Worker:
-        ours, theirs = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=_worker_main,
-            args=(theirs, self.fn, self.memory_mb, self.initializer, self.initargs, os.getpid()),
-            daemon=True,
-        )
-        process.start()
-        theirs.close()
+        """Start a worker from Folio's entry point and send it its job.
+
+        NOTE: not multiprocessing's spawn, which runs the caller's `__main__` again in each
+        worker; not fork either: the parent may hold model threads (API, web app) fork would copy.
+        """
+        ours, theirs = Pipe(duplex=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SOURCE_ROOT), env.get("PYTHONPATH")]))
+        command = [sys.executable, "-P", "-m", "pipeline.ingestion.worker"]
+        with theirs:
+            process = subprocess.Popen(
+                [*command, str(theirs.fileno()), str(os.getpid())],
+                stdin=subprocess.DEVNULL,  # never the caller's (`python -` reads its script there)
+                env=env,
+                pass_fds=[theirs.fileno()],
+            )
+        # A worker that died meanwhile fails the send: _check reports that it could not start.
+        with contextlib.suppress(OSError):
+            ours.send((list(sys.path), self._job, self.memory_mb))
         return _Worker(process, ours)
 
     def _wait_s(self, busy: list[_Worker]) -> float:
@@ -304,6 +341,8 @@ class WorkerPool:
                     self._relay(rest[0])
                 elif kind == "ready":
                     worker.ready = True
+                elif kind == "failed":
+                    worker.failure = rest[0]
                 else:
                     status, value, detail = rest
                     outcome = TaskOutcome(worker.key, TaskStatus(status), value, detail, self._took(worker))
@@ -314,16 +353,18 @@ class WorkerPool:
                         self.restarts += 1
                     return outcome
         except Exception:  # noqa: BLE001 - EOF or a message cut short: the worker is gone
-            worker.process.join(timeout=5)
-        if not worker.process.is_alive():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.process.wait(timeout=5)
+        if worker.process.poll() is not None:
             return self._replace(worker, *self._death(worker))
         if worker.busy and self.timeout_s is not None and self._took(worker) >= self.timeout_s:
             return self._replace(worker, TaskStatus.TIMEOUT, f"over {self.timeout_s:g} s")
         return None
 
     def _death(self, worker: _Worker) -> tuple[TaskStatus, str]:
-        worker.process.join(timeout=5)
-        code = worker.process.exitcode
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.process.wait(timeout=5)
+        code = worker.process.returncode
         if code == _EXIT_OUT_OF_MEMORY:
             return TaskStatus.MEMORY, ""
         if code is not None and code < 0:
@@ -334,7 +375,7 @@ class WorkerPool:
         else:
             detail = f"exit status {code}"
         if not worker.ready:
-            detail = f"the worker failed to start ({detail})"
+            detail = f"the worker failed to start ({worker.failure or detail})"
         return TaskStatus.CRASH, detail
 
     def _replace(self, worker: _Worker, status: TaskStatus, detail: str) -> TaskOutcome | None:
@@ -349,12 +390,11 @@ class WorkerPool:
         return outcome
 
     def _discard(self, worker: _Worker) -> None:
-        if worker.process.is_alive():
+        if worker.process.poll() is None:
             worker.process.kill()
-            worker.process.join(timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.process.wait(timeout=5)  # reaped: no zombie left behind
         worker.conn.close()
-        if worker.process.exitcode is not None:
-            worker.process.close()
         if worker in self._pool:
             self._pool.remove(worker)
 
