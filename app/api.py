@@ -214,13 +214,20 @@ class Folio:
             return opened.answerer
 
     def ask(
-        self, question: str, *, doc_ids: Sequence[str] | None = None, **overrides: Any
+        self,
+        question: str,
+        *,
+        doc_ids: Sequence[str] | None = None,
+        on_progress: Callable[[str], None] | None = None,
+        **overrides: Any,
     ) -> Answer:
         """Answer a question from the library, with citations to the page and region.
 
         Args:
             question: The question.
             doc_ids: Only these documents (ids, unique id prefixes or file names); None: all.
+            on_progress: Told a short status line as each stage starts ("Retrieving from the
+                library…", "Sampling evidence (WuKong)…", ...).
             **overrides: For this question only: `k` (chunks retrieved), `budget` (evidence
                 tokens), `sampler=False` (retrieved chunks in rank order, no WuKong sampling),
                 `retrieval=False` (the document's first pages instead of retrieval),
@@ -248,11 +255,17 @@ class Folio:
         """
         config, generator = resolve_options(self.settings.answer, self.settings.generator, **overrides)
         return self.answerer.ask(
-            question, doc_ids=doc_ids, config=config, generator_config=generator, owner=self.user
-        )
+            question, doc_ids=doc_ids, config=config, generator_config=generator, owner=self.user,
+            on_progress=on_progress,
+        )  # fmt: skip
 
     def ask_stream(
-        self, question: str, *, doc_ids: Sequence[str] | None = None, **overrides: Any
+        self,
+        question: str,
+        *,
+        doc_ids: Sequence[str] | None = None,
+        on_progress: Callable[[str], None] | None = None,
+        **overrides: Any,
     ) -> Iterator[str | Answer]:
         """Answer a question as a stream: text deltas as they are generated, then the `Answer`.
 
@@ -267,8 +280,9 @@ class Folio:
         """
         config, generator = resolve_options(self.settings.answer, self.settings.generator, **overrides)
         return self.answerer.stream(
-            question, doc_ids=doc_ids, config=config, generator_config=generator, owner=self.user
-        )
+            question, doc_ids=doc_ids, config=config, generator_config=generator, owner=self.user,
+            on_progress=on_progress,
+        )  # fmt: skip
 
     def ask_batch(
         self,

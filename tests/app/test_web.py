@@ -1,9 +1,11 @@
-"""The web app's handlers and pure functions, without a browser (the browser test is
-test_web_e2e.py): history conversion, chips, streaming replies and their errors, upload checks
-and progress, tables, `build_ui` without launching, and `folio serve`'s refusals."""
+"""The web app's handlers and pure functions, without a browser (the browser tests are
+test_web_e2e.py and test_web_edges.py): history conversion, chips, streaming replies and their
+errors, live status while a question runs, upload checks and progress, tables, deletions,
+`build_ui` without launching, and `folio serve`'s refusals."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,14 @@ from app.web import (
     summary_markdown,
     transparency_html,
 )
-from pipeline.answering.answer import Answer, AnswerStats, Citation, EvidenceRef, StageStats
+from pipeline.answering.answer import (
+    Answer,
+    AnswerStats,
+    Citation,
+    EvidenceRef,
+    RetrievedChunk,
+    StageStats,
+)
 from pipeline.ingestion.ingest import IngestResult, Progress
 from pipeline.library.documents import DocumentInfo
 
@@ -365,3 +374,195 @@ def test_progress_shows_while_page_events_keep_coming(tmp_path: Path) -> None:
     finally:
         stop.set()
         thread.join()
+
+
+# -------------------------------------------------------------- live status while asking
+
+
+class _SlowFolio:
+    """Announces two stages, waits between them, then streams an answer."""
+
+    def __init__(self, answer: Answer, pause: float = 0.3) -> None:
+        self.answer, self.pause, self.closed = answer, pause, False
+
+    def ask_stream(self, question, *, doc_ids=None, on_progress=None, **overrides):
+        try:
+            on_progress("Retrieving from the library…")
+            time.sleep(self.pause)
+            on_progress("Sampling evidence (WuKong)…")
+            time.sleep(self.pause)
+            yield "42"
+            yield " [1]"
+            yield self.answer
+        except GeneratorExit:
+            self.closed = True
+            raise
+
+
+def test_a_question_shows_the_stage_running_and_its_seconds_until_the_answer_streams() -> None:
+    from app.web import Engine
+
+    answer = _answer(_citation(5))
+    folio = _SlowFolio(answer)
+    replies = list(Engine(folio).ask(folio, "What?", [], every_s=0.1))
+    texts = [r.text for r in replies]
+    assert texts[0] == "_Searching the library and reading the evidence… (0 s)_"
+    assert "_Retrieving from the library… (0 s)_" in texts
+    assert any(t.startswith("_Sampling evidence (WuKong)… (") for t in texts)
+    waiting = [t for t in texts if t.startswith("_Retrieving")]
+    assert len(waiting) >= 2, "the status line is not refreshed while a stage runs"
+    assert texts[-2:] == ["42", replies[-1].text] and replies[-1].answer is answer
+    assert all(r.answer is None for r in replies[:-1])
+
+
+def test_stop_while_streaming_stops_the_question_and_marks_it() -> None:
+    from app.web import Engine
+
+    folio = _SlowFolio(_answer(_citation(5)), pause=0.05)
+    stream = Engine(folio).ask(folio, "What?", [], every_s=0.02)
+    assert next(stream).text.endswith("(0 s)_")
+    while next(stream).text != "42":
+        pass
+    stream.close()  # what Stop does to the running handler
+    for _ in range(100):
+        if folio.closed:
+            break
+        time.sleep(0.02)
+    assert folio.closed
+    history = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "_Reading 1,062 prompt tokens… (7 s)_"}]
+    assert mark_stopped(history, answered=0)[-1]["content"] == "_Stopped before the answer began._"
+
+
+def test_respond_hands_the_progress_callback_to_the_library() -> None:
+    folio = _FakeFolio(_answer())
+    seen = []
+    list(respond("Why?", [], folio, on_progress=seen.append))
+    assert folio.calls[0][2]["on_progress"] == seen.append
+
+
+# ------------------------------------------------------------ readable transparency tables
+
+
+def test_transparency_explains_each_stage_and_shows_the_answers_own_retrieved_chunks() -> None:
+    from dataclasses import replace
+
+    answer = _answer(_citation(5))
+    stats = replace(
+        answer.stats,
+        stages=(*answer.stats.stages, StageStats("prompt", 1, 1, 120, 589, 0.0), StageStats("generate", 1, 1, 4, 6, 350.0)),
+    )
+    chunks = (RetrievedChunk("d1", "paper.pdf", 5, 7.25, "The answer is 42. " * 30),)
+    answer = replace(answer, stats=stats, retrieved=chunks)
+    tables = transparency_html(answer)
+    assert "max-height" not in tables and "folio-scroll" not in tables
+    assert "Generate (tokens / most allowed)" in tables
+    for explained in ("the WuKong sampler keeps", "the library index&#x27;s best k chunks", "tokens written of the most allowed"):
+        assert explained in tables
+    assert "Deep layers: with URaG on" in tables
+    retrieved = tables.split("Retrieved chunks")[1]
+    assert "<td>paper.pdf</td><td>5</td><td>7.25</td>" in retrieved and "The answer is 42." in retrieved
+    first_pages = replace(answer, stats=replace(stats, context="first-pages"), retrieved=())
+    assert "Retrieval was off for this question." in transparency_html(first_pages)
+
+
+# --------------------------------------------------------------------- deleting documents
+
+
+def test_long_file_names_are_cut_with_the_full_name_as_tooltip() -> None:
+    from datetime import UTC, datetime
+
+    name = "a-very-long-file-name-of-a-quarterly-report-2023-final-version.pdf"
+    doc = DocumentInfo("a" * 64, name, "A title with words", 12, 40, "ok", None, datetime.now(UTC))
+    assert f'<div class="folio-file-name" title="{name}">{name}</div>' in documents_html([doc])
+    row = UploadRow(name)
+    assert f'class="folio-upload-name folio-file-name" title="{name}"' in progress_html([row])
+
+
+def test_deleting_forgets_the_upload_rows_and_the_page_of_the_deleted_document() -> None:
+    from types import SimpleNamespace
+
+    from app.web.handlers import after_delete
+    from app.web.uploads import without_documents, without_failures
+
+    rows = [UploadRow("a.pdf", "added", doc_id="A"), UploadRow("b.pdf", "failed", doc_id="B"), UploadRow("c.txt", "rejected")]
+    assert [r.name for r in without_documents(rows, {"A"})] == ["b.pdf", "c.txt"]
+    assert [r.name for r in without_failures(rows)] == ["a.pdf"]
+
+    class _Gone:
+        def owns(self, doc_id):
+            return False
+
+    view = {"doc_id": "A", "file_name": "folio-guide.pdf", "page": 2, "turn": 0, "chip": 0, "highlights": {}}
+    progress, kept, image, caption, _figures, state = after_delete(
+        _Gone(), [SimpleNamespace(doc_id="A")], rows, view, []
+    )
+    assert [r.name for r in kept] == ["b.pdf", "c.txt"] and "a.pdf" not in progress
+    assert image is None and caption.startswith("⚠️ **folio-guide.pdf** (deleted), page 2")
+    assert "40b3ef" not in caption and state == view
+
+
+def test_a_chip_to_a_deleted_document_names_the_file() -> None:
+    from app.web.handlers import render, show_chip
+
+    class _Gone:
+        def owns(self, doc_id):
+            return False
+
+    answer = _answer(_citation(5, doc="40b3ef43cd3a" * 5, name="folio-guide.pdf"))
+    view = {"doc_id": "40b3ef43cd3a" * 5, "file_name": "folio-guide.pdf", "page": 5, "highlights": {}}
+    image, caption = render(_Gone(), view, None)
+    assert image is None and "**folio-guide.pdf** (deleted), page 5" in caption
+    assert "no document" not in caption
+
+
+def test_a_cancelled_delete_says_nothing_and_keeps_the_choice(tmp_path: Path) -> None:
+    from app.web import Engine
+    from app.web.handlers import on_delete
+
+    with Folio(library=tmp_path / "lib") as folio:
+        engine = Engine(folio)
+        cancelled = on_delete(engine, "d" * 64, False, [], [], None, [], None)
+        assert cancelled[0] == "" and len(cancelled) == 11
+        assert all(not isinstance(v, (str, list)) for v in cancelled[1:])  # every other output skipped
+        none_chosen = on_delete(engine, None, False, [], [], None, [], None)
+        assert none_chosen[0] == "Choose a document to delete."
+
+
+def test_remove_failed_uploads_deletes_every_failed_document_and_nothing_else(
+    tmp_path: Path, sample_pdf: Path
+) -> None:
+    from app.web import Engine
+    from app.web.handlers import on_remove_failed
+
+    broken = []
+    for name in ("empty.pdf", "garbage.pdf"):
+        path = tmp_path / name
+        path.write_bytes(b"" if name == "empty.pdf" else b"%PDF-1.4 not really")
+        broken.append(path)
+    with Folio(library=tmp_path / "lib", parse={"ocr": "never"}, ingest={"workers": 1}) as folio:
+        results = folio.ingest([sample_pdf, *broken])
+        assert sorted(r.status for r in results) == ["added", "failed", "failed"]
+        rows = [UploadRow(r.path.name, r.status, doc_id=r.doc_id) for r in results]
+        engine = Engine(folio)
+        assert on_remove_failed(engine, False, [], rows, None, [], None)[0] == ""
+        assert len(folio.documents()) == 3  # cancelled: nothing removed
+        out = on_remove_failed(engine, True, [], rows, None, [], None)
+        assert out[0] == "Removed 2 failed uploads."
+        assert [(d.file_name, d.status) for d in folio.documents()] == [(sample_pdf.name, "ok")]
+        assert [r.name for r in out[6]] == [sample_pdf.name]  # the uploads state keeps the good one
+        assert "empty.pdf" not in out[5] and sample_pdf.name in out[5]
+
+
+def test_handlers_are_bound_to_the_engine_with_the_signature_gradio_reads() -> None:
+    import inspect
+
+    from app.web.handlers import on_ask, on_delete
+    from app.web.layout import bind
+
+    engine = object()
+    ask = bind(on_ask, engine)
+    assert inspect.isgeneratorfunction(ask)
+    assert list(inspect.signature(ask).parameters)[0] == "text"
+    delete = bind(on_delete, engine)
+    assert not inspect.isgeneratorfunction(delete)
+    assert list(inspect.signature(delete).parameters)[-1] == "request"

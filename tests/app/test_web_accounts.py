@@ -60,7 +60,7 @@ def _ask(page, question: str) -> str:
     page.wait_for_function(
         """() => { const bots = document.querySelectorAll('#folio-chat .message.bot, #folio-chat [data-testid="bot"]');
                    const last = bots[bots.length - 1];
-                   return last && !/Reading|Loading|…$/.test(last.innerText.trim()); }""",
+                   return last && !/Reading|Loading|…$|\\(\\d+ s\\)$/.test(last.innerText.trim()); }""",
         timeout=180_000,
     )
     return bot.inner_text()
