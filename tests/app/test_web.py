@@ -505,14 +505,16 @@ def test_a_chip_to_a_deleted_document_names_the_file() -> None:
     from app.web.handlers import render, show_chip
 
     class _Gone:
+        library = None  # the answer read no figures: the library is not asked for any
+
         def owns(self, doc_id):
             return False
 
     answer = _answer(_citation(5, doc="40b3ef43cd3a" * 5, name="folio-guide.pdf"))
-    view = {"doc_id": "40b3ef43cd3a" * 5, "file_name": "folio-guide.pdf", "page": 5, "highlights": {}}
-    image, caption = render(_Gone(), view, None)
+    image, caption, _figures, view, _tab = show_chip(_Gone(), answer, 0, 0)
     assert image is None and "**folio-guide.pdf** (deleted), page 5" in caption
-    assert "no document" not in caption
+    assert "no document" not in caption and view["file_name"] == "folio-guide.pdf"
+    assert render(_Gone(), {**view, "page": 6}, None)[1].startswith("⚠️ **folio-guide.pdf** (deleted), page 6")
 
 
 def test_a_cancelled_delete_says_nothing_and_keeps_the_choice(tmp_path: Path) -> None:
