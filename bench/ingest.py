@@ -13,23 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pymupdf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from models.config import EncoderConfig
+from pipeline.config import ChunkConfig, IngestConfig, ParseConfig, ParserKind
+from pipeline.ingestion.ingest import ingest
+from pipeline.ingestion.parse import parse_pdf
+from pipeline.library.search import LibraryIndex
+from retrieval.config import FusionConfig, RetrievalConfig
+from storage import StorageConfig, open_library
 
-from models.config import EncoderConfig  # noqa: E402
-from pipeline.config import ChunkConfig, IngestConfig, ParseConfig, ParserKind  # noqa: E402
-from pipeline.ingestion.ingest import ingest  # noqa: E402
-from pipeline.ingestion.parse import parse_pdf  # noqa: E402
-from pipeline.library.search import LibraryIndex  # noqa: E402
-from retrieval.config import FusionConfig, RetrievalConfig  # noqa: E402
-from storage import StorageConfig, open_library  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BORN_DIGITAL = [
     "pdfs/papers/papermage__2023.eacl-main.121.pdf",

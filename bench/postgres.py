@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, text
 
 from app import Folio
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
-from pipeline.ingestion.ingest import _store
+from pipeline.ingestion.ingest import store_parsed
 from pipeline.ingestion.parse import parse_pdf
 from storage import StorageConfig, open_library
 
@@ -98,7 +98,7 @@ def main() -> None:
         parsed = {p: parse_pdf(p, ParseConfig(ocr="never")) for p in PAPERS}
         out["papers"] = {p.name: {"pages": d.page_count, "blocks": sum(len(pg.blocks) for pg in d.pages)} for p, d in parsed.items()}
         store = {"chunk_config": ChunkConfig(), "ingest_config": IngestConfig(keep_source=False), "index": None}
-        # 1. _store alone: one transaction per paper (document, pages, blocks with RETURNING, chunks).
+        # 1. store_parsed alone: one transaction per paper (document, pages, blocks with RETURNING, chunks).
         times: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
         for rep in range(5):
             for backend in ("sqlite", "postgresql"):
@@ -106,7 +106,7 @@ def main() -> None:
                 library = open_library(StorageConfig(library=work / f"store-{backend}-{rep}", database_url=url))
                 for p, doc in parsed.items():
                     t0 = time.perf_counter()
-                    _store(replace(doc, doc_id=doc.doc_id), p, library, **store)
+                    store_parsed(replace(doc, doc_id=doc.doc_id), p, library, **store)
                     times[backend].append((time.perf_counter() - t0) * 1000)
                 library.close()
         out["store_ms_per_paper"] = {b: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)} for b, v in times.items()}

@@ -41,7 +41,7 @@ from models.config import EncoderConfig, GeneratorConfig
 from pipeline.answering.answer import Answer, Answerer
 from pipeline.answering.batch import BatchProgress, BatchQuestion, answer_one, run_batch_parallel
 from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, ParseConfig, RayConfig
-from pipeline.ingestion import ingest as _ingest
+from pipeline.ingestion import ingest as ingest_module  # late lookups: tests replace its tasks
 from pipeline.ingestion.ingest import IngestResult, Progress, chunk_texts, ingest, parse_failure
 from pipeline.ingestion.isolation import TaskStatus, WorkerPool
 from pipeline.ingestion.parse import PARSER_VERSION, ParsedDocument
@@ -199,7 +199,7 @@ class _IngestWorker:
             timeout_s=self._ingest_config.parse_timeout_s,
             memory_mb=self._ingest_config.parse_memory_mb,
             on_event=self._relay,
-            initializer=_ingest._init_worker,
+            initializer=ingest_module.init_parse_worker,
         )
         key = index_key(self._retrieval, self._encoders)
         return PARSER_VERSION, key, f"{socket.gethostname()}:{os.getpid()}"
@@ -313,7 +313,7 @@ def ingest_on_ray(
         address,
         index,
         on_timing or (lambda _timing: None),
-        parse_task or _ingest._parse_worker,
+        parse_task or ingest_module.parse_in_worker,
     )
     return ingest(
         paths,

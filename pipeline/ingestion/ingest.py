@@ -167,7 +167,7 @@ def ingest(
         with contextlib.closing(parsed):
             for i, path, outcome in parsed:
                 if isinstance(outcome, ParsedDocument):
-                    results[i] = _store(
+                    results[i] = store_parsed(
                         outcome, path, library, chunk_config, ingest_config, index, owner_key
                     )
                 else:
@@ -200,12 +200,12 @@ def _existing(library: Library, doc_id: str) -> Document | None:
 # ------------------------------------------------------------------------------------ parsing
 
 
-def _init_worker() -> None:
+def init_parse_worker() -> None:
     """NOTE: must be top-level for pickling (it runs in each worker process when it starts)."""
     logging.basicConfig(level=logging.WARNING)
 
 
-def _parse_worker(
+def parse_in_worker(
     path: str, doc_id: str, config: ParseConfig, asset_dir: str, prefix: str, password: str | None
 ) -> ParsedDocument | str:
     """Parse one PDF in a worker process. NOTE: must be top-level for pickling.
@@ -256,12 +256,12 @@ def _parse_all(todo, library, parse_config, ingest_config, password, notify):
         tasks.append((i, (str(path), doc_id, parse_config, str(partial), f"assets/{doc_id}", password)))
     paths = {i: path for i, path, _ in todo}
     with WorkerPool(
-        _parse_worker,
+        parse_in_worker,
         workers=max(1, min(ingest_config.workers, len(todo), os.cpu_count() or 1)),
         timeout_s=ingest_config.parse_timeout_s,
         memory_mb=ingest_config.parse_memory_mb,
         on_event=relay,
-        initializer=_init_worker,
+        initializer=init_parse_worker,
     ) as pool:
         for outcome in pool.run(tasks):
             path = paths[outcome.key]
@@ -291,7 +291,7 @@ def parse_failure(name: str, outcome: TaskOutcome, config: IngestConfig) -> str:
 # ------------------------------------------------------------------------------------ storing
 
 
-def _store(
+def store_parsed(
     parsed: ParsedDocument,
     path: Path,
     library: Library,

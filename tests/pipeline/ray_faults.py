@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 
-def parse_or_fault(path: str, *args):  # noqa: ANN002, ANN201 - the signature of ingest._parse_worker
+def parse_or_fault(path: str, *args):  # noqa: ANN002, ANN201 - the signature of ingest.parse_in_worker
     """ingest's parse task, except for files named `segfault-*` (the parser process crashes)
     and `killworker-*` (the Ray worker that runs the parser process is killed)."""
     from pipeline.ingestion import ingest
@@ -24,4 +24,4 @@ def parse_or_fault(path: str, *args):  # noqa: ANN002, ANN201 - the signature of
     elif kind == "killworker":
         os.kill(os.getppid(), signal.SIGKILL)  # the parent of a parser process is its Ray actor
         time.sleep(60)
-    return ingest._parse_worker(path, *args)
+    return ingest.parse_in_worker(path, *args)

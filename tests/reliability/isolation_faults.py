@@ -48,7 +48,7 @@ def faulty_task(kind: str, value: int = 0) -> int:
     return value * value
 
 
-def parse_or_fault(path: str, *args):  # noqa: ANN002, ANN201 - the signature of ingest._parse_worker
+def parse_or_fault(path: str, *args):  # noqa: ANN002, ANN201 - the signature of ingest.parse_in_worker
     """ingest's parse task, except for files whose name starts with a fault: segfault, abort, hang, hog."""
     from pipeline.ingestion import ingest
 
@@ -62,4 +62,4 @@ def parse_or_fault(path: str, *args):  # noqa: ANN002, ANN201 - the signature of
             time.sleep(1)
     elif kind == "hog":
         allocate_forever()
-    return ingest._parse_worker(path, *args)
+    return ingest.parse_in_worker(path, *args)

@@ -1,5 +1,5 @@
-"""Crash safety: `folio ingest` SIGKILLed at random moments (bench/crash.py), and a process
-killed between two index part writes.
+"""Crash safety: `folio ingest` SIGKILLed at random moments (app/reliability/crash.py, which
+`python -m bench.crash` runs at full size), and a process killed between two index part writes.
 
 After every kill the library passes `check_library` (database integrity, every OK document
 whole, an index whose parts are of one save and, once opened, hold exactly the stored chunks),
@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 import pipeline.library.search as search_module
-from bench.crash import DEFAULT_FILES, run
+from app.reliability.crash import DEFAULT_FILES, run
 from models.config import EncoderConfig
 from pipeline.library.check import Severity, check_library
 from pipeline.library.search import LibraryIndex
@@ -44,8 +44,8 @@ def _assert_survived(report: dict, kills: int) -> None:
 def test_three_kills_then_the_ingest_completes(shared_data: Path, tmp_path: Path) -> None:
     """A fixed-seed sample of the 20-kill run: BM25 only, checks in this process (seconds)."""
     report = run(
-        3, seed=1, files=SAMPLE_FILES, bm25_only=True, work=tmp_path, complete_every=0.0,
-        in_process_check=True,
+        3, seed=1, data_dir=shared_data, files=SAMPLE_FILES, bm25_only=True, work=tmp_path,
+        complete_every=0.0, in_process_check=True,
     )  # fmt: skip
     _assert_survived(report, 3)
 
@@ -53,7 +53,7 @@ def test_three_kills_then_the_ingest_completes(shared_data: Path, tmp_path: Path
 @pytest.mark.slow
 def test_twenty_kills_with_the_default_settings(shared_data: Path, tmp_path: Path) -> None:
     """The issue's run: 20 kills, dense + BM25 as shipped, `folio check` after each (~30 min)."""
-    report = run(20, seed=0, files=DEFAULT_FILES, work=tmp_path)
+    report = run(20, seed=0, data_dir=shared_data, files=DEFAULT_FILES, work=tmp_path)
     _assert_survived(report, 20)
 
 

@@ -15,11 +15,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from bench.fuzz import STRATEGIES, append_update, make_case, prepare_seeds, repeated_flate, run
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
 from pipeline.ingestion.ingest import ingest
 from pipeline.ingestion.parse import ParseError, parse_pdf
 from pipeline.ingestion.sample import write_sample_pdf
+from pipeline.reliability.fuzz import (
+    STRATEGIES,
+    append_update,
+    make_case,
+    prepare_seeds,
+    repeated_flate,
+    run,
+)
 from storage import Page, StorageConfig, open_library
 
 NO_OCR = ParseConfig(ocr=OcrMode.NEVER)

@@ -1,8 +1,8 @@
 """Prompt injection from documents: evidence is quoted as data and cannot steer the answer.
 
-The attacks are those of `bench/injection.py` (which measures them on the real model); here the
-mechanics run on the tiny random model of tests/conftest.py, and the test marked slow asks the
-real Qwen2.5-Coder-0.5B.
+The attacks are `pipeline/reliability/injection.py`'s, which `bench/injection.py` measures on the
+real model; here the mechanics run on the tiny random model of tests/conftest.py, and the test
+marked slow asks the real Qwen2.5-Coder-0.5B.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from app import Folio
-from bench.injection import ATTACKS, FACTS, write_report_pdf
 from models.config import GeneratorConfig
 from models.generator import EVIDENCE_IS_DATA, build_prompt, defuse, load_generator
 from pipeline.answering.guard import looks_like_injection, screen
+from pipeline.reliability.injection import ATTACKS, FACTS, write_report_pdf
 from storage import Block
 
 CONTROL = next(a for a in ATTACKS if a.name == "control-tokens")

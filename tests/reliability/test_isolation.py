@@ -11,13 +11,13 @@ import pytest
 from isolation_faults import faulty_task, parse_or_fault
 from sqlalchemy import select
 
-from bench.fuzz import repeated_flate
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
 from pipeline.ingestion import ingest as ingest_module
 from pipeline.ingestion.ingest import ingest
 from pipeline.ingestion.isolation import TaskStatus, WorkerPool
 from pipeline.ingestion.sample import write_sample_pdf
 from pipeline.library.documents import list_documents
+from pipeline.reliability.fuzz import repeated_flate
 from storage import Page, StorageConfig, open_library
 
 PARSE = ParseConfig(ocr=OcrMode.NEVER)
@@ -104,7 +104,7 @@ def test_closing_the_results_early_kills_the_busy_workers() -> None:
 def test_crashing_hanging_and_hungry_pdfs_fail_alone(
     library, sample_pdf: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(ingest_module, "_parse_worker", parse_or_fault)
+    monkeypatch.setattr(ingest_module, "parse_in_worker", parse_or_fault)
     names = ["good-1.pdf", "segfault-x.pdf", "hang-x.pdf", "good-2.pdf", "hog-x.pdf", "abort-x.pdf", "good-3.pdf"]
     paths = [_variant(sample_pdf, tmp_path, n) for n in names]
     pages = []

@@ -1,6 +1,6 @@
 """Memory: ingesting the 619-page robustness PDF with the default settings stays under the
-stated bound (bench/memory.py: peak RSS of the main process, of the largest parser worker, and
-of both together)."""
+stated bound (app/reliability/memory.py: peak RSS of the main process, of the largest parser
+worker, and of both together)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.memory import BOUNDS_MB, run, within_bounds
+from app.reliability.memory import BOUNDS_MB, run, within_bounds
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from app import Folio
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
-from pipeline.ingestion.ingest import _store
+from pipeline.ingestion.ingest import store_parsed
 from pipeline.ingestion.parse import parse_pdf
 from storage import Block, Chunk, Document, DocumentStatus, Page, StorageConfig, open_library
 
@@ -116,7 +116,7 @@ def test_concurrent_writers_on_postgresql(postgres_url: str, tmp_path: Path, sam
     parsed = parse_pdf(sample_pdf, ParseConfig(ocr="never"))
     store = {"chunk_config": ChunkConfig(), "ingest_config": IngestConfig(keep_source=False), "index": None}
     alone = open_library(StorageConfig(library=tmp_path / "alone"))
-    _store(parsed, sample_pdf, alone, **store)
+    store_parsed(parsed, sample_pdf, alone, **store)
     with alone.sessions() as session:
         expected = _shape(session, parsed.doc_id)
     alone.close()
@@ -131,7 +131,7 @@ def test_concurrent_writers_on_postgresql(postgres_url: str, tmp_path: Path, sam
         try:
             for j in range(per_thread):
                 doc = replace(parsed, doc_id=f"{t:02d}{j:02d}".ljust(64, "0"))
-                _store(doc, sample_pdf, library, **store)
+                store_parsed(doc, sample_pdf, library, **store)
         except BaseException as exc:  # noqa: BLE001 - collected for the assertion
             errors.append(exc)
 
@@ -161,7 +161,7 @@ def test_a_document_stored_meanwhile_by_another_process_is_replaced(
     parsed = parse_pdf(sample_pdf, ParseConfig(ocr="never"))
     store = {"chunk_config": ChunkConfig(), "ingest_config": IngestConfig(keep_source=False), "index": None}
     library = open_library(StorageConfig(library=tmp_path / "lib", database_url=database_url))
-    _store(parsed, sample_pdf, library, **store)
+    store_parsed(parsed, sample_pdf, library, **store)
     with library.sessions() as session:
         expected = _shape(session, parsed.doc_id)
 
@@ -175,7 +175,7 @@ def test_a_document_stored_meanwhile_by_another_process_is_replaced(
         return real_get(self, entity, ident, **kwargs)
 
     monkeypatch.setattr(Session, "get", get_missing_once)
-    result = _store(parsed, sample_pdf, library, **store)
+    result = store_parsed(parsed, sample_pdf, library, **store)
     assert misses == [parsed.doc_id] and result.status == "added"
     with library.sessions() as session:
         assert session.scalars(select(Document.id)).all() == [parsed.doc_id]
