@@ -9,6 +9,6 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from app.api import Folio
 from app.settings import Settings
-from pipeline.answering.answer import Answer, Citation
+from pipeline.answering.types import Answer, Citation
 
 __all__ = ["Answer", "Citation", "Folio", "Settings"]

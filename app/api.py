@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
-from pipeline.answering.answer import Answer, Answerer, resolve_options
+from pipeline.answering.answer import Answerer
 from pipeline.answering.batch import BatchProgress, BatchQuestion, as_batch, load_batch, run_batch
+from pipeline.answering.types import Answer
+from pipeline.config import resolve_options
 from pipeline.ingestion.distributed import answer_batch_on_ray, check_address, ingest_on_ray
 from pipeline.ingestion.ingest import IngestResult, Progress, delete_document, find_pdfs, ingest
 from pipeline.library.check import CheckReport, check_library

@@ -54,6 +54,7 @@ __all__ = [
     "PromptLayout",
     "PrunableCache",
     "Selection",
+    "UragPass",
     "UragRunner",
     "attention_mass",
     "fingerprints_match",
@@ -697,28 +698,28 @@ class UragRunner:
             if not fingerprints_match(self.projection.model, loaded):
                 logger.warning("URaG: %s was trained on another model's states", path.name)
         self.config = config  # its scorer resolved: attention or maxsim
-        self._layout: PromptLayout | None = None
-        self.selection: Selection | None = None
+        self._pass: UragPass | None = None
+
+    def bind(self, layout: PromptLayout) -> UragPass:
+        """A runner for one prompt over these weights, holding that prompt's own selection
+        (concurrent questions each bind their own; `use` shares one)."""
+        return UragPass(self, layout)
 
     def use(self, layout: PromptLayout) -> None:
-        """The layout of the next prompt `prefill` receives."""
-        self._layout = layout
-        self.selection = None
+        """The layout of the next prompt `prefill` receives (one question at a time; concurrent
+        questions take `bind`)."""
+        self._pass = self.bind(layout)
 
-    @torch.no_grad()
+    @property
+    def selection(self) -> Selection | None:
+        """What the last `prefill` after `use` kept."""
+        return self._pass.selection if self._pass is not None else None
+
     def prefill(self, inputs: PromptInputs, **_: Any) -> tuple[torch.Tensor, PrunableCache]:
-        """Pruned prefill: `([1, V]` next-token logits, the pruned cache)."""
-        layout = self._layout
-        if (
-            layout is None
-            or inputs.input_ids is None
-            or layout.inputs.input_ids is not inputs.input_ids
-        ):
+        """Pruned prefill of the prompt given to `use`: `([1, V]` logits, the pruned cache)."""
+        if self._pass is None:
             raise ValueError("call use(layout_prompt(generator, prompt)) and pass layout.inputs")
-        t0 = time.perf_counter()
-        logits, cache, self.selection = self.run(layout)
-        self.selection = replace(self.selection, ms=(time.perf_counter() - t0) * 1000)
-        return logits, cache
+        return self._pass.prefill(inputs)
 
     def decode_step(self, tokens: torch.Tensor, cache: PrunableCache) -> torch.Tensor:
         return self.decoder.decode_step(tokens, cache)
@@ -780,3 +781,32 @@ class UragRunner:
             ms=0.0,
         )
         return logits, cache, selection
+
+
+class UragPass:
+    """One prompt's pruned prefill over a shared `UragRunner`: the runner for
+    `Generator.stream` of one question, and afterwards what it kept.
+
+    Example:
+        >>> urag_pass = runner.bind(layout_prompt(generator, prompt))
+        >>> generator.generate(urag_pass.layout.inputs, runner=urag_pass)
+        >>> urag_pass.selection.kept
+    """
+
+    def __init__(self, runner: UragRunner, layout: PromptLayout) -> None:
+        self.runner = runner
+        self.layout = layout
+        self.selection: Selection | None = None
+
+    @torch.no_grad()
+    def prefill(self, inputs: PromptInputs, **_: Any) -> tuple[torch.Tensor, PrunableCache]:
+        """Pruned prefill: `([1, V]` next-token logits, the pruned cache)."""
+        if inputs.input_ids is None or self.layout.inputs.input_ids is not inputs.input_ids:
+            raise ValueError("pass the bound layout's inputs (layout.inputs)")
+        t0 = time.perf_counter()
+        logits, cache, selection = self.runner.run(self.layout)
+        self.selection = replace(selection, ms=(time.perf_counter() - t0) * 1000)
+        return logits, cache
+
+    def decode_step(self, tokens: torch.Tensor, cache: PrunableCache) -> torch.Tensor:
+        return self.runner.decode_step(tokens, cache)

@@ -1,12 +1,13 @@
-"""Pipeline settings: parsing, OCR, chunking and ingestion."""
+"""Pipeline settings: parsing, OCR, chunking, ingestion and answering."""
 
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.config import RefragConfig, SamplerConfig, UragConfig
+from models.config import GeneratorConfig, RefragConfig, SamplerConfig, UragConfig
 from retrieval.config import RetrievalMode
 
 
@@ -189,3 +190,67 @@ class AnswerConfig(BaseModel):
         "(prefill reads fewer positions; off until it is shown to help answers).",
     )
     refrag: RefragConfig = Field(default_factory=RefragConfig)
+
+    @model_validator(mode="after")
+    def _one_prompt_shortcut(self) -> AnswerConfig:
+        if self.use_urag and self.use_refrag:
+            raise ValueError(URAG_OR_REFRAG)
+        return self
+
+
+URAG_OR_REFRAG = "URaG and REFRAG are alternatives: switch one of them off"
+
+# Short names of per-request answer options (`resolve_options`).
+_ALIASES = {"budget": "token_budget", "sampler": "use_sampler", "mode": "retrieval_mode"}
+
+
+def resolve_options(
+    answer: AnswerConfig, generator: GeneratorConfig, **overrides: Any
+) -> tuple[AnswerConfig, GeneratorConfig]:
+    """Apply per-request overrides to the answer and generator settings.
+
+    Args:
+        answer: The configured answer settings.
+        generator: The configured generator.
+        **overrides: `AnswerConfig` fields (`k`, `token_budget`, `context`, `use_sampler`, ...),
+            `SamplerConfig` fields (`k_text`, `k_image`, ...), `model` (a generator name or
+            path), and the short forms `retrieval=False` (context "first-pages"),
+            `sampler=False`, `budget=N`, `mode=NAME`. None values are ignored.
+
+    Returns:
+        The (answer, generator) settings for this request.
+
+    Raises:
+        TypeError: An unknown option.
+        pydantic.ValidationError: A value out of range, or URaG and REFRAG both on.
+    """
+    sampler_fields = set(SamplerConfig.model_fields)
+    changes: dict[str, Any] = {}
+    sampler_changes: dict[str, Any] = {}
+    generator_changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "retrieval":
+            if not value:
+                changes["context"] = ContextMode.FIRST_PAGES
+            elif answer.context is not ContextMode.RETRIEVED:
+                changes["context"] = ContextMode.RETRIEVED
+        elif key == "model":
+            generator_changes["model"] = str(value)
+        elif key in sampler_fields and key not in AnswerConfig.model_fields:
+            sampler_changes[key] = value
+        elif _ALIASES.get(key, key) in AnswerConfig.model_fields:
+            changes[_ALIASES.get(key, key)] = value
+        else:
+            known = sorted(
+                {*AnswerConfig.model_fields, *sampler_fields, *_ALIASES, "retrieval", "model"}
+            )
+            raise TypeError(f"unknown answer option {key!r}; use one of: {', '.join(known)}")
+    if sampler_changes:
+        changes["sampler"] = answer.sampler.model_copy(update=sampler_changes)
+    if changes:
+        answer = AnswerConfig.model_validate({**answer.model_dump(), **changes})
+    if generator_changes:
+        generator = GeneratorConfig.model_validate({**generator.model_dump(), **generator_changes})
+    return answer, generator

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.answering.answer import Answer
+from pipeline.answering.types import Answer
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.answering.answer import Answer
 from pipeline.answering.batch import BatchQuestion
+from pipeline.answering.types import Answer
 from pipeline.evaluation.scoring import ScoredAnswer, aggregate, score_answer
 
 logger = logging.getLogger(__name__)

@@ -34,7 +34,8 @@ from sqlalchemy import select
 
 from models.config import EncoderConfig
 from pipeline.evaluation.retrieval import make_encoders
-from pipeline.library.owners import owned_chunk_ids, owner_clause
+from pipeline.library.documents import resolve_documents
+from pipeline.library.owners import owned_chunk_ids
 from retrieval import (
     EncodedChunks,
     Hit,
@@ -510,26 +511,9 @@ class LibraryIndex:
     def chunk_ids_of(self, doc_ids: Collection[str], *, owner: str | None = None) -> set[str]:
         """Chunk ids of `owner`'s documents given by id, unique id prefix or file name (as
         `ask` takes them)."""
-        mine = owner_clause(self._library, owner)
+        docs = resolve_documents(self._library, doc_ids, owner=owner, ready_only=False)
         with self._library.sessions() as session:
-            ids: set[str] = set()
-            for prefix in doc_ids:
-                docs = list(
-                    session.scalars(
-                        select(Document.id).where(Document.id_prefix(prefix)).where(mine)
-                    )
-                )
-                if not docs:
-                    docs = list(
-                        session.scalars(
-                            select(Document.id).where(Document.file_name == prefix).where(mine)
-                        )
-                    )
-                if len(docs) != 1:
-                    what = "no document" if not docs else f"{len(docs)} documents"
-                    raise LookupError(f"{what} with id or file name {prefix!r} (see `folio docs`)")
-                ids.update(session.scalars(select(Chunk.id).where(Chunk.doc_id == docs[0])))
-            return ids
+            return set(session.scalars(select(Chunk.id).where(Chunk.doc_id.in_(docs))))
 
     def describe(self, hits: Sequence[Hit]) -> list[SearchHit]:
         """Attach document, page and text to hits (in the same order)."""

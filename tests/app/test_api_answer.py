@@ -81,7 +81,7 @@ def test_app_exports_answer_and_citation() -> None:
     import app as package
 
     assert {"Answer", "Citation", "Folio", "Settings"} <= set(package.__all__)
-    assert Answer.__module__ == Citation.__module__ == "pipeline.answering.answer"
+    assert Answer.__module__ == Citation.__module__ == "pipeline.answering.types"
 
 
 def test_ask_returns_an_answer_with_citations_to_real_blocks(folio: Folio) -> None:

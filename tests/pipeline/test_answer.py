@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pymupdf
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from models.config import EncoderConfig, GeneratorConfig, SamplerConfig, UragConfig
@@ -27,6 +30,7 @@ from pipeline.config import (
     ParseConfig,
 )
 from pipeline.ingestion.ingest import ingest
+from pipeline.library.documents import resolve_documents
 from pipeline.library.search import LibraryIndex
 from retrieval.config import FusionConfig, RetrievalConfig
 from storage import Block, StorageConfig, open_library
@@ -300,6 +304,34 @@ def test_urag_keeps_the_best_items_and_reports_their_pages(lib, tiny, bow_encode
     assert again == answer
 
 
+class Meeting(Generator):
+    """The tiny model, whose `stream` waits until two questions both reach generation."""
+
+    def __init__(self, base: Generator, barrier: threading.Barrier) -> None:
+        super().__init__(base.model, base.tokenizer, base.config, processor=base.processor)
+        self.barrier = barrier
+
+    def stream(self, prompt, **kwargs) -> GenerationStream:
+        self.barrier.wait(timeout=60)
+        return super().stream(prompt, **kwargs)
+
+
+def test_concurrent_urag_questions_each_keep_their_own_selection(lib, tiny, bow_encoder) -> None:
+    one = FAST.model_copy(update={"use_urag": True, "urag": UragConfig(layer=0, keep=1)})
+    questions = [QUESTION, "When do swallows leave and return?"]
+    alone = [_answerer(lib, tiny, bow_encoder, one).ask(q) for q in questions]
+    assert alone[0].evidence != alone[1].evidence
+    # Both questions pass URaG's binding before either prefills: a selection kept on the shared
+    # runner would be overwritten by the other question.
+    answerer = _answerer(lib, Meeting(tiny, threading.Barrier(2)), bow_encoder, one)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(answerer.ask, questions))
+    for solo, both in zip(alone, together, strict=True):
+        assert both.stats.urag_kept == solo.stats.urag_kept and both.stats.urag_kept
+        assert (both.text, both.evidence, both.citations) == (solo.text, solo.evidence, solo.citations)
+        assert both.stats.stage("urag").kept_tokens == solo.stats.stage("urag").kept_tokens
+
+
 def test_answers_round_trip_through_json(lib, tiny, bow_encoder) -> None:
     scripted = Scripted(tiny, lambda text: f"160 [{_evidence_number(text, 'Chunk size')}]")
     answer = _answerer(lib, scripted, bow_encoder).ask(QUESTION, doc_ids=[lib[2]])
@@ -354,6 +386,41 @@ def test_the_answer_keeps_its_retrieved_chunks_in_rank_order(lib, tiny, bow_enco
     assert Answer.from_dict(data).retrieved == ()
     first = FAST.model_copy(update={"context": ContextMode.FIRST_PAGES})
     assert answerer.ask(QUESTION, doc_ids=[lib[2]], config=first).retrieved == ()
+
+
+def test_prepare_generate_and_cite_compose_to_the_streamed_answer(lib, tiny, bow_encoder) -> None:
+    answerer = _answerer(lib, tiny, bow_encoder)
+    prepared = answerer.prepare(QUESTION, doc_ids=["folio-guide.pdf"])
+    assert prepared.doc_ids == (lib[2],) and prepared.answerable
+    assert [s.name for s in prepared.stages] == ["retrieve", "candidates", "sample", "screen"]
+    run = answerer.generate(prepared)
+    deltas = list(run)
+    generated = run.result
+    assert [s.name for s in generated.stages] == ["prompt", "generate"]
+    assert "".join(deltas).strip() == generated.text
+    answer = answerer.ask(QUESTION, doc_ids=[lib[2]])
+    assert (prepared.evidence, prepared.retrieved) == (answer.evidence, answer.retrieved)
+    assert answerer.cite(prepared, generated.text) == answer.citations
+    assert answerer.cite(prepared, "Not answerable") == ()
+    none = answerer.prepare("zzqx qqzz", doc_ids=[lib[3]])  # nothing retrieved
+    assert not none.answerable and none.items == ()
+    with pytest.raises(ValueError, match="nothing to generate"):
+        answerer.generate(none)
+
+
+def test_documents_resolve_by_id_prefix_or_file_name_in_order(lib) -> None:
+    library, _index, guide, birds = lib
+    assert resolve_documents(library, ["birds.pdf", guide[:10], guide]) == [birds, guide]
+    assert resolve_documents(library, guide) == [guide]  # one name as a plain string
+    with pytest.raises(LookupError, match="no document with id or file name 'nope.pdf'"):
+        resolve_documents(library, ["nope.pdf"])
+
+
+def test_urag_and_refrag_together_fail_when_configured() -> None:
+    with pytest.raises(ValidationError, match="URaG and REFRAG are alternatives"):
+        AnswerConfig(use_urag=True, use_refrag=True)
+    with pytest.raises(ValueError, match="alternatives"):
+        resolve_options(AnswerConfig(), GeneratorConfig(), use_urag=True, use_refrag=True)
 
 
 def test_options_resolve_aliases_and_refuse_unknown_ones() -> None:

@@ -1,0 +1,135 @@
+"""Generation of a prepared question: the plain prompt, or with REFRAG's compressed evidence, or
+through URaG's pruned prefill; streamed, with the stages' stats."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from models.generator import Generator
+from pipeline.answering.cache import ModelCache
+from pipeline.answering.progress import Progress
+from pipeline.answering.types import Generated, Prepared, StageStats
+
+__all__ = ["GenerationRun"]
+
+
+class GenerationRun:
+    """The answer's text deltas as the model writes them; `result` once they are consumed.
+
+    Args:
+        prepared: The question with its prompt (`Prepared.answerable`).
+        generator: The loaded generator of `prepared.generator_config`.
+        models: Where the URaG runner and the REFRAG compressor are loaded.
+        say: Told as the prefill starts and at the first token.
+    """
+
+    def __init__(
+        self, prepared: Prepared, generator: Generator, models: ModelCache, say: Progress
+    ) -> None:
+        if prepared.prompt is None:
+            raise ValueError("nothing to generate: the question found no evidence")
+        self._deltas = _run(prepared, generator, models, say)
+        self._result: Generated | None = None
+
+    def __iter__(self) -> GenerationRun:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._deltas)
+        except StopIteration as stop:
+            self._result = stop.value
+            raise
+
+    @property
+    def result(self) -> Generated:
+        """What generation produced.
+
+        Raises:
+            RuntimeError: The deltas were not consumed to the end.
+        """
+        if self._result is None:
+            raise RuntimeError("consume the deltas before reading .result (e.g. list(run))")
+        return self._result
+
+
+def _run(
+    prepared: Prepared, generator: Generator, models: ModelCache, say: Progress
+) -> Iterator[str]:
+    cfg, items, prompt = prepared.config, prepared.items, prepared.prompt
+    assert prompt is not None  # GenerationRun checked it
+    started = time.perf_counter()
+    stages: list[StageStats] = []
+    urag_pass = None
+    compression = None
+    if cfg.use_refrag and items and not prompt.images:
+        from models.urag import layout_prompt
+
+        t_compress = time.perf_counter()
+        layout = layout_prompt(generator, prompt)
+        compression = models.refrag(cfg.refrag, generator).compress(
+            layout.inputs.input_ids, layout.segments, k=cfg.refrag.chunk_tokens,
+            expand_fraction=cfg.refrag.expand_fraction, question=prepared.question,
+        )  # fmt: skip
+        stages.append(
+            StageStats(
+                "refrag", len(compression.expanded), compression.chunks,
+                compression.positions, compression.tokens_before,
+                (time.perf_counter() - t_compress) * 1000,
+            )
+        )  # fmt: skip
+        stream = generator.stream(
+            compression.inputs, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
+            **say.stream_args(generator),
+        )  # fmt: skip
+    elif cfg.use_urag and items and not prompt.images:
+        from models.urag import layout_prompt
+
+        # A pass of its own per question: concurrent questions share the runner's weights only.
+        urag_pass = models.urag(cfg.urag, generator).bind(layout_prompt(generator, prompt))
+        stream = generator.stream(
+            urag_pass.layout.inputs, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
+            **say.stream_args(generator, urag_pass),
+        )  # fmt: skip
+    else:
+        stream = generator.stream(
+            prompt, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
+            **say.stream_args(generator),
+        )  # fmt: skip
+    first_token: float | None = None
+    for delta in stream:
+        if first_token is None:
+            first_token = time.perf_counter()
+            say("Writing the answer…")
+        yield delta
+    result = stream.result
+    finished = time.perf_counter()
+    urag_kept: tuple[int, ...] = ()
+    if urag_pass is not None and urag_pass.selection is not None:
+        chosen = urag_pass.selection
+        urag_kept = tuple(i + 1 for i in chosen.kept)
+        stages.append(
+            StageStats(
+                "urag", len(chosen.kept), len(items), chosen.kept_evidence_tokens,
+                chosen.evidence_tokens, chosen.ms,
+            )
+        )  # fmt: skip
+    evidence_tokens = sum(item.tokens for item in items)
+    stages.append(
+        StageStats("prompt", len(items), len(items), evidence_tokens, result.prompt_tokens, 0.0)
+    )
+    stages.append(
+        StageStats(
+            "generate", 1, 1, result.new_tokens, cfg.max_new_tokens, (finished - started) * 1000
+        )
+    )
+    return Generated(
+        generation=result,
+        stages=tuple(stages),
+        first_token=first_token,
+        finished=finished,
+        urag_kept=urag_kept,
+        refrag_ratio=round(compression.ratio, 3) if compression is not None else 1.0,
+        refrag_compressed=compression.items_compressed if compression is not None else (),
+    )
