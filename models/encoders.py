@@ -32,6 +32,7 @@ __all__ = [
     "MiniLMEncoder",
     "SpladeEncoder",
     "splade_pool",
+    "torch_threads",
 ]
 
 # NOTE: ImageNet statistics, as in efficientnet_lite_pytorch's own example.
@@ -71,7 +72,7 @@ _FEW_QUERIES = 8
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
     """Run with n torch threads (0: unchanged), restoring the previous count after.
 
     NOTE: torch's intra-op thread count is per OS thread (OpenMP's nthreads ICV), so a
@@ -168,12 +169,12 @@ class MiniLMEncoder:
         Returns:
             float32 [N, D], rows L2-normalised.
         """
-        with _torch_threads(_threads_for(self._config, len(texts), query=True)):
+        with torch_threads(_threads_for(self._config, len(texts), query=True)):
             return self._encode(texts)
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of documents; same shape and normalisation as `encode_queries`."""
-        with _torch_threads(self._config.threads):
+        with torch_threads(self._config.threads):
             return self._encode(texts)
 
     @torch.inference_mode()
@@ -276,12 +277,12 @@ class SpladeEncoder:
         Returns:
             float32 CSR [N, V] of non-negative weights.
         """
-        with _torch_threads(_threads_for(self._config, len(texts), query=True)):
+        with torch_threads(_threads_for(self._config, len(texts), query=True)):
             return self._encode(texts)
 
     def encode_documents(self, texts: Sequence[str]) -> sp.csr_matrix:
         """Term weights of documents; same form as `encode_queries`."""
-        with _torch_threads(self._config.threads):
+        with torch_threads(self._config.threads):
             return self._encode(texts)
 
     @torch.inference_mode()
@@ -390,7 +391,7 @@ class EfficientNetImageEncoder:
         Returns:
             float32 [N, 1280], rows L2-normalised.
         """
-        with _torch_threads(self._config.threads), torch.inference_mode():
+        with torch_threads(self._config.threads), torch.inference_mode():
             return self._encode(images)
 
     def _encode(self, images: Sequence[Any]) -> np.ndarray:

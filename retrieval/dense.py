@@ -33,7 +33,7 @@ from .config import DenseConfig, DenseIndexKind, RefineKind
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DenseIndex"]
+__all__ = ["DenseIndex", "read_faiss_file"]
 
 _MAX_DEAD_FRACTION = 0.25
 _EXACT_ALLOWED = 4096  # an `allowed` set this small is scored exactly from reconstructed vectors
@@ -367,7 +367,7 @@ class DenseIndex:
         self._alive = np.ones(len(self._ids), dtype=bool)
         if meta.get("index") == DenseIndexKind.IVFPQ.value:
             self._trained = arrays["trained"]
-            self._index, self._mapped = _read_index(
+            self._index, self._mapped = read_faiss_file(
                 faiss_part(directory, meta, generation), self._config.mmap
             )
         else:
@@ -612,7 +612,7 @@ def _write_index(path: Path, index: faiss.Index) -> None:
         raise
 
 
-def _read_index(path: Path, mmap: bool) -> tuple[faiss.Index, BinaryIO | None]:
+def read_faiss_file(path: Path, mmap: bool) -> tuple[faiss.Index, BinaryIO | None]:
     """Read a FAISS file, memory-mapped (with its open file) or into memory (and None).
 
     NOTE: IO_FLAG_MMAP_IFC maps every array (inverted lists, codes, centroids); IO_FLAG_MMAP

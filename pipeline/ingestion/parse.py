@@ -426,7 +426,7 @@ def _blocks_from_spans(
         else:
             text = " ".join(t.text for t in inner)
         items.append((kind, bbox, text, None))
-    ordered = _reading_order([it[1] for it in items], page.rect.width)
+    ordered = reading_order_of([it[1] for it in items], page.rect.width)
     items = [items[i] for i in ordered]
 
     blocks = [ParsedBlock(kind, bbox, text, n) for n, (kind, bbox, text, _) in enumerate(items)]
@@ -666,7 +666,7 @@ def _region_near_caption(cap: _Text, texts: list[_Text], page_width: float, page
     return None
 
 
-def _reading_order(boxes: list[BBox], page_width: float) -> list[int]:
+def reading_order_of(boxes: list[BBox], page_width: float) -> list[int]:
     """Indices of `boxes` in reading order; two-column pages read left column, then right.
 
     Boxes spanning both columns (titles, wide figures) cut the page into bands; within a band

@@ -98,16 +98,16 @@ def test_efficientnet_features() -> None:
 def test_thread_setting_is_restored_and_per_thread() -> None:
     import threading
 
-    from models.encoders import _torch_threads
+    from models.encoders import torch_threads
 
     before = torch.get_num_threads()
     seen: list[int] = []
 
     def worker() -> None:
-        with _torch_threads(1):
+        with torch_threads(1):
             seen.append(torch.get_num_threads())
 
-    with _torch_threads(1):
+    with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
     t = threading.Thread(target=worker)

@@ -4,7 +4,7 @@ import pymupdf
 import pytest
 
 from pipeline.config import OcrMode, ParseConfig
-from pipeline.ingestion.parse import ParseError, _reading_order, parse_pdf, tesseract_available
+from pipeline.ingestion.parse import ParseError, parse_pdf, reading_order_of, tesseract_available
 
 FAST = ParseConfig(ocr=OcrMode.NEVER)
 
@@ -75,7 +75,7 @@ def test_reading_order_of_a_two_column_band_layout() -> None:
         (50, 620, 290, 700),  # below the figure: left
         (310, 620, 550, 700),  # below the figure: right
     ]
-    assert _reading_order(boxes, W) == [0, 2, 3, 1, 5, 4, 6, 7]
+    assert reading_order_of(boxes, W) == [0, 2, 3, 1, 5, 4, 6, 7]
 
 
 def test_dpr_paper_reading_order(papers_dir: Path) -> None:

@@ -65,14 +65,14 @@ def built(
 _READ = """
 import re, sys
 from pathlib import Path
-from retrieval.dense import _read_index
+from retrieval.dense import read_faiss_file
 
 def anon():
     status = Path("/proc/self/status").read_text()
     return int(re.search(r"RssAnon:\\s+(\\d+) kB", status).group(1)) * 1024
 
 before = anon()
-index, handle = _read_index(Path(sys.argv[1]), sys.argv[2] == "mmap")
+index, handle = read_faiss_file(Path(sys.argv[1]), sys.argv[2] == "mmap")
 print(anon() - before)
 """
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval import rm3, rocchio_dense, rocchio_sparse
-from retrieval._postings import TermWeights
+from retrieval import TermWeights, rm3, rocchio_dense, rocchio_sparse
 
 
 def tw(d: dict[int, float]) -> TermWeights:
