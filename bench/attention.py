@@ -113,7 +113,7 @@ def _load_model(name: str, cache_dir: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        from models._packaged import resolve_model_dir
+        from models import resolve_model_dir
 
         folder = resolve_model_dir(name, cache_dir)
         tok = AutoTokenizer.from_pretrained(folder)

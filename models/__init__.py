@@ -1,5 +1,6 @@
 """Everything with weights: encoders, the generator, attention backends."""
 
+from models._packaged import resolve_model_dir
 from models.config import EncoderConfig, GeneratorConfig, SamplerConfig
 from models.generator import (
     PACKAGED_GENERATORS,
@@ -35,4 +36,5 @@ __all__ = [
     "StopReason",
     "build_prompt",
     "load_generator",
+    "resolve_model_dir",
 ]

@@ -107,7 +107,7 @@ def index_encoders(retrieval: RetrievalConfig, encoders: EncoderConfig) -> tuple
     return make_encoders(modes, retrieval, encoders)
 
 
-class _ReadWriteLock:
+class ReadWriteLock:
     """Many readers or one writer; a waiting writer holds off new readers. Not reentrant."""
 
     def __init__(self) -> None:
@@ -183,7 +183,7 @@ class LibraryIndex:
         self._versions: dict[str, str] = {}
         self._status = on_status or (lambda message: logger.info("%s", message))
         self._writer = threading.RLock()  # one writer at a time in this process
-        self._rw = _ReadWriteLock()  # searches read; in-memory changes and swaps write
+        self._rw = ReadWriteLock()  # searches read; in-memory changes and swaps write
         # owner -> (the retriever, its `changes`, the chunk ids the owner may search): one
         # database read per owner while the index is unchanged, not one per query.
         self._owned: dict[str | None, tuple[weakref.ref, int, frozenset[str] | None]] = {}

@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 
 import pipeline.library.search as search_module
 from models.config import EncoderConfig
-from pipeline.library.search import LibraryIndex, _ReadWriteLock
+from pipeline.library.search import LibraryIndex, ReadWriteLock
 from retrieval import HybridRetriever, RetrievalConfig, inspect_saved
 from storage import Chunk, Document, DocumentStatus, StorageConfig, open_library
 
@@ -139,7 +139,7 @@ def test_searches_while_chunks_are_added_and_removed(library) -> None:
 
 
 def test_read_write_lock_excludes_writers_from_readers() -> None:
-    lock = _ReadWriteLock()
+    lock = ReadWriteLock()
     inside: list[str] = []
     seen: list[tuple[str, ...]] = []
     guard = threading.Lock()
