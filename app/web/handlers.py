@@ -30,6 +30,7 @@ from app.web.chat import (
     citation_chips,
     error_message,
     history_to_turns,
+    is_status,
     mark_stopped,
     markdown_text,
 )
@@ -273,7 +274,8 @@ def on_ask(
     for reply in engine.ask(folio, question, before, doc_ids=selected or None, options=options):
         shown = [*chat, {"role": "assistant", "content": reply.text}]
         if reply.answer is None:
-            if time.monotonic() - last >= _STREAM_EVERY_S:
+            # A stage's status line always shows; streamed text at most every _STREAM_EVERY_S.
+            if is_status(reply.text) or time.monotonic() - last >= _STREAM_EVERY_S:
                 last = time.monotonic()
                 yield "", shown, gr.skip(), *panels, gr.Button(interactive=False)
             continue

@@ -8,7 +8,7 @@ components (app/web/layout.py), tests call them without a browser.
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ STAGE_NAMES = {
     "sample": "Sample (WuKong)",
     "budget": "Budget (rank order)",
     "first-pages": "First pages",
-    "screen": "Screen (sentences addressed to the model)",
+    "screen": "Screen (instructions)",
     "urag": "URaG (deep layers)",
     "refrag": "REFRAG (chunks as vectors)",
     "prompt": "Prompt (evidence / all tokens)",
@@ -60,7 +60,7 @@ RETRIEVED_HEADERS = ["#", "Document", "Page", "Score", "Text"]
 
 
 def documents_html(documents: Sequence[DocumentInfo]) -> str:
-    """The library's documents: file, pages, passages and status (errors spelled out).
+    """The library's documents: file, title, pages and passages, status (errors spelled out).
 
     Long file names are cut with an ellipsis (the full name in the tooltip); titles and errors
     wrap between words.
@@ -78,18 +78,20 @@ def documents_html(documents: Sequence[DocumentInfo]) -> str:
         )
         if d.status == "ok":
             status = '<span class="folio-ok">ready</span>'
+            size = f'<div class="folio-doc-size">{d.pages} pages · {d.chunks} passages</div>'
         else:
             status = '<span class="folio-failed">failed</span>'
             reason = (d.error or "unknown error").removeprefix(f"{d.file_name}: ")
             title += f'<div class="folio-failed-reason">{html.escape(reason)}</div>'
+            size = ""
         rows.append(
-            f'<tr><td><div class="folio-file-name" title="{name}">{name}</div>{title}</td>'
-            f"<td>{d.pages}</td><td>{d.chunks}</td><td>{status}</td></tr>"
+            f'<tr><td><div class="folio-file-name" title="{name}">{name}</div>{title}{size}</td>'
+            f"<td>{status}</td></tr>"
         )
     return (
-        '<table class="folio-docs"><colgroup><col><col class="folio-num"><col class="folio-num">'
-        '<col class="folio-state"></colgroup><thead><tr><th>Document</th><th>Pages</th>'
-        f"<th>Passages</th><th>Status</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        '<table class="folio-docs"><colgroup><col><col class="folio-state"></colgroup>'
+        f"<thead><tr><th>Document</th><th>Status</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        "</table>"
     )
 
 
@@ -265,14 +267,26 @@ def retrieved_rows(chunks: Sequence[RetrievedChunk]) -> list[list[Any]]:
 
 
 def table_html(
-    title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    empty: str,
+    *,
+    names: Collection[int] = (),
 ) -> str:
     """A titled HTML table shown in full (cells escaped, long text wrapped); `empty` when there
-    are no rows."""
+    are no rows. The columns `names` hold file names, cut with an ellipsis (full name in the
+    tooltip) so that one long name does not widen the table past its panel."""
+
+    def cell(column: int, value: Any) -> str:
+        text = html.escape(str(value))
+        if column in names:
+            return f'<td><div class="folio-file-name" title="{text}">{text}</div></td>'
+        return f"<td>{text}</td>"
+
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
-        for row in rows
+        "<tr>" + "".join(cell(i, value) for i, value in enumerate(row)) + "</tr>" for row in rows
     )
     table = (
         f'<div class="folio-table-box"><table class="folio-table"><thead><tr>{head}</tr></thead>'
@@ -289,25 +303,33 @@ def transparency_html(answer: Answer | None) -> str:
     if answer is None:
         return ""
     retrieval_off = answer.stats is not None and answer.stats.context != "retrieved"
+    urag_on = answer.stats is not None and answer.stats.stage("urag") is not None
+    headers, rows = EVIDENCE_HEADERS, evidence_rows(answer)
+    if not urag_on:  # every item reached every layer: the Deep layers column would say "all"
+        deep = EVIDENCE_HEADERS.index("Deep layers")
+        headers = [h for i, h in enumerate(headers) if i != deep]
+        rows = [[v for i, v in enumerate(row) if i != deep] for row in rows]
     return "".join(
         [
             table_html("Stages", STAGE_HEADERS, stage_rows(answer.stats), "No stage ran."),
             stage_legend(answer.stats),
             table_html(
                 "Evidence the model read (sampled blocks)",
-                EVIDENCE_HEADERS,
-                evidence_rows(answer),
+                headers,
+                rows,
                 "No evidence: the model answered from the question alone.",
+                names={1},
             ),
-            '<div class="folio-note">Deep layers: with URaG on, whether the model\'s deeper '
-            "layers read the item or URaG dropped it; all when URaG is off.</div>"
-            if answer.evidence
+            '<div class="folio-note">Deep layers: whether the model\'s deeper layers read the '
+            "item (URaG kept it) or not.</div>"
+            if urag_on and answer.evidence
             else "",
             table_html(
                 "Retrieved chunks",
                 RETRIEVED_HEADERS,
                 retrieved_rows(answer.retrieved),
                 "Retrieval was off for this question." if retrieval_off else "No chunks retrieved.",
+                names={1},
             ),
         ]
     )

@@ -278,6 +278,7 @@ def test_transparency_shows_what_urag_kept_and_what_the_screen_left_out() -> Non
     assert "**URaG** the deeper layers read 1 of 2 evidence items ([1]; pages 5)" in summary
     assert "**Screened** 1 sentence of the evidence addressed the model" in summary
     assert [row[6] for row in evidence_rows(answer)] == ["read", "dropped"]
+    assert "<th>Deep layers</th>" in transparency_html(answer) and "URaG kept it" in transparency_html(answer)
     assert [row[6] for row in evidence_rows(_answer())] == ["all"]
     assert AskOptions(urag=True).overrides()["use_urag"] is True
     assert AskOptions(refrag=True).overrides()["use_refrag"] is True
@@ -458,9 +459,9 @@ def test_transparency_explains_each_stage_and_shows_the_answers_own_retrieved_ch
     assert "Generate (tokens / most allowed)" in tables
     for explained in ("the WuKong sampler keeps", "the library index&#x27;s best k chunks", "tokens written of the most allowed"):
         assert explained in tables
-    assert "Deep layers: with URaG on" in tables
+    assert "Deep layers" not in tables  # URaG off: every item reached every layer
     retrieved = tables.split("Retrieved chunks")[1]
-    assert "<td>paper.pdf</td><td>5</td><td>7.25</td>" in retrieved and "The answer is 42." in retrieved
+    assert 'title="paper.pdf">paper.pdf</div></td><td>5</td><td>7.25</td>' in retrieved and "The answer is 42." in retrieved
     first_pages = replace(answer, stats=replace(stats, context="first-pages"), retrieved=())
     assert "Retrieval was off for this question." in transparency_html(first_pages)
 
