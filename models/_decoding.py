@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from enum import StrEnum
 
 import torch
@@ -122,3 +123,53 @@ class StopTextTracker:
         delta = visible[len(self.shown) :]
         self.shown = visible
         return delta
+
+
+class AnswerTokens:
+    """The generated tokens of one answer and the rules that end it, one token at a time.
+
+    Both runtimes feed each new token here, so an answer ends for the same reason at the same
+    token whichever runtime produced it.
+
+    Args:
+        decode: Text of a list of token ids (special tokens dropped).
+        eos_token_ids: Tokens that end the answer (not shown).
+        stop_strings: Strings that end the answer (cut off).
+        stop_at_newline: End at the first newline after the answer starts.
+        max_new_tokens: Token budget.
+    """
+
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        *,
+        eos_token_ids: frozenset[int],
+        stop_strings: tuple[str, ...],
+        stop_at_newline: bool,
+        max_new_tokens: int,
+    ) -> None:
+        self._decode = decode
+        self._eos = eos_token_ids
+        self._budget = max_new_tokens
+        self._tracker = StopTextTracker(stop_strings, stop_at_newline=stop_at_newline)
+        self.tokens: list[int] = []
+
+    @property
+    def text(self) -> str:
+        """The answer shown so far (the final answer once a stop reason was returned)."""
+        return self._tracker.shown
+
+    def add(self, token: int) -> tuple[str, StopReason | None]:
+        """Take the next token: (the text delta to show, the stop reason or None to go on)."""
+        self.tokens.append(token)
+        if token in self._eos:
+            return self._tracker.finish(self._decode(self.tokens[:-1])), StopReason.EOS
+        delta, reason = self._tracker.update(self._decode(self.tokens))
+        if reason is None and len(self.tokens) >= self._budget:
+            reason = StopReason.MAX_NEW_TOKENS
+            delta += self._tracker.finish(self._decode(self.tokens))
+        return delta, reason
+
+    def end(self) -> str:
+        """The last delta when the runtime ended the answer without a token that stops it."""
+        return self._tracker.finish(self._decode(self.tokens))

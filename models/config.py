@@ -40,6 +40,14 @@ class DTypeChoice(StrEnum):
     FLOAT16 = "float16"
 
 
+class GeneratorRuntime(StrEnum):
+    """What runs the generator's model."""
+
+    AUTO = "auto"  # openvino for the packaged Qwen models on CPU, else torch (models/runtime.py)
+    OPENVINO = "openvino"  # OpenVINO GenAI on a Q8_0 GGUF: fast on CPU, no model internals
+    TORCH = "torch"  # transformers: GPUs, vision-language models, URaG, REFRAG, folio_sparse
+
+
 class GeneratorConfig(BaseModel):
     """Which language model answers, and how it decodes."""
 
@@ -50,8 +58,28 @@ class GeneratorConfig(BaseModel):
         description="A packaged model name (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, gemma3-270m), "
         "or a local path: a Hugging Face causal-LM or vision-language-model folder, or a .gguf file.",
     )
+    runtime: GeneratorRuntime = Field(
+        default=GeneratorRuntime.AUTO,
+        description="auto: openvino for the packaged Qwen models on CPU, torch on a GPU, for "
+        "vision-language models and for stages that need model internals (URaG, REFRAG, "
+        "folio_sparse); openvino or torch: that runtime (openvino refuses those stages).",
+    )
     device: DeviceChoice = Field(default=DeviceChoice.AUTO, description="Device to run on.")
-    dtype: DTypeChoice = Field(default=DTypeChoice.AUTO, description="Compute dtype.")
+    dtype: DTypeChoice = Field(
+        default=DTypeChoice.AUTO,
+        description="Compute dtype (torch runtime; openvino runs Q8_0 weights).",
+    )
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="Inference threads of the openvino runtime (INFERENCE_NUM_THREADS); 0: one "
+        "per CPU this process may use. The torch runtime keeps torch's setting.",
+    )
+    prefix_cache: bool = Field(
+        default=True,
+        description="openvino runtime: reuse the KV cache of a prompt prefix seen before (a "
+        "follow-up question over the same evidence); off for benchmarks.",
+    )
     attn_implementation: str = Field(
         default="sdpa",
         description='Transformers attention backend ("sdpa", "eager", or a registered name '

@@ -17,21 +17,20 @@ conditions). `prefill` also takes `inputs_embeds` (REFRAG feeds chunk embeddings
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from jinja2.exceptions import TemplateError
 
-from models._decoding import StopReason, StopTextTracker, select_next_token
+from models._decoding import AnswerTokens, StopReason, select_next_token
+from models._generation import Generation, GenerationStream, GeneratorBase, PromptInputs
 from models._packaged import PACKAGED_MODELS, ModelSourceError, resolve_model_dir
-from models._prompt import EVIDENCE_IS_DATA, Evidence, Prompt, build_prompt, defuse, load_image
-from models.config import DeviceChoice, DTypeChoice, GeneratorConfig, PromptStyle
+from models._prompt import EVIDENCE_IS_DATA, Evidence, Prompt, build_prompt, defuse
+from models.config import DeviceChoice, DTypeChoice, GeneratorConfig, GeneratorRuntime
+from models.runtime import select_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -54,116 +53,9 @@ __all__ = [
 PACKAGED_GENERATORS: tuple[str, ...] = tuple(PACKAGED_MODELS)
 """Names accepted by `GeneratorConfig.model` besides a local path."""
 
-# Chat models end a turn with one of these; generation_config often lists only <|endoftext|>.
-_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
-
-@dataclass(frozen=True)
-class PromptInputs:
-    """A rendered, tokenised prompt: what `prefill` consumes.
-
-    Exactly one of `input_ids` and `inputs_embeds` is set.
-
-    Attributes:
-        input_ids: `[B, T]` token ids.
-        inputs_embeds: `[B, T, D]` input embeddings, in the space of `Generator.embed_tokens`
-            (for Gemma that space includes the sqrt(hidden) scale).
-        attention_mask: `[B, T]`, or None for an unpadded batch.
-        model_kwargs: Extra forward inputs for the prefill only (a VLM's `pixel_values`,
-            `image_grid_thw`, `mm_token_type_ids`, ...).
-        text: The rendered prompt text ("" when built from embeddings).
-    """
-
-    input_ids: torch.Tensor | None = None
-    inputs_embeds: torch.Tensor | None = None
-    attention_mask: torch.Tensor | None = None
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    text: str = ""
-
-    def __post_init__(self) -> None:
-        if (self.input_ids is None) == (self.inputs_embeds is None):
-            raise ValueError("PromptInputs needs exactly one of input_ids and inputs_embeds")
-
-    @property
-    def num_tokens(self) -> int:
-        """Prompt length T (image tokens included)."""
-        return int(self._source.shape[1])
-
-    @property
-    def batch_size(self) -> int:
-        """Batch size B."""
-        return int(self._source.shape[0])
-
-    @property
-    def _source(self) -> torch.Tensor:
-        return self.input_ids if self.input_ids is not None else self.inputs_embeds
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One finished answer with what it cost.
-
-    Attributes:
-        text: The answer, stripped, without the stop string or newline that ended it.
-        stop_reason: Why decoding ended.
-        prompt_tokens: Prompt length in tokens.
-        new_tokens: Tokens sampled (including an EOS token that ended the answer).
-        ttft_s: Time to first token: rendering, tokenising, prefill and the first pick.
-        prefill_s: Seconds in the prefill forward pass.
-        decode_s: Seconds in decode steps (every token after the first).
-    """
-
-    text: str
-    stop_reason: StopReason
-    prompt_tokens: int
-    new_tokens: int
-    ttft_s: float
-    prefill_s: float
-    decode_s: float
-
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        """Prompt tokens processed per second of prefill."""
-        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        """Decode steps per second (the first token comes from the prefill)."""
-        steps = self.new_tokens - 1
-        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
-
-
-class GenerationStream:
-    """Iterator over text deltas of one answer; `result` is set once it is exhausted."""
-
-    def __init__(self, deltas: Iterator[str]) -> None:
-        self._deltas = deltas
-        self._result: Generation | None = None
-
-    def __iter__(self) -> GenerationStream:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._deltas)
-        except StopIteration as stop:
-            self._result = stop.value
-            raise
-
-    @property
-    def result(self) -> Generation:
-        """The finished `Generation`.
-
-        Raises:
-            RuntimeError: If the stream has not been consumed to the end.
-        """
-        if self._result is None:
-            raise RuntimeError("consume the stream before reading .result (e.g. list(stream))")
-        return self._result
-
-
-class Generator:
-    """A loaded causal LM (or vision-language model) with its tokenizer or processor.
+class Generator(GeneratorBase):
+    """A loaded causal LM (or vision-language model) with its tokenizer or processor, on torch.
 
     Build one with `load_generator`; the constructor takes already-loaded objects (tests, or a
     caller that loads its own model).
@@ -175,6 +67,8 @@ class Generator:
         processor: The multimodal processor for a vision-language model, else None.
     """
 
+    runtime = "torch"
+
     def __init__(
         self,
         model: Any,
@@ -184,10 +78,7 @@ class Generator:
         processor: Any | None = None,
     ) -> None:
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.processor = processor
-        self.config = config or GeneratorConfig()
-        self.style = self._resolve_style(self.config.prompt_style)
+        super().__init__(tokenizer, config, processor=processor)
         self.eos_token_ids = self._eos_ids()
 
     @property
@@ -195,88 +86,7 @@ class Generator:
         """Device of the input embeddings (where prompts go)."""
         return self.model.get_input_embeddings().weight.device
 
-    @functools.cached_property
-    def control_tokens(self) -> tuple[str, ...]:
-        """Strings the tokenizer turns into control tokens wherever they appear in text
-        (`<|im_start|>`, `<end_of_turn>`, ...): what `defuse` rewrites in quoted evidence."""
-        tokenizer = self.tokenizer
-        found = set(getattr(tokenizer, "all_special_tokens", []))
-        decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-        found.update(t.content for t in decoder.values() if len(t.content) > 1)
-        return tuple(sorted(t for t in found if t and not t.isspace()))
-
-    @property
-    def is_multimodal(self) -> bool:
-        """Whether evidence images reach the model (a VLM with a processor)."""
-        return self.processor is not None
-
     # ----------------------------------------------------------------------------- prompts
-
-    def render(self, prompt: Prompt) -> str:
-        """Render `prompt` as the text the model reads (chat template or completion style)."""
-        if self.style is PromptStyle.COMPLETION:
-            if self.is_multimodal and prompt.images:
-                raise ValueError(
-                    "evidence images need the chat template of a vision-language model; "
-                    'set prompt_style="chat" or send the figures as text'
-                )
-            return prompt.completion()
-        with_images = self.is_multimodal
-        owner = self.processor if with_images else self.tokenizer
-        try:
-            return owner.apply_chat_template(
-                prompt.messages(with_images=with_images),
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-        except TemplateError as exc:
-            if "system" not in str(exc).lower():
-                raise
-            # NOTE: some templates (Gemma 2, Mistral) reject a system turn; fold it into the user's.
-            return owner.apply_chat_template(
-                prompt.messages(with_images=with_images, system_role=False),
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-
-    def encode(self, prompt: Prompt | str) -> PromptInputs:
-        """Render and tokenise a prompt.
-
-        Args:
-            prompt: A `Prompt` (rendered in the model's style), or a `str` used verbatim as the
-                already-rendered prompt text.
-
-        Returns:
-            `PromptInputs` on the model's device, batch size 1.
-        """
-        if isinstance(prompt, str):
-            text, images = prompt, []
-        elif isinstance(prompt, Prompt):
-            text = self.render(prompt)
-            images = prompt.images if self.is_multimodal else []
-        else:
-            raise TypeError(f"prompt must be a Prompt or str, got {type(prompt).__name__}")
-        # Chat templates write their own BOS; completion text gets the tokenizer's.
-        add_special = self.style is PromptStyle.COMPLETION or isinstance(prompt, str)
-        if images:
-            pictures = [self._fit_image(load_image(image)) for image in images]
-            batch = self.processor(
-                text=[text], images=pictures, return_tensors="pt", add_special_tokens=False
-            )
-        else:
-            batch = self.tokenizer(text, return_tensors="pt", add_special_tokens=add_special)
-        batch = {k: self._to_model(v) for k, v in batch.items()}
-        input_ids = batch.pop("input_ids")
-        attention_mask = batch.pop("attention_mask", None)
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None
-        extras = {k: v for k, v in batch.items() if v is not None}
-        if not images:
-            extras.pop("token_type_ids", None)
-            extras.pop("mm_token_type_ids", None)
-        return PromptInputs(
-            input_ids=input_ids, attention_mask=attention_mask, model_kwargs=extras, text=text
-        )
 
     @torch.no_grad()
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -358,6 +168,7 @@ class Generator:
         cache: Any | None = None,
         prefill_kwargs: Mapping[str, Any] | None = None,
         runner: Any | None = None,
+        on_prefill: Callable[[int], None] | None = None,
     ) -> GenerationStream:
         """Generate an answer as a stream of text deltas.
 
@@ -372,6 +183,8 @@ class Generator:
             runner: Runs the model instead of this generator: an object with this class's
                 `prefill(inputs, cache=..., **kwargs)` and `decode_step(tokens, cache)` (URaG's
                 pruned prefill, `models.urag.UragRunner`). None: `self`.
+            on_prefill: Called with the prompt's token count just before the prefill (a
+                progress line such as "Reading 1,062 prompt tokens…").
 
         Returns:
             A `GenerationStream`: iterate for deltas, then read `.result`. Nothing runs until
@@ -391,35 +204,9 @@ class Generator:
                 cache=cache,
                 prefill_kwargs=dict(prefill_kwargs or {}),
                 runner=runner if runner is not None else self,
+                on_prefill=on_prefill,
             )
         )
-
-    def generate(
-        self,
-        prompt: Prompt | str | PromptInputs,
-        *,
-        max_new_tokens: int | None = None,
-        stop_strings: tuple[str, ...] | None = None,
-        stop_at_newline: bool | None = None,
-        temperature: float | None = None,
-        cache: Any | None = None,
-        prefill_kwargs: Mapping[str, Any] | None = None,
-        runner: Any | None = None,
-    ) -> Generation:
-        """`stream` consumed to the end: the same arguments, the finished `Generation`."""
-        stream = self.stream(
-            prompt,
-            max_new_tokens=max_new_tokens,
-            stop_strings=stop_strings,
-            stop_at_newline=stop_at_newline,
-            temperature=temperature,
-            cache=cache,
-            prefill_kwargs=prefill_kwargs,
-            runner=runner,
-        )
-        for _ in stream:
-            pass
-        return stream.result
 
     @torch.no_grad()
     def _run(
@@ -433,6 +220,7 @@ class Generator:
         cache: Any | None,
         prefill_kwargs: dict[str, Any],
         runner: Any,
+        on_prefill: Callable[[int], None] | None,
     ) -> Iterator[str]:
         """The decode loop behind `stream`: yields deltas, returns the `Generation`."""
         start = time.perf_counter()
@@ -455,32 +243,26 @@ class Generator:
         sampler = None
         if temperature > 0:
             sampler = torch.Generator(device="cpu").manual_seed(self.config.seed)
-        tracker = StopTextTracker(stop_strings, stop_at_newline=stop_at_newline)
-
+        answer = AnswerTokens(
+            self._decode, eos_token_ids=self.eos_token_ids, stop_strings=stop_strings,
+            stop_at_newline=stop_at_newline, max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        if on_prefill is not None:
+            on_prefill(inputs.num_tokens)
         t0 = time.perf_counter()
         logits, cache = runner.prefill(inputs, cache=cache, **prefill_kwargs)
         if logits.is_cuda:
             torch.cuda.synchronize(logits.device)  # kernels run async: time the real prefill
         prefill_s = time.perf_counter() - t0
-        tokens: list[int] = []
-        reason: StopReason | None = None
         ttft_s = 0.0
         decode_s = 0.0
         while True:
             token = select_next_token(
                 logits, temperature=temperature, top_p=self.config.top_p, generator=sampler
             )
-            if not tokens:
+            if not answer.tokens:
                 ttft_s = time.perf_counter() - start
-            tokens.append(int(token[0]))
-            if tokens[-1] in self.eos_token_ids:
-                reason = StopReason.EOS
-                delta = tracker.finish(self._decode(tokens[:-1]))
-            else:
-                delta, reason = tracker.update(self._decode(tokens))
-                if reason is None and len(tokens) >= max_new_tokens:
-                    reason = StopReason.MAX_NEW_TOKENS
-                    delta += tracker.finish(self._decode(tokens))
+            delta, reason = answer.add(int(token[0]))
             if delta:
                 yield delta
             if reason is not None:
@@ -489,10 +271,10 @@ class Generator:
             logits = runner.decode_step(token, cache)
             decode_s += time.perf_counter() - t1
         return Generation(
-            text=tracker.shown,
+            text=answer.text,
             stop_reason=reason,
             prompt_tokens=inputs.num_tokens,
-            new_tokens=len(tokens),
+            new_tokens=len(answer.tokens),
             ttft_s=ttft_s,
             prefill_s=prefill_s,
             decode_s=decode_s,
@@ -500,43 +282,10 @@ class Generator:
 
     # ----------------------------------------------------------------------------- helpers
 
-    def _decode(self, tokens: list[int]) -> str:
-        """Text of generated tokens, special tokens dropped, no space clean-up."""
-        return self.tokenizer.decode(
-            tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-
-    def _resolve_style(self, style: PromptStyle) -> PromptStyle:
-        """AUTO becomes CHAT when a chat template exists, else COMPLETION."""
-        owner = self.processor if self.processor is not None else self.tokenizer
-        has_template = bool(getattr(owner, "chat_template", None)) or bool(
-            getattr(self.tokenizer, "chat_template", None)
-        )
-        if style is PromptStyle.AUTO:
-            return PromptStyle.CHAT if has_template else PromptStyle.COMPLETION
-        if style is PromptStyle.CHAT and not has_template:
-            raise ValueError(
-                'prompt_style="chat" but the model has no chat template; use "completion" '
-                '(base models) or "auto"'
-            )
-        return style
-
     def _eos_ids(self) -> frozenset[int]:
         """End-of-sequence ids: generation config, tokenizer, and end-of-turn tokens in chat style."""
-        ids: set[int] = set()
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(int(i) for i in configured)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        if self.style is PromptStyle.CHAT:
-            vocab = self.tokenizer.get_vocab()
-            ids.update(vocab[name] for name in _END_OF_TURN_TOKENS if name in vocab)
-        if not ids:
-            logger.warning("the model defines no end-of-sequence token; answers end by budget")
-        return frozenset(ids)
+        return self._end_ids(configured)
 
     def _to_model(self, value: Any) -> Any:
         """Move a tensor to the model's device; float inputs (pixels) also take its dtype."""
@@ -545,15 +294,6 @@ class Generator:
         if value.is_floating_point():
             return value.to(self.device, dtype=self.model.dtype)
         return value.to(self.device)
-
-    def _fit_image(self, image: Any) -> Any:
-        """Downscale a PIL image to at most `config.max_image_pixels` pixels."""
-        limit = self.config.max_image_pixels
-        width, height = image.size
-        if width * height <= limit:
-            return image
-        scale = (limit / (width * height)) ** 0.5
-        return image.resize((max(1, int(width * scale)), max(1, int(height * scale))))
 
     def _reset_position_state(self) -> None:
         """Forget per-prompt position state (Qwen2-VL's M-RoPE deltas) before a new prefill."""
@@ -565,27 +305,51 @@ class Generator:
 
 
 def load_generator(
-    config: GeneratorConfig | None = None, *, cache_dir: Path | None = None
-) -> Generator:
-    """Load the configured model, converting a packaged GGUF once into `cache_dir`.
+    config: GeneratorConfig | None = None,
+    *,
+    cache_dir: Path | None = None,
+    needs_internals: bool = False,
+    stage: str = "this stage",
+) -> GeneratorBase:
+    """Load the configured model on its runtime, converting a packaged GGUF once into `cache_dir`.
 
     Args:
-        config: Which model and how to decode; defaults to `GeneratorConfig()`
-            (Qwen2.5-Coder-0.5B-Instruct).
+        config: Which model, on which runtime, and how to decode; defaults to
+            `GeneratorConfig()` (Qwen2.5-Coder-0.5B-Instruct, runtime auto).
         cache_dir: Folder for converted models (the library's `models/`). Required for packaged
             models and `.gguf` paths; a Hugging Face folder loads in place.
+        needs_internals: The caller will read hidden states or feed embeddings (URaG, REFRAG):
+            runtime auto then picks torch (`models.runtime.select_runtime`).
+        stage: The stage that needs them, for the log line and the error.
 
     Returns:
-        A ready `Generator`.
+        A ready generator: `Generator` (torch) or `OpenVinoGenerator`, one interface.
 
     Raises:
-        ValueError: Unknown model name or path, or no cache_dir where one is needed.
+        ValueError: Unknown model name or path, no cache_dir where one is needed, or
+            runtime="openvino" where it cannot run (the message names `--runtime torch`).
         ModelSourceError: Packaged parts missing, of the wrong version, or failing their
             checksum (the message names the pip command that fixes it), or unreadable weights.
     """
+    config = config or GeneratorConfig()
+    choice = select_runtime(config, needs_internals=needs_internals, stage=stage)
+    logger.info("generator runtime %s: %s", choice.runtime, choice.reason)
+    if choice.runtime is GeneratorRuntime.OPENVINO:
+        try:
+            from models.openvino_generator import load_openvino_generator
+        except ImportError as exc:
+            raise ModelSourceError(
+                f"the openvino runtime needs openvino-genai ({exc.name} is missing): "
+                "pip install -e . (or use --runtime torch)"
+            ) from exc
+        return load_openvino_generator(config, cache_dir=cache_dir)
+    return _load_torch_generator(config, cache_dir)
+
+
+def _load_torch_generator(config: GeneratorConfig, cache_dir: Path | None) -> Generator:
+    """The torch runtime: a transformers model from a folder (a packaged GGUF converted once)."""
     from transformers import AutoConfig
 
-    config = config or GeneratorConfig()
     start = time.perf_counter()
     from models.attention import BACKEND_NAME, register_sparse_attention
 
