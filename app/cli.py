@@ -27,6 +27,7 @@ from rich.table import Table
 
 from app.api import Folio
 from app.cli_eval import eval_app
+from app.cli_globals import FolioTyper, GlobalOptions, log_level
 from app.cli_users import user_app
 from app.settings import is_loopback, parse_auth
 from pipeline.config import OcrMode, ParserKind
@@ -37,7 +38,7 @@ from pipeline.library.documents import SchemaMismatchError
 from pipeline.library.owners import has_accounts
 from retrieval.config import RetrievalMode
 
-app = typer.Typer(
+app = FolioTyper(
     name="folio",
     help="Ask questions about long PDFs; answers cite the page and the region on the page.",
     no_args_is_help=True,
@@ -50,24 +51,18 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one-line errors must never wrap
 
 
-class _State:
-    library: Path | None = None
-    config: str | None = None
-    user: str | None = None
-
-
 def _fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
     return typer.Exit(1)
 
 
 def _folio(**overrides) -> Folio:
-    if _State.library is not None:
-        overrides["library"] = _State.library
-    if _State.user is not None:
-        overrides["user"] = _State.user
+    if GlobalOptions.library is not None:
+        overrides["library"] = GlobalOptions.library
+    if GlobalOptions.user is not None:
+        overrides["user"] = GlobalOptions.user
     try:
-        return Folio(config=_State.config, on_status=lambda m: err.print(f"[dim]{m}[/dim]"), **overrides)
+        return Folio(config=GlobalOptions.config, on_status=lambda m: err.print(f"[dim]{m}[/dim]"), **overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -77,21 +72,9 @@ def _folio(**overrides) -> Folio:
 
 
 @app.callback()
-def _main(
-    library: Annotated[Path | None, typer.Option("--library", "-l", help="Library folder (FOLIO_LIBRARY).")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="Preset name or JSON settings file.")] = None,
-    user: Annotated[
-        str | None, typer.Option("--user", "-u", help="Act as this user of a shared library (FOLIO_USER); default: the local user.")
-    ] = None,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: debug).")] = 0,
-) -> None:
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    _State.library = library
-    _State.config = config
-    _State.user = user
+def _main() -> None:
+    # NOTE: the global options were stored as they were parsed (app.cli_globals).
+    logging.basicConfig(level=log_level(GlobalOptions.verbose), format="%(levelname)s %(name)s: %(message)s")
 
 
 _RayOption = Annotated[

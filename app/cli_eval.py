@@ -15,13 +15,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.cli_globals import FolioTyper
 from models.config import EncoderConfig
 from pipeline.evaluation.retrieval import evaluate_retrieval
 from retrieval.config import NdcgGain, RetrievalConfig, RetrievalMode
 
 logger = logging.getLogger(__name__)
 
-eval_app = typer.Typer(
+eval_app = FolioTyper(
     name="eval",
     help="Measure retrieval and answering on test collections.",
     no_args_is_help=True,

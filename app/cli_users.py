@@ -14,9 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.cli_globals import FolioTyper
 from pipeline.library.owners import add_user, list_users, remove_user, set_password
 
-user_app = typer.Typer(
+user_app = FolioTyper(
     name="user",
     help="Accounts of a shared library: each user sees only their own documents.",
     no_args_is_help=True,
