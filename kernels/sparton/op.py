@@ -24,6 +24,7 @@ def sparse_lm_head(
     mask: torch.Tensor | None = None,
     *,
     backend: Backend | str = Backend.AUTO,
+    chunk_elems: int = 1 << 22,
 ) -> torch.Tensor:
     """SPLADE term weights without materialising the logits (Sparton-style fused LM head).
 
@@ -37,6 +38,8 @@ def sparse_lm_head(
         mask: ``[B, T]`` attention mask (nonzero = real token), or ``None`` for all real.
         backend: ``"auto"`` (Triton on CUDA or under ``TRITON_INTERPRET=1``, else the chunked
             PyTorch path), ``"triton"``, ``"torch"`` (chunked, any device) or ``"reference"``.
+        chunk_elems: the torch path's bound on the logits of one vocabulary tile
+            (``B * T * V_tile``, at least 64 columns).
 
     Returns:
         ``[B, V]`` in ``hidden.dtype``.
@@ -75,4 +78,4 @@ def sparse_lm_head(
         from .triton_impl import sparse_lm_head_triton
 
         return sparse_lm_head_triton(hidden, weight, bias, mask)
-    return sparse_lm_head_cpu(hidden, weight, bias, mask)
+    return sparse_lm_head_cpu(hidden, weight, bias, mask, chunk_elems=chunk_elems)

@@ -1,4 +1,5 @@
-"""Encoders: the SPLADE head against its naive twin, and the real packaged models (small inputs)."""
+"""Encoders: the SPLADE head (Sparton's fused kernel) against its naive twin, and the real
+packaged models (small inputs)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from kernels import Backend, sparse_lm_head
+from models import encoders as encoders_module
 from models.config import EncoderConfig
 from models.encoders import EfficientNetImageEncoder, MiniLMEncoder, SpladeEncoder, splade_pool
 
@@ -73,6 +76,25 @@ def test_splade_weights_are_sparse_and_name_the_topic(splade: SpladeEncoder) -> 
     one = splade.encode_queries(["capital of france"])
     np.testing.assert_allclose(one.toarray()[0], mat[1].toarray()[0], atol=1e-5)
     assert splade.encode_documents([]).shape == (0, splade.vocab_size)
+
+
+def test_the_splade_encoder_pools_with_spartons_head(splade: SpladeEncoder, monkeypatch) -> None:
+    """The encoder's real hidden states go through `kernels.sparse_lm_head` (its PyTorch path on
+    the CPU), and what it returns equals the unfused formula on the same inputs."""
+    seen = []
+
+    def spy(hidden, weight, bias, mask, **options):  # noqa: ANN001, ANN003, ANN202
+        out = sparse_lm_head(hidden, weight, bias, mask, **options)
+        seen.append((options["backend"], out, naive_splade(hidden, mask, weight, bias)))
+        return out
+
+    monkeypatch.setattr(encoders_module, "sparse_lm_head", spy)
+    mat = splade.encode_documents(["The wing produces lift in the slipstream.", "Blood pressure."])
+    assert seen and mat.nnz > 0
+    for backend, fused, unfused in seen:
+        assert backend == Backend.TORCH
+        assert fused.shape == (2, splade.vocab_size)
+        torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
 
 
 def test_splade_head_memory_bound_does_not_change_weights(splade: SpladeEncoder) -> None:
