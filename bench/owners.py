@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._cli import command_line
+from pipeline.research.common import command_line
 
 QUERIES = (
     "revenue growth compared with the previous year",

@@ -19,11 +19,12 @@ Here:
 - chunks never cross evidence items, so every compressed chunk still belongs to one item with its
   document, page and regions: citations survive compression.
 
-The projector is trained with encoder and decoder frozen (`bench/refrag_train.py`): reconstruction
-(the decoder reproduces a chunk from its vector), then continued pre-training (the next paragraph
-from compressed context), with a curriculum from few to many chunks. `bench/refrag_qa.py` can
-fine-tune it on the task itself (answers after compressed evidence; `plan` and `assemble` keep
-the projection in the graph), measured in BENCHMARKS.
+The projector is trained with encoder and decoder frozen (`python -m
+pipeline.research.refrag_train`): reconstruction (the decoder reproduces a chunk from its
+vector), then continued pre-training (the next paragraph from compressed context), with a
+curriculum from few to many chunks. `python -m pipeline.research.refrag_qa` can fine-tune it on
+the task itself (answers after compressed evidence; `plan` and `assemble` keep the projection in
+the graph), measured in BENCHMARKS.
 
 Shapes: T tokens of a prompt, C chunks, F = 2 * encoder hidden, D = decoder hidden.
 """
@@ -219,12 +220,13 @@ class ChunkProjector(nn.Module):
         """Read what `save` wrote.
 
         Raises:
-            FileNotFoundError: No such file (train one with `python -m bench.refrag_train`).
+            FileNotFoundError: No such file (train one with
+                `python -m pipeline.research.refrag_train`).
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path}: no REFRAG projector (train one: python -m bench.refrag_train)"
+                f"{path}: no REFRAG projector (train one: python -m pipeline.research.refrag_train)"
             )
         data = torch.load(path, map_location="cpu", weights_only=True)
         self = cls(
@@ -327,7 +329,8 @@ class RefragCompressor:
         if projector.hidden_size != hidden:
             raise ValueError(
                 f"the REFRAG projector maps into {projector.hidden_size} dimensions, the generator's "
-                f"embeddings have {hidden}: train one for this model (python -m bench.refrag_train)"
+                f"embeddings have {hidden}: train one for this model "
+                "(python -m pipeline.research.refrag_train)"
             )
         self.generator = generator
         self.projector = projector.to(generator.device)

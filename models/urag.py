@@ -24,8 +24,8 @@ Two segment scores:
   (training-free), averaged over heads and question tokens.
 - `maxsim`: late interaction (ColBERT MaxSim) between the question's and the segment's layer-L
   hidden states through a small learned projection (`MaxSimProjection`, trained by
-  `bench/urag_train.py`, weights in `models/weights/`: one file per packaged Qwen generator, and
-  the stage takes the one trained on the loaded model, `shipped_projection`).
+  `python -m pipeline.research.urag_train`, weights in `models/weights/`: one file per packaged
+  Qwen generator, and the stage takes the one trained on the loaded model, `shipped_projection`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ __all__ = [
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 DEFAULT_PROJECTION = WEIGHTS / "urag_maxsim_qwen2.5-coder-0.5b.pt"
 """The shipped MaxSim projection of the default generator (Qwen2.5-Coder-0.5B, see
-`bench/urag_train.py`); the other generators' files lie beside it."""
+`python -m pipeline.research.urag_train`); the other generators' files lie beside it."""
 
 
 def shipped_projection(model: Any, layer: int, folder: Path | None = None) -> Path:
@@ -473,7 +473,10 @@ class MaxSimProjection(nn.Module):
             ValueError: The file is missing or not a projection.
         """
         if not Path(path).is_file():
-            raise ValueError(f"no MaxSim projection at {path}; train one with bench/urag_train.py")
+            raise ValueError(
+                f"no MaxSim projection at {path}; train one with "
+                "python -m pipeline.research.urag_train"
+            )
         data = torch.load(path, map_location="cpu", weights_only=True)
         module = cls(
             int(data["hidden_size"]), int(data["dim"]), int(data["layer"]), data.get("model")
@@ -693,7 +696,7 @@ class UragRunner:
                 raise ValueError(
                     f"the MaxSim projection {path.name} reads {self.projection.proj.in_features}-d "
                     f"states, this model's are {loaded['hidden_size']}-d; train one for it "
-                    "(bench/urag_train.py) or use scorer=attention"
+                    "(python -m pipeline.research.urag_train) or use scorer=attention"
                 )
             if not fingerprints_match(self.projection.model, loaded):
                 logger.warning("URaG: %s was trained on another model's states", path.name)

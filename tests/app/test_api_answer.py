@@ -107,7 +107,7 @@ def test_refrag_compresses_the_evidence_and_keeps_its_citations(folio: Folio, tm
     )
     refrag = {"projector": str(tmp_path / "projector.pt"), "chunk_tokens": 8, "expand_fraction": 0.25}
     plain = folio.ask(QUESTIONS[0], sampler=False)
-    with pytest.raises(FileNotFoundError, match="bench.refrag_train"):  # none shipped for this size
+    with pytest.raises(FileNotFoundError, match="pipeline.research.refrag_train"):  # none shipped
         folio.ask(QUESTIONS[0], use_refrag=True)
     answer = folio.ask(QUESTIONS[0], sampler=False, use_refrag=True, refrag=refrag)
     stage = answer.stats.stage("refrag")

@@ -111,9 +111,9 @@ def test_the_question_gate_expands_the_chunks_most_like_the_question(generator: 
 
 
 def test_answer_training_reaches_only_the_projector(generator: Generator, encoder: ChunkEncoder) -> None:
-    """`bench.refrag_qa`'s step: the answer's loss after a compressed prompt trains the projector
+    """`pipeline.research.refrag_qa`'s step: the answer's loss after a compressed prompt trains the projector
     (gradients reach it, not the frozen decoder) and falls on a prompt it is trained on."""
-    from bench.refrag_qa import answer_loss
+    from pipeline.research.refrag_qa import answer_loss
 
     layout = layout_prompt(generator, _prompt())
     compressor = _compressor(generator, encoder)
@@ -144,11 +144,11 @@ def test_answer_training_reaches_only_the_projector(generator: Generator, encode
 
 
 def test_the_foreign_control_takes_another_prompts_chunks_in_place(generator: Generator, encoder: ChunkEncoder) -> None:
-    """`bench.refrag_answers`' control: the next question's chunk features, cycled over this
+    """`pipeline.research.refrag_answers`' control: the next question's chunk features, cycled over this
     prompt's chunks; with `--foreign-document`, the next question on another document."""
     from types import SimpleNamespace
 
-    from bench.refrag_answers import _foreign_index, with_foreign_features
+    from pipeline.research.refrag_answers import foreign_index, with_foreign_features
 
     layout = layout_prompt(generator, _prompt())
     plan = _compressor(generator, encoder).plan(layout.inputs.input_ids, layout.segments, k=4, expand_fraction=0.5)
@@ -157,9 +157,9 @@ def test_the_foreign_control_takes_another_prompts_chunks_in_place(generator: Ge
     assert foreign.spans == plan.spans and foreign.expanded == plan.expanded
     assert torch.equal(foreign.features[0], other[0]) and torch.equal(foreign.features[3], other[1])
     prompts = [(SimpleNamespace(doc_id=d), None) for d in ["a", "a", "b", "a"]]
-    assert [_foreign_index(prompts, i, False) for i in range(4)] == [1, 2, 3, 0]
-    assert [_foreign_index(prompts, i, True) for i in range(4)] == [2, 2, 3, 2]
-    assert _foreign_index(prompts[:1], 0, True) == 0
+    assert [foreign_index(prompts, i, False) for i in range(4)] == [1, 2, 3, 0]
+    assert [foreign_index(prompts, i, True) for i in range(4)] == [2, 2, 3, 2]
+    assert foreign_index(prompts[:1], 0, True) == 0
 
 
 def test_projector_round_trip_and_size_check(generator: Generator, encoder: ChunkEncoder, tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_projector_round_trip_and_size_check(generator: Generator, encoder: Chun
     wrong = ChunkProjector(encoder.feature_dim, 48)
     with pytest.raises(ValueError, match="train one"):
         RefragCompressor(generator, wrong, encoder)
-    with pytest.raises(FileNotFoundError, match="bench.refrag_train"):
+    with pytest.raises(FileNotFoundError, match="pipeline.research.refrag_train"):
         ChunkProjector.load(tmp_path / "missing.pt")
 
 

@@ -413,8 +413,8 @@ def test_the_packaged_1_5b_gets_its_own_projection() -> None:
 
 
 def test_ir_training_prompts_take_the_ranking_top_with_few_positives() -> None:
-    """`bench.urag_ir` prompts: ranking order, budget and item cap, at most N relevant."""
-    from bench.urag_extra import select_passages
+    """`pipeline.research.urag_extra ir` prompts: ranking order, budget and item cap, at most N relevant."""
+    from pipeline.research.urag_extra import select_passages
 
     ranked = ["r1", "n1", "r2", "r3", "n2", "n3", "n4"]
     lengths = dict.fromkeys(ranked, 100)
@@ -429,8 +429,8 @@ def test_ir_training_prompts_take_the_ranking_top_with_few_positives() -> None:
 
 
 def test_cloze_sentences_are_question_sized_words_from_paragraphs_with_more() -> None:
-    """`bench.urag_extra ict`: the pseudo-question leaves the rest of its paragraph behind."""
-    from bench.urag_extra import cloze_sentences
+    """`pipeline.research.urag_extra ict`: the pseudo-question leaves the rest of its paragraph behind."""
+    from pipeline.research.urag_extra import cloze_sentences
 
     long = "The committee approved the budget for the new research building in March. "
     rest = "It opens in 2027. Costs rose by a third over the original plan of the university."
@@ -441,14 +441,14 @@ def test_cloze_sentences_are_question_sized_words_from_paragraphs_with_more() ->
 
 
 def test_the_oracle_scorer_keeps_one_short_item_per_gold_page_first() -> None:
-    """`bench.urag curve`'s ceiling: every gold page within the fewest, shortest items."""
-    from bench.urag import _recall, _top, oracle_scores
+    """`pipeline.research.urag curve`'s ceiling: every gold page within the fewest, shortest items."""
+    from pipeline.research.urag import oracle_scores, page_recall, top_segments
 
     spans = [[0, 10], [10, 60], [60, 80], [80, 90], [90, 150]]
     record = {"gold_pages": [2, 5], "pages": [1, 2, 2, 3, 5], "segments": spans}
     scores = oracle_scores(record)
-    assert _top(scores, [10, 50, 20, 10, 60], 2) == [2, 4]  # page 2's shorter item, page 5
-    assert _recall({2, 5}, record["pages"], _top(scores, [10, 50, 20, 10, 60], 2)) == 1.0
+    assert top_segments(scores, [10, 50, 20, 10, 60], 2) == [2, 4]  # page 2's shorter, page 5
+    assert page_recall({2, 5}, record["pages"], top_segments(scores, [10, 50, 20, 10, 60], 2)) == 1.0
     # Then the other item on a gold page, then the rest, shortest first.
     assert sorted(range(5), key=lambda i: -scores[i])[2:] == [1, 0, 3]
 
@@ -474,9 +474,9 @@ def _synthetic_rows(count: int, seed: int) -> list[dict]:
 
 
 def test_the_learning_curve_draws_subsets_and_learns_a_separable_signal() -> None:
-    """`bench.urag_train --learning-curve`: sizes capped at what exists, one draw of the whole
+    """`pipeline.research.urag_train --learning-curve`: sizes capped at what exists, one draw of the whole
     set, and validation recall that grows with the training questions."""
-    from bench.urag_train import SETTINGS, learning_curve
+    from pipeline.research.urag_train import SETTINGS, learning_curve
 
     train, val = _synthetic_rows(12, seed=0), _synthetic_rows(8, seed=1)
     settings = {**SETTINGS, "epochs": 8, "dim": 8, "temperature": 0.1}

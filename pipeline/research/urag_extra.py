@@ -2,8 +2,8 @@
 
 The projection shipped for issue 7 was trained on 101 dev questions, and the measurements said its
 recall may be limited by that number. Two sources of more prompts, each cached in the layout
-`bench.urag cache` writes (records.jsonl, states/INDEX-LL.pt) with its own split name, for
-`bench.urag_train --extra DIR`, which adds them to training only (MMLongBench's validation
+`pipeline.research.urag cache` writes (records.jsonl, states/INDEX-LL.pt) with its own split
+name, for `pipeline.research.urag_train --extra DIR`, which adds them to training only (MMLongBench's validation
 documents stay the only place recall is reported):
 
 - `ir` (split "ir"): the 476 judged queries of the five collections in `../shared/data/ir`. Each
@@ -18,14 +18,15 @@ Both prompts are built the way the answering prompt is: the same instructions, e
 as data and numbered, the question last.
 
     export HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=folio-library/models
-    nice -n 10 .venv/bin/python -m bench.urag_extra ir --out DIR_IR --layer 4
-    nice -n 10 .venv/bin/python -m bench.urag_extra ict --library LIB --out DIR_ICT --layer 4
-    nice -n 10 .venv/bin/python -m bench.urag_train --out DIR --extra DIR_IR DIR_ICT --layer 4
+    nice -n 10 .venv/bin/python -m pipeline.research.urag_extra ir --out DIR_IR --layer 4
+    nice -n 10 .venv/bin/python -m pipeline.research.urag_extra ict --library LIB --out DIR_ICT --layer 4
+    nice -n 10 .venv/bin/python -m pipeline.research.urag_train --out DIR --extra DIR_IR DIR_ICT --layer 4
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,8 +38,7 @@ from typing import Any
 
 import torch
 
-from bench.refrag_train import IR
-from bench.urag import SAMPLES, split_of
+from pipeline.research.common import IR, SAMPLES, open_answerer, split_of
 
 COLLECTIONS = ("cranfield", "cisi", "medline", "cacm", "npl")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -138,7 +138,7 @@ def ir(args: argparse.Namespace) -> None:
     """Prompts from the judged queries of the IR collections."""
     from models.config import GeneratorConfig
     from models.generator import EVIDENCE_IS_DATA, Evidence, build_prompt, defuse, load_generator
-    from pipeline.answering.answer import CITE_INSTRUCTION
+    from pipeline.answering.prompt import CITE_INSTRUCTION
     from pipeline.evaluation.retrieval import build_retriever, make_encoders
     from retrieval import RetrievalConfig, RetrievalMode, load_beir
 
@@ -201,21 +201,20 @@ def ict(args: argparse.Namespace) -> None:
     """Inverse-cloze prompts from the dev train documents, through the shipped pipeline."""
     from sqlalchemy import select
 
-    from app import Folio
-    from pipeline.answering.answer import _token_counter
+    from pipeline.answering.prompt import build_prompt, read_texts, token_counter
+    from pipeline.library.documents import resolve_documents
     from storage import Block
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    folio = Folio(library=args.library)
-    answerer = folio.answerer
+    answerer = open_answerer(args.library)
     cfg = answerer.config
     generator = answerer.generator()
     sink = _Sink(out, generator, args.layer)
-    count = _token_counter(generator)
+    count = token_counter(generator)
     documents = sorted({q["doc_id"] for q in json.loads(SAMPLES.read_text())})
     for doc in (d for d in documents if split_of(d) == "train"):
-        doc_ids = answerer._resolve_docs([doc], None)
+        doc_ids = resolve_documents(answerer.library, [doc])
         with answerer.library.sessions() as session:
             rows = session.execute(
                 select(Block.page, Block.text)
@@ -237,19 +236,19 @@ def ict(args: argparse.Namespace) -> None:
                 pages_used.add(page)
                 continue
             t0 = time.perf_counter()
-            items = answerer._retrieved(sentence, doc_ids, None, cfg, generator, [])
+            prepared = answerer.prepare(sentence, doc_ids=doc_ids, config=cfg)
+            items = list(prepared.items)
             pages = [i.page for i in items]
             if page not in pages or set(pages) == {page}:
                 continue
             cut = 0
-            for item in items:  # the sentence itself leaves the evidence (ICT)
+            for n, item in enumerate(items):  # the sentence itself leaves the evidence (ICT)
                 if sentence in " ".join(item.text.split()):
-                    item.text = " ".join(item.text.split()).replace(sentence, " ").strip()
-                    item.tokens = count(item.text)
+                    text = " ".join(item.text.split()).replace(sentence, " ").strip()
+                    items[n] = dataclasses.replace(item, text=text, tokens=count(text))
                     cut += 1
-            names = answerer._file_names({i.doc_id for i in items})
-            texts = answerer._quoted_texts(items, cfg, generator, count, [])
-            prompt = answerer.build_prompt(sentence, items, texts, names, cfg, generator)
+            texts, _ = read_texts(items, cfg, generator)
+            prompt = build_prompt(sentence, items, texts, prepared.file_names, cfg, generator)
             record = {
                 "index": index, "doc": doc, "split": "ict", "question": sentence,
                 "gold_pages": [page], "pages": pages, "sentence_cut": cut,

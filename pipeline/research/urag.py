@@ -4,17 +4,18 @@ Run by hand (never in tests), under `nice`, one step at a time:
 
     export HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=folio-library/models
     # 1. evidence (retrieval + WuKong sampler) and layer 0..MAX states of every question
-    nice -n 15 .venv/bin/python -m bench.urag cache --library LIB --out DIR --stride 1 --max-layer 4 --save-layers 4
+    nice -n 15 .venv/bin/python -m pipeline.research.urag cache --library LIB --out DIR --stride 1 --max-layer 4 --save-layers 4
     # 2. recall of the kept pages against L (attention mass; MaxSim with a trained projection)
-    .venv/bin/python -m bench.urag curve --out DIR [--projection models/weights/....pt]
+    .venv/bin/python -m pipeline.research.urag curve --out DIR [--projection models/weights/....pt]
     # 2a. the sampler's own score of every segment (for the fused scorer: MaxSim + prior)
-    nice -n 15 .venv/bin/python -m bench.urag priors --library LIB --out DIR
-    .venv/bin/python -m bench.urag curve --out DIR --projection P --prior-weights 0 0.5 1 2
+    nice -n 15 .venv/bin/python -m pipeline.research.urag priors --library LIB --out DIR
+    .venv/bin/python -m pipeline.research.urag curve --out DIR --projection P --prior-weights 0 0.5 1 2
     # 2b. the sampler alone under smaller budgets (the baseline the kept set must beat)
-    nice -n 15 .venv/bin/python -m bench.urag budget --library LIB --out DIR --shares 0.4 0.5 0.6 1
-    # 2c. more training prompts for the projection: `bench.urag_extra` (BENCHMARKS: no gain)
+    nice -n 15 .venv/bin/python -m pipeline.research.urag budget --library LIB --out DIR --shares 0.4 0.5 0.6 1
+    # 2c. more training prompts for the projection: `pipeline.research.urag_extra`
+    #     (BENCHMARKS: no gain)
     # 3. answers with and without the stage on the validation documents
-    nice -n 15 .venv/bin/python -m bench.urag qa --library LIB --out DIR --stride 4 --limit 32 --layer 4 \\
+    nice -n 15 .venv/bin/python -m pipeline.research.urag qa --library LIB --out DIR --stride 4 --limit 32 --layer 4 \\
         --keep 3 --scorer maxsim
 
 The dev split is divided by document (`split_of`): about 30% of the documents are validation,
@@ -24,7 +25,6 @@ never used to choose L, the keep count or to train the projection.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import time
@@ -32,31 +32,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "data" / "mmlongbench" / "dev" / "samples.json"
-
-
-def split_of(doc_name: str) -> str:
-    """ "val" for about 30% of the documents (by a hash of the file name), else "train"."""
-    return "val" if int(hashlib.sha1(doc_name.encode()).hexdigest(), 16) % 10 < 3 else "train"
-
-
-def _folio(library: str):
-    from app import Folio
-
-    return Folio(library=library)
-
-
-def _evidence_prompt(answerer, question: str, doc: str, cfg):
-    """The evidence items and the prompt exactly as `Answerer.stream` builds them."""
-    from pipeline.answering.answer import _token_counter
-
-    generator = answerer.generator()
-    docs = answerer._resolve_docs([doc], None)
-    items = answerer._retrieved(question, docs, None, cfg, generator, [])
-    names = answerer._file_names({i.doc_id for i in items})
-    texts = answerer._quoted_texts(items, cfg, generator, _token_counter(generator), [])
-    return items, answerer.build_prompt(question, items, texts, names, cfg, generator)
+from pipeline.research.common import SAMPLES, evidence_prompt, open_answerer, split_of
 
 
 def cache(args: argparse.Namespace) -> None:
@@ -72,8 +48,7 @@ def cache(args: argparse.Namespace) -> None:
     if records_path.exists():
         done = {json.loads(line)["index"] for line in records_path.open()}
     questions = load_qa_questions(SAMPLES)
-    folio = _folio(args.library)
-    answerer = folio.answerer
+    answerer = open_answerer(args.library)
     cfg = answerer.config.model_copy(update={"question_first": args.question_first})
     generator = answerer.generator()
     decoder = LayerwiseDecoder(generator.model)
@@ -86,7 +61,7 @@ def cache(args: argparse.Namespace) -> None:
                 continue
             q = questions[index]
             t0 = time.perf_counter()
-            items, prompt = _evidence_prompt(answerer, q.question, q.doc_id, cfg)
+            items, prompt = evidence_prompt(answerer, q.question, q.doc_id, cfg)
             if not items:
                 continue
             layout = layout_prompt(generator, prompt)
@@ -136,13 +111,12 @@ def priors(args: argparse.Namespace) -> None:
     out = Path(args.out)
     path = out / "priors.jsonl"
     done = {json.loads(line)["index"] for line in path.open()} if path.exists() else set()
-    folio = _folio(args.library)
-    answerer = folio.answerer
+    answerer = open_answerer(args.library)
     with path.open("a") as sink:
-        for r in _records(out):
+        for r in cached_records(out):
             if r["index"] in done:
                 continue
-            items, _ = _evidence_prompt(answerer, r["question"], r["doc"], answerer.config)
+            items, _ = evidence_prompt(answerer, r["question"], r["doc"], answerer.config)
             pages = [i.page for i in items]
             # The evidence must be the cached one, or the scores would sit on other segments.
             row = {"index": r["index"], "scores": [round(float(i.score), 6) for i in items],
@@ -152,15 +126,18 @@ def priors(args: argparse.Namespace) -> None:
             print(r["index"], row["same"], flush=True)
 
 
-def _records(out: Path) -> list[dict]:
+def cached_records(out: Path) -> list[dict]:
+    """The question records `cache` wrote to `out`."""
     return [json.loads(line) for line in (out / "records.jsonl").open()]
 
 
-def _recall(gold: set[int], pages: list[int], kept: list[int]) -> float:
+def page_recall(gold: set[int], pages: list[int], kept: list[int]) -> float:
+    """Share of the gold pages among the pages of the kept segments."""
     return len(gold & {pages[i] for i in kept}) / len(gold)
 
 
-def _top(scores: list[float], tokens: list[int], keep: int) -> list[int]:
+def top_segments(scores: list[float], tokens: list[int], keep: int) -> list[int]:
+    """The segments URaG keeps for these scores (`models.urag.select_top`)."""
     from models.config import UragConfig
     from models.urag import select_top
 
@@ -183,7 +160,7 @@ def maxsim_for(record: dict, projection, out: Path) -> list[float]:
 def oracle_scores(record: dict) -> list[float]:
     """Scores of a scorer that knows the gold pages: one item per gold page first (the shortest
     of the page's items), then the other items, shortest first. The ceiling of any scorer."""
-    gold, tokens = set(record["gold_pages"]), _seg_tokens(record)
+    gold, tokens = set(record["gold_pages"]), segment_tokens(record)
     order = sorted(range(len(tokens)), key=lambda i: (record["pages"][i] not in gold, tokens[i]))
     covered: set[int] = set()
     first = []
@@ -205,7 +182,7 @@ def _flops_saved(model_config, rows: list[dict], kept: list[list[int]], layer: i
 
     saved = []
     for r, keep in zip(rows, kept, strict=True):
-        seg = _seg_tokens(r)
+        seg = segment_tokens(r)
         deep = r["tokens"] - (sum(seg) - sum(seg[i] for i in keep))
         full = prefill_flops(model_config, r["tokens"])
         saved.append(1 - prefill_flops(model_config, r["tokens"], deep, layer) / full)
@@ -220,33 +197,33 @@ def curve(args: argparse.Namespace) -> None:
         from transformers import AutoConfig
 
         model_config = AutoConfig.from_pretrained(args.model_config)
-    records = [r for r in _records(out) if r["gold_pages"] and r["answer_format"] != "None"]
+    records = [r for r in cached_records(out) if r["gold_pages"] and r["answer_format"] != "None"]
     report: dict = {"questions": {}, "sampler": {}, "attention": {}, "kept_token_share": {}}
     for split in ("train", "val"):
         rows = [r for r in records if r["split"] == split]
         report["questions"][split] = len(rows)
         report["sampler"][split] = round(
-            statistics.fmean(_recall(set(r["gold_pages"]), r["pages"], list(range(len(r["pages"]))))
+            statistics.fmean(page_recall(set(r["gold_pages"]), r["pages"], list(range(len(r["pages"]))))
                              for r in rows), 4)  # fmt: skip
         for keep in args.keep:
             layers = range(min(len(r["mass"]) for r in rows))  # caches may stop at other layers
             report["attention"].setdefault(f"keep{keep}", {})[split] = {
                 layer: round(statistics.fmean(
-                    _recall(set(r["gold_pages"]), r["pages"],
-                            _top(r["mass"][layer], _seg_tokens(r), keep)) for r in rows), 4)
+                    page_recall(set(r["gold_pages"]), r["pages"],
+                            top_segments(r["mass"][layer], segment_tokens(r), keep)) for r in rows), 4)
                 for layer in layers
             }  # fmt: skip
             report["kept_token_share"].setdefault(f"keep{keep}", {})[split] = round(
                 statistics.fmean(
-                    sum(_seg_tokens(r)[i] for i in _top(r["mass"][args.at], _seg_tokens(r), keep))
-                    / sum(_seg_tokens(r)) for r in rows), 4)  # fmt: skip
-            oracle = [_top(oracle_scores(r), _seg_tokens(r), keep) for r in rows]
+                    sum(segment_tokens(r)[i] for i in top_segments(r["mass"][args.at], segment_tokens(r), keep))
+                    / sum(segment_tokens(r)) for r in rows), 4)  # fmt: skip
+            oracle = [top_segments(oracle_scores(r), segment_tokens(r), keep) for r in rows]
             report.setdefault("oracle", {}).setdefault(f"keep{keep}", {})[split] = {
                 "recall": round(statistics.fmean(
-                    _recall(set(r["gold_pages"]), r["pages"], kept) for r, kept in zip(rows, oracle, strict=True)
+                    page_recall(set(r["gold_pages"]), r["pages"], kept) for r, kept in zip(rows, oracle, strict=True)
                 ), 4),
                 "kept_token_share": round(statistics.fmean(
-                    sum(_seg_tokens(r)[i] for i in kept) / sum(_seg_tokens(r))
+                    sum(segment_tokens(r)[i] for i in kept) / sum(segment_tokens(r))
                     for r, kept in zip(rows, oracle, strict=True)
                 ), 4),
             }  # fmt: skip
@@ -256,7 +233,7 @@ def curve(args: argparse.Namespace) -> None:
                 )
             report.setdefault("random", {}).setdefault(f"keep{keep}", {})[split] = round(
                 statistics.fmean(min(keep, len(r["pages"])) / len(r["pages"])
-                                 * _recall(set(r["gold_pages"]), r["pages"], list(range(len(r["pages"]))))
+                                 * page_recall(set(r["gold_pages"]), r["pages"], list(range(len(r["pages"]))))
                                  for r in rows), 4)  # fmt: skip
         if args.projection:
             from models.urag import MaxSimProjection
@@ -264,15 +241,15 @@ def curve(args: argparse.Namespace) -> None:
             projection = MaxSimProjection.load(Path(args.projection))
             scores = {r["index"]: maxsim_for(r, projection, out) for r in rows}
             for keep in args.keep:
-                kept = {r["index"]: _top(scores[r["index"]], _seg_tokens(r), keep) for r in rows}
+                kept = {r["index"]: top_segments(scores[r["index"]], segment_tokens(r), keep) for r in rows}
                 report.setdefault("maxsim", {}).setdefault(f"keep{keep}", {})[split] = round(
                     statistics.fmean(
-                        _recall(set(r["gold_pages"]), r["pages"], kept[r["index"]]) for r in rows
+                        page_recall(set(r["gold_pages"]), r["pages"], kept[r["index"]]) for r in rows
                     ), 4)  # fmt: skip
                 report.setdefault("maxsim_kept_token_share", {}).setdefault(f"keep{keep}", {})[
                     split
                 ] = round(statistics.fmean(
-                    sum(_seg_tokens(r)[i] for i in kept[r["index"]]) / sum(_seg_tokens(r))
+                    sum(segment_tokens(r)[i] for i in kept[r["index"]]) / sum(segment_tokens(r))
                     for r in rows), 4)  # fmt: skip
                 if model_config is not None:
                     report.setdefault("maxsim_flops_saved", {}).setdefault(f"keep{keep}", {})[
@@ -292,7 +269,7 @@ def curve(args: argparse.Namespace) -> None:
 def _priors(out: Path) -> dict[int, list[float]]:
     path = out / "priors.jsonl"
     if not path.exists():
-        raise SystemExit(f"no {path}; run `python -m bench.urag priors` first")
+        raise SystemExit(f"no {path}; run `python -m pipeline.research.urag priors` first")
     rows = [json.loads(line) for line in path.open()]
     return {r["index"]: r["scores"] for r in rows if r["same"]}
 
@@ -325,14 +302,14 @@ def _fused_curve(
             for r in rows:
                 s, p = torch.tensor(maxsim[r["index"]]), torch.tensor(prior[r["index"]])
                 fused = p if name == "prior" else _fuse_scores(s, p, float(name))
-                kept[r["index"]] = _top(fused.tolist(), _seg_tokens(r), keep)
+                kept[r["index"]] = top_segments(fused.tolist(), segment_tokens(r), keep)
             entry = report.setdefault("fused", {}).setdefault(name, {})
             entry = entry.setdefault(f"keep{keep}", {})
             entry[split] = {
                 "recall": round(statistics.fmean(
-                    _recall(set(r["gold_pages"]), r["pages"], kept[r["index"]]) for r in rows), 4),
+                    page_recall(set(r["gold_pages"]), r["pages"], kept[r["index"]]) for r in rows), 4),
                 "token_share": round(statistics.fmean(
-                    sum(_seg_tokens(r)[i] for i in kept[r["index"]]) / sum(_seg_tokens(r))
+                    sum(segment_tokens(r)[i] for i in kept[r["index"]]) / sum(segment_tokens(r))
                     for r in rows), 4),
             }  # fmt: skip
 
@@ -344,9 +321,8 @@ def budget(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    records = [r for r in _records(out) if r["gold_pages"] and r["answer_format"] != "None"]
-    folio = _folio(args.library)
-    answerer = folio.answerer
+    records = [r for r in cached_records(out) if r["gold_pages"] and r["answer_format"] != "None"]
+    answerer = open_answerer(args.library)
     generator = answerer.generator()
     report: dict = {"questions": {}, "budgets": {}}
     for share in args.shares:
@@ -355,12 +331,12 @@ def budget(args: argparse.Namespace) -> None:
         )
         rows = []
         for r in records:
-            items, prompt = _evidence_prompt(answerer, r["question"], r["doc"], cfg)
+            items, prompt = evidence_prompt(answerer, r["question"], r["doc"], cfg)
             layout = layout_prompt(generator, prompt) if items else None
             tokens = sum(e - s for s, e in layout.segments) if layout else 0
-            full = sum(_seg_tokens(r))
+            full = sum(segment_tokens(r))
             pages = [i.page for i in items]
-            rows.append((r["split"], _recall(set(r["gold_pages"]), pages, list(range(len(pages)))),
+            rows.append((r["split"], page_recall(set(r["gold_pages"]), pages, list(range(len(pages)))),
                          tokens / full if full else 0.0))  # fmt: skip
         report["budgets"][str(share)] = {
             split: {
@@ -377,7 +353,8 @@ def budget(args: argparse.Namespace) -> None:
     (out / "budget.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
-def _seg_tokens(record: dict) -> list[int]:
+def segment_tokens(record: dict) -> list[int]:
+    """Tokens of each evidence segment of a cached prompt."""
     return [e - s for s, e in record["segments"]]
 
 
@@ -402,8 +379,7 @@ def qa(args: argparse.Namespace) -> None:
     questions = [
         (i, q) for i, q in enumerate(load_qa_questions(SAMPLES)) if split_of(q.doc_id) == "val"
     ][:: args.stride][: args.limit]
-    folio = _folio(args.library)
-    answerer = folio.answerer
+    answerer = open_answerer(args.library)
     base = answerer.config.model_copy(update={"question_first": args.question_first})
     on = base.model_copy(
         update={
@@ -423,7 +399,7 @@ def qa(args: argparse.Namespace) -> None:
             row = {"index": index, "doc": q.doc_id, "format": q.answer_format, "gold": q.answer,
                    "gold_pages": list(q.evidence_pages)}  # fmt: skip
             # Retrieval alone: the pages of the k chunks the sampler starts from.
-            hits = folio.search(q.question, k=base.k, doc_ids=[q.doc_id])
+            hits = answerer.index.search(q.question, k=base.k, doc_ids=[q.doc_id])
             row["retrieved_pages"] = sorted({h.page for h in hits})
             for name, cfg in (("off", base), ("on", on)):
                 answer = answerer.ask(q.question, doc_ids=[q.doc_id], config=cfg)

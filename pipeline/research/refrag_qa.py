@@ -1,17 +1,17 @@
 """Fine-tune the REFRAG projector to answer questions over compressed evidence.
 
-    HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=... python -m bench.refrag_qa --library LIB \\
+    HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=... python -m pipeline.research.refrag_qa --library LIB \\
         --init PROJECTOR.pt --out OUT.pt [--epochs 2] [--k 8 16] [--p 0 0.25] [--prompts FILE]
 
-Why: reconstruction and continued pre-training (`bench.refrag_train`) teach the projector to
+Why: reconstruction and continued pre-training (`pipeline.research.refrag_train`) teach the projector to
 continue document text, and on held-aside text that improves with more steps, but on the
 answering prompt the vectors added nothing (BENCHMARKS, REFRAG). This objective is the task
 itself: the prompt `Answerer.ask` builds, its evidence compressed by the stage's own policy,
 and the loss on the gold answer's tokens after it. Encoder and decoder stay frozen; only the
 projector learns.
 
-Data: the MMLongBench dev questions of the train documents (`bench.urag.split_of` == "train";
-`bench.refrag_answers` measures the held-aside "val" documents, never seen here). Their prompts
+Data: the MMLongBench dev questions of the train documents (`pipeline.research.common.split_of` == "train";
+`pipeline.research.refrag_answers` measures the held-aside "val" documents, never seen here). Their prompts
 (hybrid retrieval -> WuKong sampler -> instructions, numbered evidence, question) are built once
 and kept in `--prompts`, so a rerun skips retrieval (delete it after changing the library, the
 model or the pipeline's settings). Each step takes one question, draws k from
@@ -31,9 +31,14 @@ from pathlib import Path
 
 import torch
 
-from bench._cli import command_line
-from bench.refrag_answers import with_foreign_features
-from bench.urag import SAMPLES, _evidence_prompt, _folio, split_of
+from pipeline.research.common import (
+    SAMPLES,
+    command_line,
+    evidence_prompt,
+    open_answerer,
+    split_of,
+)
+from pipeline.research.refrag_answers import with_foreign_features
 
 
 def build_prompts(answerer, path: Path) -> list[dict]:  # noqa: ANN001
@@ -49,7 +54,7 @@ def build_prompts(answerer, path: Path) -> list[dict]:  # noqa: ANN001
     rows = []
     t0 = time.perf_counter()
     for i, q in enumerate(questions):
-        items, prompt = _evidence_prompt(answerer, q.question, q.doc_id, answerer.config)
+        items, prompt = evidence_prompt(answerer, q.question, q.doc_id, answerer.config)
         if not items:
             continue
         layout = layout_prompt(generator, prompt)
@@ -84,7 +89,7 @@ def train(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    answerer = _folio(args.library).answerer
+    answerer = open_answerer(args.library)
     generator = answerer.generator()
     rows = build_prompts(answerer, Path(args.prompts))
     print(f"{len(rows)} prompts, {statistics.mean(len(r['ids']) for r in rows):.1f} prompt tokens and "
@@ -153,9 +158,9 @@ def train(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {
-        "command": command_line("bench.refrag_qa", args, skip={"out", "library", "prompts"}),
+        "command": command_line("pipeline.research.refrag_qa", args, skip={"out", "library", "prompts"}),
         "init": init_settings,
-        "data": f"{len(rows)} MMLongBench dev questions of the train documents, bench.urag.split_of",
+        "data": f"{len(rows)} MMLongBench dev questions of the train documents, pipeline.research.common.split_of",
         "seconds": round(time.perf_counter() - t0),
         "log_qa": log,
     }
@@ -168,7 +173,7 @@ def train(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--library", required=True, help="a library holding the dev documents")
-    parser.add_argument("--init", required=True, help="the projector to start from (bench.refrag_train)")
+    parser.add_argument("--init", required=True, help="the projector to start from (pipeline.research.refrag_train)")
     parser.add_argument("--out", required=True)
     parser.add_argument(
         "--prompts", default="folio-library/refrag-qa-prompts.pt", help="cache of the train prompts"

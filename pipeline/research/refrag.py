@@ -1,8 +1,8 @@
 """REFRAG on held-aside dev text: time-to-first-token and perplexity of the gold continuation.
 
-    python -m bench.refrag [--passages 24] [--context 512] [--continuation 64] [--json OUT]
+    python -m pipeline.research.refrag [--passages 24] [--context 512] [--continuation 64] [--json OUT]
 
-Passages come from the documents that `bench.refrag_train` never saw (`bench.urag.split_of` ==
+Passages come from the documents that `pipeline.research.refrag_train` never saw (`pipeline.research.common.split_of` ==
 "val": MMLongBench dev documents and BEIR ids). Each passage is `--context` tokens of context and
 the `--continuation` tokens that follow in the document. For every passage and setting, one run:
 
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from bench._cli import command_line
-from bench.refrag_train import corpus_texts, token_stream
+from pipeline.research.common import command_line
+from pipeline.research.refrag_train import corpus_texts, token_stream
 
 
 def _nll(model, prefix: torch.Tensor, target: torch.Tensor, embed) -> tuple[float, int]:  # noqa: ANN001
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
         }
         print(f"{s:28s} ppl {ppl:8.3f}  positions {rows[s]['positions']:6.1f}  TTFT {med * 1000:8.1f} ms", flush=True)
     report = {
-        "command": command_line("bench.refrag", args, skip={"json"}),
+        "command": command_line("pipeline.research.refrag", args, skip={"json"}),
         "passages": len(passages),
         "context_tokens": args.context,
         "continuation_tokens": args.continuation,

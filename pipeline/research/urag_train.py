@@ -1,19 +1,21 @@
-"""Train URaG's MaxSim projection on cached layer-L hidden states (MMLongBench dev, train documents).
+"""Train URaG's MaxSim projection on cached layer-L hidden states (MMLongBench dev, train
+documents).
 
-Inputs come from `python -m bench.urag cache` (states of every prompt token after layer L, the
-evidence segments and their pages). Labels: a segment is positive when its page is one of the
-question's evidence pages; the other segments of the same prompt (same document, retrieved and
-sampled for this question: hard negatives) are negatives. Loss: contrastive, the log of the
-softmax mass of the positives among all segments of the prompt (MaxSim scores / temperature).
-Only the train documents (`bench.urag.split_of`) are used; the validation documents are scored
-at the end, never used to pick anything. `--cv FOLDS` chooses the temperature and the number of
-epochs by cross-validation grouped by document inside the train documents. `--extra DIR` adds the
-prompts `bench.urag_extra` cached (IR queries, inverse cloze) to training only.
-`--learning-curve N...` trains on N of the train questions (seeded draws) and reports
-validation recall for each N: how much more dev-like questions would buy.
+Inputs come from `python -m pipeline.research.urag cache` (states of every prompt token after
+layer L, the evidence segments and their pages). Labels: a segment is positive when its page is
+one of the question's evidence pages; the other segments of the same prompt (same document,
+retrieved and sampled for this question: hard negatives) are negatives. Loss: contrastive, the
+log of the softmax mass of the positives among all segments of the prompt (MaxSim scores /
+temperature). Only the train documents (`pipeline.research.common.split_of`) are used; the
+validation documents are scored at the end, never used to pick anything. `--cv FOLDS` chooses
+the temperature and the number of epochs by cross-validation grouped by document inside the
+train documents. `--extra DIR` adds the prompts `pipeline.research.urag_extra` cached (IR
+queries, inverse cloze) to training only. `--learning-curve N...` trains on N of the train
+questions (seeded draws) and reports validation recall for each N: how much more dev-like
+questions would buy.
 
-    nice -n 10 .venv/bin/python -m bench.urag_train --out bench-work/urag --layer 4 --cv 4 \\
-        --threads 1 --save models/weights/urag_maxsim_qwen2.5-coder-0.5b.pt
+    nice -n 10 .venv/bin/python -m pipeline.research.urag_train --out bench-work/urag --layer 4 \\
+        --cv 4 --threads 1 --save models/weights/urag_maxsim_qwen2.5-coder-0.5b.pt
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from bench.urag import _recall, _records, _seg_tokens, _top
 from models.urag import MaxSimProjection
+from pipeline.research.urag import cached_records, page_recall, segment_tokens, top_segments
 
 SETTINGS = {"dim": 128, "epochs": 40, "lr": 2e-3, "weight_decay": 1e-4, "temperature": 0.05,
             "seed": 0, "keep": 3}  # fmt: skip
@@ -39,7 +41,7 @@ CV_EPOCHS = (3, 8, 15)
 
 def _load(out: Path, layer: int, *splits: str) -> list[dict]:
     rows = []
-    for r in _records(out):
+    for r in cached_records(out):
         if r["split"] not in splits or not r["gold_pages"] or r["answer_format"] == "None":
             continue
         path = out / "states" / f"{r['index']}-L{layer}.pt"
@@ -62,8 +64,8 @@ def _scores(projection: MaxSimProjection, row: dict) -> torch.Tensor:
 def _recall_of(projection: MaxSimProjection, rows: list[dict], keep: int) -> float:
     with torch.no_grad():
         return statistics.fmean(
-            _recall(set(r["gold_pages"]), r["pages"],
-                    _top(_scores(projection, r).tolist(), _seg_tokens(r), keep))
+            page_recall(set(r["gold_pages"]), r["pages"],
+                    top_segments(_scores(projection, r).tolist(), segment_tokens(r), keep))
             for r in rows
         )  # fmt: skip
 
@@ -155,7 +157,7 @@ def _usable(row: dict) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="the bench.urag cache folder")
+    parser.add_argument("--out", required=True, help="the pipeline.research.urag cache folder")
     parser.add_argument("--layer", type=int, default=4)
     parser.add_argument("--save", help="write the trained projection here")
     parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
@@ -177,7 +179,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--extra", nargs="*", default=[], metavar="DIR",
-        help="more training prompts (`bench.urag_extra` folders), added to training only",
+        help="more training prompts (`pipeline.research.urag_extra` folders), for training only",
     )  # fmt: skip
     parser.add_argument(
         "--extra-limit", type=int, default=0, metavar="N",
@@ -203,7 +205,9 @@ def main() -> None:
     out = Path(args.out)
     stamp = out / "model.json"  # the model the states came from, stamped into saved weights
     if args.save and not stamp.is_file():
-        raise SystemExit(f"no {stamp}: run `python -m bench.urag cache` (it writes it) first")
+        raise SystemExit(
+            f"no {stamp}: run `python -m pipeline.research.urag cache` (it writes it) first"
+        )
     train, val = _load(out, args.layer, "train"), _load(out, args.layer, "val")
     usable = [r for r in train if _usable(r)]
     extra = []
@@ -271,12 +275,12 @@ def main() -> None:
         projection.model = json.loads(stamp.read_text())
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         data = (
-            "MMLongBench dev, train documents (bench.urag.split_of), the questions "
-            "bench.urag cache stored (train_questions of them usable)"
+            "MMLongBench dev, train documents (pipeline.research.common.split_of), the questions "
+            "pipeline.research.urag cache stored (train_questions of them usable)"
         )
         if extra:
             folders = ", ".join(Path(d).name for d in args.extra)
-            data += f"; plus {len(extra)} prompts from bench.urag_extra ({folders})"
+            data += f"; plus {len(extra)} prompts from pipeline.research.urag_extra ({folders})"
         projection.save(Path(args.save), **s, train_questions=len(usable),
                         extra_prompts=len(extra), data=data)  # fmt: skip
 

@@ -1,9 +1,9 @@
 """REFRAG on the answering prompt: perplexity of MMLongBench dev answers with compressed evidence.
 
-    HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=... python -m bench.refrag_answers --library LIB \\
+    HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=... python -m pipeline.research.refrag_answers --library LIB \\
         [--limit 24] [--stride 1] [--k 8 16] [--p 0 0.25 0.5] [--json OUT]
 
-Questions come from the held-aside documents (`bench.urag.split_of` == "val"; neither the
+Questions come from the held-aside documents (`pipeline.research.common.split_of` == "val"; neither the
 projector's training nor URaG's ever saw them). The prompt is the one `Answerer.ask` builds
 (hybrid retrieval → WuKong sampler → instructions, numbered evidence, question). For every
 question and setting, one forward pass over the prompt followed by the gold answer's tokens:
@@ -39,8 +39,13 @@ from pathlib import Path
 
 import torch
 
-from bench._cli import command_line
-from bench.urag import SAMPLES, _evidence_prompt, _folio, split_of
+from pipeline.research.common import (
+    SAMPLES,
+    command_line,
+    evidence_prompt,
+    open_answerer,
+    split_of,
+)
 
 
 def _answer_nll(
@@ -83,12 +88,12 @@ def _only_chunks(embeds: torch.Tensor, spans, expanded: tuple[int, ...]) -> torc
 
 def with_foreign_features(plan, features: torch.Tensor):  # noqa: ANN001, ANN201
     """`plan` with every chunk's feature taken from `features` [C', F] (another prompt's chunks,
-    cycled): the "foreign" control of this benchmark and of `bench.refrag_qa --contrast`."""
+    cycled): the "foreign" control of this benchmark and of `pipeline.research.refrag_qa --contrast`."""
     cycled = features[torch.arange(len(plan.spans)) % len(features)]
     return dataclasses.replace(plan, features=cycled)
 
 
-def _foreign_index(prompts: list, qi: int, other_document: bool) -> int:  # noqa: ANN001
+def foreign_index(prompts: list, qi: int, other_document: bool) -> int:  # noqa: ANN001
     """The next question after `qi` (cyclic); with `other_document`, the next on another document."""
     later = [(qi + j) % len(prompts) for j in range(1, len(prompts))] or [qi]
     if other_document:
@@ -107,8 +112,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     questions = [q for q in load_qa_questions(SAMPLES) if split_of(q.doc_id) == "val"]
     questions = questions[:: args.stride][: args.limit]
-    folio = _folio(args.library)
-    answerer = folio.answerer
+    answerer = open_answerer(args.library)
     cfg = answerer.config
     generator = answerer.generator()
     model, embed = generator.model, generator.embed_tokens
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     report: dict = {}
     prompts = []  # built first: the "foreign" setting reads the next question's evidence
     for q in questions:
-        items, prompt = _evidence_prompt(answerer, q.question, q.doc_id, cfg)
+        items, prompt = evidence_prompt(answerer, q.question, q.doc_id, cfg)
         if items:
             prompts.append((q, layout_prompt(generator, prompt)))
     for qi, (q, layout) in enumerate(prompts):
@@ -158,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
 
         record("full", full)
         record("none", _keep(full, segments, 0))
-        foreign_q, other = prompts[_foreign_index(prompts, qi, args.foreign_document)]
+        foreign_q, other = prompts[foreign_index(prompts, qi, args.foreign_document)]
         foreign_same_document += foreign_q.doc_id == q.doc_id
         for k in args.k:
             other_features = compressor.plan(
@@ -207,7 +211,7 @@ def _report(args, settings, nll, count, per_question, seconds, positions) -> dic
             "speedup": round(full_s / med, 2),
         }
     return {
-        "command": command_line("bench.refrag_answers", args, skip={"json", "library"}),
+        "command": command_line("pipeline.research.refrag_answers", args, skip={"json", "library"}),
         "questions": len(per_question["full"]),
         "answer_tokens": count["full"],
         "threads": torch.get_num_threads(),

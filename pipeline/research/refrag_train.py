@@ -1,10 +1,10 @@
 """Train the REFRAG chunk projector on this CPU, with the encoder and the decoder frozen.
 
-    python -m bench.refrag_train [--out models/weights/refrag_projector_d896.pt]
+    python -m pipeline.research.refrag_train [--out models/weights/refrag_projector_d896.pt]
 
 Data recipe (read from ../shared/data, never copied): the page text of the MMLongBench dev
-documents whose split is "train" (`bench.urag.split_of`; the "val" documents are held aside for
-`bench.refrag`), and the BEIR corpora of ../shared/data/ir whose document id hashes to train
+documents whose split is "train" (`pipeline.research.common.split_of`; the "val" documents are held aside for
+`pipeline.research.refrag`), and the BEIR corpora of ../shared/data/ir whose document id hashes to train
 (`split_of` on the id). Text is tokenised with the generator's tokenizer and cut into windows.
 
 Phases (REFRAG trains reconstruction, then continued pre-training, each with a curriculum from
@@ -38,12 +38,7 @@ from pathlib import Path
 
 import torch
 
-from bench._cli import command_line
-from bench.urag import split_of
-
-SHARED = Path(os.environ.get("FOLIO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-DOCUMENTS = SHARED / "mmlongbench" / "dev" / "documents"
-IR = SHARED / "ir"
+from pipeline.research.common import DOCUMENTS, IR, command_line, split_of
 
 
 def corpus_texts(split: str, *, max_chars_per_doc: int = 60_000) -> list[str]:
@@ -172,14 +167,14 @@ def train(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {
-        "command": command_line("bench.refrag_train", args, skip={"out"}),
+        "command": command_line("pipeline.research.refrag_train", args, skip={"out"}),
         "model": args.model,
         "encoder": (
             f"all-MiniLM-L6-v2, its first {args.encoder_tokens} token states in order"
             if args.encoder_tokens
             else "all-MiniLM-L6-v2 [mean | max] of token states"
         ),
-        "data": "MMLongBench dev train documents + BEIR corpora (train ids), bench.urag.split_of",
+        "data": "MMLongBench dev train documents + BEIR corpora (train ids), pipeline.research.common.split_of",
         "train_tokens": sum(map(len, docs)),
         "seconds": round(time.perf_counter() - t0),
         "log": log,
