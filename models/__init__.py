@@ -1,7 +1,7 @@
 """Everything with weights: encoders, the generator, attention backends."""
 
 from models._packaged import resolve_model_dir
-from models.config import EncoderConfig, GeneratorConfig, SamplerConfig
+from models.config import EncoderConfig, GeneratorConfig, GeneratorRuntime, SamplerConfig
 from models.generator import (
     PACKAGED_GENERATORS,
     Evidence,
@@ -15,6 +15,7 @@ from models.generator import (
     build_prompt,
     load_generator,
 )
+from models.runtime import RuntimeChoice, select_runtime
 from models.sampler import Candidate, EmbeddingCache, EvidenceSampler, SampleResult
 
 __all__ = [
@@ -28,13 +29,16 @@ __all__ = [
     "GenerationStream",
     "Generator",
     "GeneratorConfig",
+    "GeneratorRuntime",
     "ModelSourceError",
     "Prompt",
     "PromptInputs",
+    "RuntimeChoice",
     "SampleResult",
     "SamplerConfig",
     "StopReason",
     "build_prompt",
     "load_generator",
     "resolve_model_dir",
+    "select_runtime",
 ]

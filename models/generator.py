@@ -9,8 +9,12 @@ Typical use (the pipeline):
         ...
     stream.result               # Generation: text, stop reason, token counts, TTFT, tokens/s
 
-Generation follows gpt-fast's split: `prefill` (whole prompt, logits of the last position only),
-`decode_step` (one token against the KV cache) and `stream`/`generate` (the loop with stop
+`load_generator` picks the runtime (`models.runtime.select_runtime`): OpenVINO GenAI for the
+packaged Qwen models on CPU (`models.openvino_generator`), torch (this module's `Generator`)
+elsewhere. Both share the tokenizer side (`models._generation.GeneratorBase`) and the stop rules.
+
+The torch generator follows gpt-fast's split: `prefill` (whole prompt, logits of the last position
+only), `decode_step` (one token against the KV cache) and `stream`/`generate` (the loop with stop
 conditions). `prefill` also takes `inputs_embeds` (REFRAG feeds chunk embeddings), and `model`,
 `tokenizer` and `embed_tokens` are exposed for layer-wise execution (URaG).
 """
