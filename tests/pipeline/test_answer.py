@@ -21,6 +21,7 @@ from sqlalchemy import select
 from models.config import EncoderConfig, GeneratorConfig, SamplerConfig, UragConfig
 from models.generator import Generation, GenerationStream, Generator, StopReason, load_generator
 from pipeline.answering.answer import Answer, Answerer, resolve_options
+from pipeline.answering.prompt import build_prompt, read_texts
 from pipeline.config import (
     AnswerConfig,
     ChunkConfig,
@@ -393,6 +394,11 @@ def test_prepare_generate_and_cite_compose_to_the_streamed_answer(lib, tiny, bow
     prepared = answerer.prepare(QUESTION, doc_ids=["folio-guide.pdf"])
     assert prepared.doc_ids == (lib[2],) and prepared.answerable
     assert [s.name for s in prepared.stages] == ["retrieve", "candidates", "sample", "screen"]
+    # The public prompt functions rebuild it from the items (research scripts edit items first).
+    texts, _ = read_texts(prepared.items, prepared.config, tiny)
+    assert tuple(texts) == prepared.texts
+    rebuilt = build_prompt(QUESTION, prepared.items, texts, prepared.file_names, FAST, tiny)
+    assert tiny.render(rebuilt) == tiny.render(prepared.prompt)
     run = answerer.generate(prepared)
     deltas = list(run)
     generated = run.result
