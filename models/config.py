@@ -246,7 +246,7 @@ class UragConfig(BaseModel):
     layer: int = Field(
         default=4, ge=0, description="Layer L (0-based) after which the evidence is scored and "
         "the unselected segments are deleted (4 of Qwen2.5-Coder-0.5B's 24: best recall on the "
-        "dev train documents, see bench/urag.py)."
+        "dev train documents, see pipeline/research/urag.py)."
     )  # fmt: skip
     scorer: UragScorer = Field(
         default=UragScorer.AUTO, description="Segment score; auto: MaxSim through the projection "

@@ -11,11 +11,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.config import GeneratorConfig
 from models.generator import Generation, Prompt
 from pipeline.config import AnswerConfig, ContextMode
+
+if TYPE_CHECKING:  # the search index (and its retrievers) is not needed to read an answer
+    from pipeline.library.search import SearchHit
 
 __all__ = [
     "MARKER",
@@ -338,7 +341,7 @@ class Prepared:
     config: AnswerConfig
     generator_config: GeneratorConfig
     doc_ids: tuple[str, ...] | None
-    hits: tuple[Any, ...]  # pipeline.library.search.SearchHit
+    hits: tuple[SearchHit, ...]
     items: tuple[EvidenceItem, ...]
     texts: tuple[str, ...]
     file_names: Mapping[str, str]

@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from models.config import EncoderConfig, GeneratorConfig
-from pipeline.answering.answer import Answer, Answerer
+from pipeline.answering.answer import Answerer
 from pipeline.answering.batch import BatchProgress, BatchQuestion, answer_one, run_batch_parallel
+from pipeline.answering.types import Answer
 from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, ParseConfig, RayConfig
 from pipeline.ingestion import ingest as ingest_module  # late lookups: tests replace its tasks
 from pipeline.ingestion.ingest import IngestResult, Progress, chunk_texts, ingest, parse_failure
