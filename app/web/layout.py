@@ -101,9 +101,9 @@ def build_ui(
                     f"{limits.max_upload_pages} pages each); each is parsed and indexed once.",
                     elem_classes="folio-hint",
                 )
-                status_note = gr.HTML("", elem_id="folio-status")
+                status_note = gr.HTML("", elem_id="folio-status", padding=False)
                 status_timer = gr.Timer(1.0, active=False)
-                progress = gr.HTML("", elem_id="folio-progress")
+                progress = gr.HTML("", elem_id="folio-progress", padding=False)
                 doc_table = gr.HTML("", elem_id="folio-documents")
                 remove_failed = gr.Button(
                     "Remove failed uploads",

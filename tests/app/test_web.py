@@ -569,3 +569,12 @@ def test_handlers_are_bound_to_the_engine_with_the_signature_gradio_reads() -> N
     delete = bind(on_delete, engine)
     assert not inspect.isgeneratorfunction(delete)
     assert list(inspect.signature(delete).parameters)[-1] == "request"
+
+
+def test_stop_and_new_conversation_bring_ask_back() -> None:
+    from app.web.handlers import on_clear, on_stop
+
+    history = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "_Writing the answer… (9 s)_"}]
+    chat, ask = on_stop(history, [])
+    assert chat[-1]["content"] == "_Stopped before the answer began._" and ask.interactive is True
+    assert on_clear()[-1].interactive is True

@@ -73,6 +73,10 @@ def _upload(page, *paths: Path, done: str) -> None:
     page.locator("#folio-progress").get_by_text(done).first.wait_for(timeout=180_000)
 
 
+def _last_reply(page) -> str:
+    return page.locator("#folio-chat .message.bot, #folio-chat [data-testid='bot']").last.inner_text().strip()
+
+
 def test_long_file_names_are_cut_at_the_end_with_the_full_name_as_tooltip(page, files) -> None:
     _upload(page, files["long"], done="Ready:")
     name = page.locator("#folio-documents .folio-file-name").first
@@ -163,6 +167,32 @@ def test_transparency_tables_are_shown_in_full_and_each_stage_is_explained(page)
     retrieved = tables.locator("table").nth(2)
     assert retrieved.locator("tbody tr").count() >= 1 and LONG_NAME in retrieved.inner_text()
     page.get_by_role("tab", name="Evidence").click()
+
+
+def test_ask_comes_back_after_a_failed_question_and_after_stop(page) -> None:
+    # A question that fails: URaG and REFRAG switched on together (the answerer takes one).
+    page.get_by_role("tab", name="Transparency").click()
+    page.get_by_text("Stage switches for the next question").click()
+    switches = [page.get_by_label("URaG (the model"), page.get_by_label("REFRAG (evidence")]
+    for switch in switches:
+        switch.check()
+    page.locator("#folio-question textarea").fill("What does Folio do?")
+    page.locator("#folio-ask").click()
+    page.locator("#folio-chat").get_by_text("Could not answer.").wait_for(timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('#folio-ask').disabled", timeout=30_000)
+    for switch in switches:
+        switch.uncheck()
+    page.get_by_text("Stage switches for the next question").click()
+    page.get_by_role("tab", name="Evidence").click()
+    # Stop while the question runs: Ask comes back and no status line is left behind.
+    page.locator("#folio-question textarea").fill(QUESTION)
+    page.locator("#folio-ask").click()
+    page.wait_for_function("() => document.querySelector('#folio-ask').disabled", timeout=30_000)
+    page.locator("#folio-stop").click()
+    page.wait_for_function("() => !document.querySelector('#folio-ask').disabled", timeout=30_000)
+    page.wait_for_timeout(1500)
+    assert not STATUS.search(_last_reply(page)), _last_reply(page)
+    assert page.locator("#folio-ask").is_enabled()
 
 
 def test_a_cancelled_delete_says_nothing_and_keeps_the_choice(page) -> None:
