@@ -297,7 +297,10 @@ def respond(
                 return
     except ValidationError as exc:
         first = exc.errors()[0]
-        reason = f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        # A check across several settings has no single field to name.
+        reason = f"invalid setting {where}: {message}" if where else message
     except (ValueError, LookupError, TypeError, FileNotFoundError) as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - the page shows one line; the log keeps the rest

@@ -578,3 +578,15 @@ def test_stop_and_new_conversation_bring_ask_back() -> None:
     chat, ask = on_stop(history, [])
     assert chat[-1]["content"] == "_Stopped before the answer began._" and ask.interactive is True
     assert on_clear()[-1].interactive is True
+
+
+def test_a_setting_check_across_fields_reads_as_one_sentence() -> None:
+    from pydantic import ValidationError
+
+    from pipeline.config import AnswerConfig
+
+    with pytest.raises(ValidationError) as caught:
+        AnswerConfig(use_urag=True, use_refrag=True)
+    (reply,) = list(respond("Why?", [], _FakeFolio(error=caught.value)))
+    assert "invalid setting :" not in reply.text and "Value error" not in reply.text
+    assert reply.text.startswith("⚠️ **Could not answer.** URaG and REFRAG")
