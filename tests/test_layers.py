@@ -28,11 +28,6 @@ ALLOWED: dict[str, set[str]] = {
 }
 CONFIG_MODULES = {f"{layer}.config" for layer in LAYERS}
 
-# NOTE: the URaG and REFRAG tests still import the research scripts that are moving out of
-# bench/ (issue 22), private names included; until they have moved, both checks skip them.
-# Remove an entry with its file (test_tolerated_files_still_exist says when).
-TOLERATED = ("tests/models/test_urag.py", "tests/models/test_refrag.py")
-
 
 def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, dotted name) of every absolute import in a file, function-level ones included."""
@@ -47,12 +42,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 
 
 def _files(root: Path, top: str) -> list[Path]:
-    """The Python files of one top-level folder, less the tolerated ones."""
-    return sorted(
-        path
-        for path in (root / top).rglob("*.py")
-        if path.relative_to(root).as_posix() not in TOLERATED
-    )
+    return sorted((root / top).rglob("*.py"))
 
 
 def layer_violations(root: Path) -> list[str]:
@@ -94,8 +84,8 @@ def private_imports(root: Path) -> list[str]:
                 private = [i for i in range(1, len(parts)) if _private(parts[i])]
                 if not private:
                     continue
-                own_package_test = top == "tests" and len(rel.parts) > 2 and rel.parts[1] == parts[0]
-                if own_package_test and all(_is_module(root, parts[: i + 1]) for i in private):
+                own_test = top == "tests" and len(rel.parts) > 2 and rel.parts[1] == parts[0]
+                if own_test and all(_is_module(root, parts[: i + 1]) for i in private):
                     continue
                 bad.append(f"{rel}:{lineno} {name}")
     return bad
@@ -134,12 +124,6 @@ def test_bench_does_not_edit_sys_path() -> None:
     assert sys_path_edits(ROOT) == []
 
 
-def test_tolerated_files_still_exist() -> None:
-    """An entry of TOLERATED whose file has moved must go."""
-    for relative in TOLERATED:
-        assert (ROOT / relative).is_file(), f"{relative} is gone: remove it from TOLERATED"
-
-
 def _write(root: Path, relative: str, text: str) -> None:
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +140,6 @@ def test_the_checkers_find_forbidden_imports(tmp_path: Path) -> None:
         "from storage.db import open_library\n",
     )
     _write(tmp_path, "bench/run.py", "import sys\nsys.path.insert(0, '.')\nfrom models import _packaged\n")
-    _write(tmp_path, "tests/models/test_urag.py", "from bench.urag import _top\n")  # tolerated
     _write(
         tmp_path,
         "tests/retrieval/test_x.py",
