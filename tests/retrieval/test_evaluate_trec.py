@@ -21,7 +21,12 @@ from retrieval import (
 )
 
 TREC_MEASURES = {"ndcg_cut.10", "map", "recall.100", "recip_rank"}
-FOLIO_TO_TREC = {"ndcg@10": "ndcg_cut_10", "map": "map", "recall@100": "recall_100", "mrr": "recip_rank"}
+FOLIO_TO_TREC = {
+    "ndcg@10": "ndcg_cut_10",
+    "map": "map",
+    "recall@100": "recall_100",
+    "mrr": "recip_rank",
+}
 
 
 def _trec(run: dict[str, list[Hit]], qrels: dict[str, dict[str, int]]) -> dict[str, dict]:
