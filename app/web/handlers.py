@@ -391,12 +391,16 @@ def on_turn_page(
     return image, caption, view
 
 
-def on_prev_page(engine: Engine, view: dict | None, answers: list | None, request: gr.Request):
+def on_prev_page(
+    engine: Engine, view: dict | None, answers: list | None, request: gr.Request
+) -> tuple:
     """The page before (see `on_turn_page`)."""
     return on_turn_page(engine, view, answers, -1, request)
 
 
-def on_next_page(engine: Engine, view: dict | None, answers: list | None, request: gr.Request):
+def on_next_page(
+    engine: Engine, view: dict | None, answers: list | None, request: gr.Request
+) -> tuple:
     """The page after (see `on_turn_page`)."""
     return on_turn_page(engine, view, answers, +1, request)
 

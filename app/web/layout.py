@@ -63,13 +63,19 @@ def build_ui(
 
     Args:
         folio: The library the app serves.
-        engine: Background model loading; a new idle one when None.
+        engine: Background model loading and questions; a new idle one when None.
         accounts: Logins are the library's accounts (`folio user add`): each session sees,
             adds, asks about and deletes only its user's documents.
         local_login: The name of the single `serve.auth` login, which sees the local user's
             documents (as without a login).
+
+    Raises:
+        ValueError: `engine` was made with other `accounts` or `local_login`.
     """
     engine = engine or Engine(folio, accounts=accounts, local_login=local_login)
+    if (engine.accounts, engine.local_login) != (accounts, local_login):
+        # NOTE: the engine decides whose documents a request sees; the two must agree.
+        raise ValueError("the engine serves other logins than build_ui was given")
     limits = folio.settings.serve
     answer_cfg = folio.settings.answer
 

@@ -296,6 +296,10 @@ def test_build_ui_constructs_without_launching(tmp_path: Path) -> None:
         ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
         assert {"folio-upload", "folio-chat", "folio-page", "folio-cite-ref", "folio-stop"} <= ids
         assert not (tmp_path / "lib" / "index").exists()  # nothing heavy loads to build the page
+        from app.web import Engine
+
+        with pytest.raises(ValueError, match="other logins"):
+            build_ui(folio, Engine(folio), accounts=True)
 
 
 def test_loopback_and_auth_parsing() -> None:
