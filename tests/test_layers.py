@@ -132,14 +132,16 @@ def _write(root: Path, relative: str, text: str) -> None:
 
 def test_the_checkers_find_forbidden_imports(tmp_path: Path) -> None:
     _write(tmp_path, "retrieval/_postings.py", "")
-    _write(tmp_path, "retrieval/bad.py", "import kernels\ndef f():\n    from pipeline.config import X")
+    lazy_pipeline = "def f():\n    from pipeline.config import X\n"
+    _write(tmp_path, "retrieval/bad.py", "import kernels\n" + lazy_pipeline)
     _write(
         tmp_path,
         "app/cli.py",
         "from storage.config import StorageConfig\nfrom pipeline.ingestion.ingest import ingest\n"
         "from storage.db import open_library\n",
     )
-    _write(tmp_path, "bench/run.py", "import sys\nsys.path.insert(0, '.')\nfrom models import _packaged")
+    path_edit = "import sys\nsys.path.insert(0, '.')\n"
+    _write(tmp_path, "bench/run.py", path_edit + "from models import _packaged\n")
     _write(
         tmp_path,
         "tests/retrieval/test_x.py",
