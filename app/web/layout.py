@@ -299,7 +299,8 @@ def build_ui(
             chip_outputs,
             show_progress="hidden",
         )
-        for button, handler in ((prev_page, handlers.on_prev_page), (next_page, handlers.on_next_page)):
+        turns = ((prev_page, handlers.on_prev_page), (next_page, handlers.on_next_page))
+        for button, handler in turns:
             button.click(
                 bind(handler, engine),
                 [view, answers],
@@ -312,5 +313,7 @@ def build_ui(
             [status_note, status_timer],
             show_progress="hidden",
         )
-        demo.load(bind(handlers.on_load, engine), [ask_about], [*library, status_note, status_timer])
+        demo.load(
+            bind(handlers.on_load, engine), [ask_about], [*library, status_note, status_timer]
+        )
     return demo
