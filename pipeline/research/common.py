@@ -10,16 +10,12 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from models.config import EncoderConfig, GeneratorConfig
 from pipeline.answering.answer import Answerer
 from pipeline.answering.types import EvidenceItem
 from pipeline.config import AnswerConfig
 from pipeline.library.search import LibraryIndex
-from retrieval.config import RetrievalConfig
-from storage import StorageConfig, open_library
+from pipeline.settings import Settings
+from storage import open_library
 
 __all__ = [
     "DOCUMENTS",
@@ -55,31 +51,19 @@ def command_line(module: str, args: argparse.Namespace, skip: Collection[str] = 
     return f"python -m {module} {flags}"
 
 
-class _Environment(BaseSettings):
-    """The FOLIO_* settings that shape answering (FOLIO_GENERATOR__MODEL, FOLIO_MODEL_CACHE,
-    FOLIO_ANSWER__..., ...), read as the app's settings read them: pipeline code may not
-    import the app, and the research scripts must answer as `folio ask` does."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="FOLIO_", env_nested_delimiter="__", extra="ignore", frozen=True
-    )
-
-    database_url: str | None = None
-    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
-    encoders: EncoderConfig = Field(default_factory=EncoderConfig)
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
-    answer: AnswerConfig = Field(default_factory=AnswerConfig)
-    model_cache: Path | None = None
-
-
-def open_answerer(library: str | Path) -> Answerer:
-    """The answerer of the library at `library`, configured from the FOLIO_* environment (its
-    index is `answerer.index`)."""
-    env = _Environment()
-    opened = open_library(StorageConfig(library=Path(library), database_url=env.database_url))
-    index = LibraryIndex(opened, env.retrieval, env.encoders)
+def open_answerer(library: str | Path, config: str | Path | None = None) -> Answerer:
+    """The answerer of the library at `library`, configured as `folio --config CONFIG` would be
+    (preset or JSON file, then the FOLIO_* environment; its index is `answerer.index`)."""
+    settings = Settings.load(config, library=Path(library))
+    opened = open_library(settings.storage)
+    index = LibraryIndex(opened, settings.retrieval, settings.encoders)
     return Answerer(
-        opened, index, env.answer, env.generator, env.encoders, model_cache=env.model_cache
+        opened,
+        index,
+        settings.answer,
+        settings.generator,
+        settings.encoders,
+        model_cache=settings.model_cache,
     )
 
 
