@@ -75,7 +75,7 @@ class Meta(Base):
 
 
 class User(Base):
-    """Someone who owns documents in a library shared by several people (pipeline/owners.py).
+    """Someone who owns documents in a library shared by several people (pipeline/library/owners.py).
 
     Documents without an owner belong to the local user. A user without a password owns
     documents but cannot sign in to the web app.

@@ -198,7 +198,7 @@ class Answerer:
             config: Answer settings for this request (default: the answerer's).
             generator_config: The generator for this request (default: the answerer's).
             id: A question id carried into the `Answer`.
-            owner: Whose library to answer from (None: the local user's; pipeline/owners.py).
+            owner: Whose library to answer from (None: the local user's; pipeline/library/owners.py).
             on_progress: Called with a short status line as each stage starts ("Retrieving
                 from the library…", "Reading 1,062 prompt tokens…", ...); what it raises is
                 logged, not raised.

@@ -473,7 +473,7 @@ class LibraryIndex:
         Args:
             doc_ids: Only these documents (ids, unique id prefixes or file names); None: all of
                 `owner`'s.
-            owner: Whose library to search (None: the local user's; see pipeline/owners.py).
+            owner: Whose library to search (None: the local user's; see pipeline/library/owners.py).
 
         Raises:
             ValueError: empty query, bad k, or a mode whose index this library does not keep.
