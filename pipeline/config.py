@@ -22,6 +22,11 @@ class ParserKind(enum.StrEnum):
     LAYOUT = "layout"  # PyMuPDF's bundled layout-analysis model (~1 page/s, quality mode)
 
 
+class TableMode(enum.StrEnum):
+    GRID = "grid"  # table regions rebuilt as a grid: rows from lines, columns from white gaps
+    SPANS = "spans"  # parser 1: rows of spans, cells cut at fixed gaps (the ablation baseline)
+
+
 class ParseConfig(BaseModel):
     """How a PDF becomes pages and blocks."""
 
@@ -40,6 +45,11 @@ class ParseConfig(BaseModel):
         default=False,
         description="Also run PyMuPDF's table finder on pages with a 'Table N' caption or ruled "
         "lines (better cells, ~0.5-1 s a page). Off: tables are rebuilt from rows of spans.",
+    )
+    tables: TableMode = Field(
+        default=TableMode.GRID,
+        description="How table regions (a 'Table N' caption or rules mark them) become text: "
+        "'grid' rebuilds rows and columns as Markdown; 'spans' is parser 1's rows of spans.",
     )
     max_pages: int = Field(default=5000, ge=1, description="Refuse documents with more pages.")
 

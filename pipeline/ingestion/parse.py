@@ -25,16 +25,19 @@ import pymupdf
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.config import OcrMode, ParseConfig, ParserKind
+from pipeline.config import OcrMode, ParseConfig, ParserKind, TableMode
+from pipeline.ingestion.tables import Word, table_markdown
 
 logger = logging.getLogger(__name__)
 
-PARSER_VERSION = "folio-parse-1"
+PARSER_VERSION = "folio-parse-2"  # 2: tables as Markdown grids (ParseConfig.tables)
 
 BBox = tuple[float, float, float, float]
 
 # "Figure 2: ..." / "Table 1. ..." / "Fig. 3 |" but not "Table 1 lists ..." (a reference in prose).
 _CAPTION = re.compile(r"^\s*(fig\.?|figure|table|tab\.)\s*(\d+|[ivxlc]+)[a-z]?\s*([:.|—–-]|$)", re.IGNORECASE)
+# IEEE style: "TABLE II" over a small-caps title, no punctuation after the numeral.
+_ROMAN_TABLE = re.compile(r"^\s*TABLE\s+[IVXLC]+\b")
 _BULLET = re.compile(r"^\s*([•◦▪▫●○■□\-–—*]|\(?\d{1,2}[.)]|\(?[a-z][.)])\s+")
 # Text extraction flags: no image payloads (figures are located with get_image_info instead).
 _TEXT_FLAGS = (
@@ -385,8 +388,11 @@ def _blocks_from_spans(
     data = page.get_text("dict", flags=_TEXT_FLAGS, textpage=textpage, sort=False)
     texts = [t for t in (_text_block(b, matrix) for b in data["blocks"] if b.get("type") == 0) if t]
     body_size = _body_font_size(texts)
+    grid = config.tables == TableMode.GRID
     for t in texts:
         t.kind = _classify(t, body_size)
+        if grid and t.kind != "caption" and _ROMAN_TABLE.match(t.text):
+            t.kind = "caption"
 
     page_area = page.rect.width * page.rect.height
     regions: list[tuple[str, BBox]] = []  # ("figure" | "table", bbox)
@@ -401,12 +407,19 @@ def _blocks_from_spans(
     regions = _dedupe_regions(regions)
     # Captions whose figure or table PyMuPDF did not find (vector art, tables without rules):
     # take the band between the caption and the nearest prose.
+    owners: dict[BBox, BBox] = {}  # table caption -> the band guessed for it (grid mode)
     for cap in captions:
-        if not _nearest_region(cap, regions):
-            guessed = _region_near_caption(cap, texts, page.rect.width, page.rect.height)
+        is_table = cap.text.lower().startswith("tab")
+        near = _nearest_region(cap, regions)
+        if grid and is_table and near in owners.values():
+            near = None  # that band is the table of the caption next to this one
+        if not near:
+            taken = list(owners.values())
+            guessed = _region_near_caption(cap, texts, page.rect.width, page.rect.height, grid, taken)
             if guessed is not None:
-                is_table = cap.text.lower().startswith("tab")
                 regions.append(("table" if is_table else "figure", guessed))
+                if grid and is_table:
+                    owners[cap.bbox] = guessed
 
     # Text inside a figure (axis labels, legends) belongs to the figure, not to the body.
     region_text: dict[BBox, list[_Text]] = {bbox: [] for _, bbox in regions}
@@ -419,9 +432,13 @@ def _blocks_from_spans(
             body.append(t)
 
     items: list[tuple[str, BBox, str, _Text | None]] = [(t.kind, t.bbox, t.text, t) for t in body]
+    words: list[Word] | None = None  # the page's words, read once if a table needs them
     for kind, bbox in regions:
         inner = sorted(region_text[bbox], key=lambda t: (t.bbox[1], t.bbox[0]))
-        if kind == "table":
+        if kind == "table" and bbox not in table_md and grid:
+            words = _page_words(textpage, matrix) if words is None else words
+            text = table_markdown(_region_words(words, inner)) or _rows_markdown(inner)
+        elif kind == "table":
             text = table_md.get(bbox) or _rows_markdown(inner)
         else:
             text = " ".join(t.text for t in inner)
@@ -430,7 +447,7 @@ def _blocks_from_spans(
     items = [items[i] for i in ordered]
 
     blocks = [ParsedBlock(kind, bbox, text, n) for n, (kind, bbox, text, _) in enumerate(items)]
-    return _link_captions(blocks)
+    return _link_captions(blocks, owners)
 
 
 def _text_block(block: dict, matrix: pymupdf.Matrix) -> _Text | None:
@@ -513,6 +530,15 @@ def _graphic_regions(
         kind = "table" if not has_image and rules >= 3 and rules >= 0.8 * len(inside) else "figure"
         out.append((kind, _to_display(r, matrix)))
     return out
+
+
+def _page_words(textpage: pymupdf.TextPage, matrix: pymupdf.Matrix) -> list[Word]:
+    return [Word(_to_display(w[:4], matrix), w[4]) for w in textpage.extractWORDS()]
+
+
+def _region_words(words: list[Word], texts: list[_Text]) -> list[Word]:
+    """The words of a table region's text blocks (not of prose or captions beside it)."""
+    return [w for w in words if any(_center_in(w.bbox, t.bbox) for t in texts)]
 
 
 def _rows_markdown(texts: list[_Text]) -> str:
@@ -645,25 +671,52 @@ def _is_prose(t: _Text) -> bool:
     return t.kind in ("text", "list", "heading", "caption") and len(t.text) > 80 and digits < 0.15 * len(t.text)
 
 
-def _region_near_caption(cap: _Text, texts: list[_Text], page_width: float, page_height: float) -> BBox | None:
+def _region_near_caption(
+    cap: _Text,
+    texts: list[_Text],
+    page_width: float,
+    page_height: float,
+    tabular: bool = False,
+    taken: list[BBox] | None = None,
+) -> BBox | None:
     """The band between a caption and the nearest prose in its column: above it for figures
-    (and tables captioned below), below it for tables captioned above."""
+    (and tables captioned below), below it for tables captioned above.
+
+    With `tabular`, a table's band also stops at other captions, a short caption centred across
+    both columns widens to the page, and of the two bands the one holding more table-like spans
+    (short pieces of text, not prose) wins; a band that is another caption's table (`taken`)
+    is not a candidate."""
     x0, x1 = cap.bbox[0], cap.bbox[2]
     if x1 - x0 < 0.3 * page_width:  # a short caption line: widen to its column
         x0, x1 = (0.0, page_width / 2) if x1 <= page_width / 2 else (page_width / 2, page_width)
+        if tabular and cap.bbox[0] < page_width / 2 < cap.bbox[2]:
+            x0, x1 = 0.0, page_width
     column = [t for t in texts if t is not cap and _h_overlap(t.bbox, (x0, 0, x1, 0)) > 0]
-    top = max((t.bbox[3] for t in column if t.bbox[3] <= cap.bbox[1] and _is_prose(t)), default=0.0)
+    is_table = cap.text.lower().startswith("tab")
+    stops = (lambda t: _is_prose(t) or t.kind == "caption") if tabular and is_table else _is_prose
+    top = max((t.bbox[3] for t in column if t.bbox[3] <= cap.bbox[1] and stops(t)), default=0.0)
     above = (x0, top + 2, x1, cap.bbox[1] - 2)
     directions = [above]
-    if cap.text.lower().startswith("tab"):
-        bottom = min((t.bbox[1] for t in column if t.bbox[1] >= cap.bbox[3] and _is_prose(t)), default=page_height)
+    if is_table:
+        bottom = min((t.bbox[1] for t in column if t.bbox[1] >= cap.bbox[3] and stops(t)), default=page_height)
         below = (x0, cap.bbox[3] + 2, x1, bottom - 2)
         has_content = lambda r: any(_center_in(t.bbox, r) for t in column)  # noqa: E731
         directions = [r for r in (above, below) if has_content(r)] or directions
+        if tabular:
+            directions = [r for r in directions if all(_overlap(r, t) < 0.5 for t in taken or [])]
+            directions.sort(key=lambda r: -_table_spans(column, r))
     for r in directions:
         if r[3] - r[1] >= 30:
             return tuple(round(v, 2) for v in r)
     return None
+
+
+def _table_spans(texts: list[_Text], region: BBox) -> int:
+    """How many short spans (cells, not prose) lie inside a region."""
+    return sum(
+        1 for t in texts if not _is_prose(t) and t.kind != "caption"
+        for box, _ in t.spans if _center_in(box, region)
+    )
 
 
 def reading_order_of(boxes: list[BBox], page_width: float) -> list[int]:
@@ -700,9 +753,11 @@ def reading_order_of(boxes: list[BBox], page_width: float) -> list[int]:
     return order
 
 
-def _link_captions(blocks: list[ParsedBlock]) -> list[ParsedBlock]:
-    """Point each caption at its figure or table (nearest one it overlaps horizontally)."""
+def _link_captions(blocks: list[ParsedBlock], owners: dict[BBox, BBox] | None = None) -> list[ParsedBlock]:
+    """Point each caption at its figure or table: the region found for it (`owners`, caption
+    bbox -> region bbox), else the nearest one it overlaps horizontally."""
     regions = [b for b in blocks if b.kind in ("figure", "table")]
+    owners = owners or {}
     out = []
     for b in blocks:
         if b.kind == "caption" and regions:
@@ -711,7 +766,7 @@ def _link_captions(blocks: list[ParsedBlock]) -> list[ParsedBlock]:
             candidates = [(r.kind, r.bbox) for r in regions if r.kind == wants] or [
                 (r.kind, r.bbox) for r in regions
             ]
-            target = _nearest_region(fake, candidates)
+            target = owners.get(b.bbox) or _nearest_region(fake, candidates)
             if target is not None:
                 owner = next(r for r in regions if r.bbox == target)
                 b = replace(b, caption_of=owner.reading_order)
