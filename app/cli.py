@@ -56,7 +56,8 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _folio(**overrides) -> Folio:
+def open_folio(**overrides) -> Folio:
+    """The Folio the global options and `overrides` describe; a bad setting exits with one line."""
     if GlobalOptions.library is not None:
         overrides["library"] = GlobalOptions.library
     if GlobalOptions.user is not None:
@@ -132,7 +133,7 @@ def ingest_command(
     if ray_workers is not None:
         overrides["ray"] = {"ingest_workers": ray_workers}
     use_ray = _ray(ray, ray_address)
-    folio = _folio(**overrides)
+    folio = open_folio(**overrides)
     try:
         files = find_pdfs(paths, recursive=recursive)
     except FileNotFoundError as exc:
@@ -187,7 +188,7 @@ def search_command(
     k: Annotated[int, typer.Option("-k", min=1, help="How many chunks.")] = 10,
 ) -> None:
     """Rank the library's chunks for a query, with document, page and score."""
-    folio = _folio()
+    folio = open_folio()
     try:
         hits = folio.search(query, k=k, mode=mode, doc_ids=doc)
     except (ValueError, LookupError) as exc:
@@ -207,7 +208,7 @@ def search_command(
 @app.command("docs")
 def docs_command() -> None:
     """List the documents of the library."""
-    folio = _folio()
+    folio = open_folio()
     documents = folio.documents()
     folio.close()
     if not documents:
@@ -223,7 +224,7 @@ def docs_command() -> None:
 @app.command("delete")
 def delete_command(doc: Annotated[str, typer.Argument(help="Document id or unique id prefix.")]) -> None:
     """Delete a document and everything derived from it."""
-    folio = _folio()
+    folio = open_folio()
     try:
         removed = folio.delete(doc)
     except LookupError as exc:
@@ -240,7 +241,7 @@ def check_command(
     ] = False,
 ) -> None:
     """Verify the library: database integrity, whole documents, the search index, asset folders."""
-    folio = _folio()
+    folio = open_folio()
     try:
         report = folio.check(repair=repair)
     finally:
@@ -266,7 +267,7 @@ def serve_command(
     serve = {k: v for k, v in {"host": host, "port": port, "auth": auth}.items() if v is not None}
     if allow_no_auth:
         serve["allow_no_auth"] = True
-    folio = _folio(**({"serve": serve} if serve else {}))
+    folio = open_folio(**({"serve": serve} if serve else {}))
     limits = folio.settings.serve
     try:
         credentials = parse_auth(limits.auth)
@@ -357,7 +358,7 @@ def ask_command(
 ) -> None:
     """Answer a question from the library; the answer streams, then its citations."""
     overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget)
-    folio = _folio()
+    folio = open_folio()
     answer = None
     try:
         if json_out:
@@ -416,7 +417,7 @@ def batch_command(
     if not questions.is_file():
         raise _fail(f"{questions}: no such file")
     use_ray = _ray(ray, ray_address)
-    folio = _folio(**({"ray": {"answer_workers": ray_workers}} if ray_workers is not None else {}))
+    folio = open_folio(**({"ray": {"answer_workers": ray_workers}} if ray_workers is not None else {}))
     try:
         with Progress(*_bar_columns(), console=err) as bar:
             task = bar.add_task("questions", total=None, rate="")
@@ -540,7 +541,7 @@ def _ingest_question_documents(file: Path, docs: Path | None, names) -> tuple[Fo
     docs_dir = docs or file.parent / "documents"
     if not docs_dir.is_dir():
         raise _fail(f"{docs_dir}: no such folder of documents (use --docs DIR)")
-    folio = _folio()
+    folio = open_folio()
     files = [docs_dir / n for n in sorted(names) if (docs_dir / n).is_file()]
     err.print(f"ingesting {len(files)} documents (already stored ones are skipped)")
     return folio, docs_dir, folio.ingest(files)

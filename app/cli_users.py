@@ -33,9 +33,9 @@ _PasswordStdin = Annotated[
 
 
 def _library():
-    from app.cli import _folio  # NOTE: app.cli mounts this sub-app; imported late, not at load
+    from app.cli import open_folio  # NOTE: app.cli mounts this sub-app; imported late, not at load
 
-    return _folio()
+    return open_folio()
 
 
 def _fail(message: str) -> typer.Exit:
