@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pipeline.config import ChunkConfig
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+_RULE = re.compile(r"^\|(\s*:?-{3,}:?\s*\|)+$")  # a Markdown table's header rule, |---|---|
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"“])")
 
 
@@ -45,8 +46,10 @@ def chunk_blocks(blocks: Sequence[BlockRef], config: ChunkConfig) -> list[ChunkD
     """Group blocks (in page and reading order) into chunks.
 
     Figures and tables become one chunk each (their caption, the text inside the figure or the
-    table's Markdown). Text blocks are packed into chunks of about `target_tokens`, starting a new
-    chunk at each heading and page; a block longer than `max_tokens` is split at sentence ends.
+    table's Markdown); a table longer than `max_tokens` becomes several chunks of about
+    `target_tokens`, each with the caption and the header row on top. Text blocks are packed into
+    chunks of about `target_tokens`, starting a new chunk at each heading and page; a block longer
+    than `max_tokens` is split at sentence ends.
     """
     drafts: list[ChunkDraft] = []
     by_page: dict[int, list[BlockRef]] = {}
@@ -72,7 +75,11 @@ def chunk_blocks(blocks: Sequence[BlockRef], config: ChunkConfig) -> list[ChunkD
                 caption = linked_captions.get(block.reading_order)
                 block_ids = [block.id] + ([caption.id] if caption else [])
                 # The region's text already starts with its caption (see parse._link_captions).
-                emit(block.kind, page, block_ids, [block.text])
+                if block.kind == "table" and count_tokens(block.text) > config.max_tokens:
+                    for piece in split_table(block.text, config.target_tokens):
+                        emit(block.kind, page, block_ids, [piece])
+                else:
+                    emit(block.kind, page, block_ids, [block.text])
                 continue
             if block.kind == "caption" and block.caption_of in regions:
                 continue
@@ -93,6 +100,32 @@ def chunk_blocks(blocks: Sequence[BlockRef], config: ChunkConfig) -> list[ChunkD
             headings_only = headings_only and block.kind == "heading"
         emit("text", page, ids, parts)
     return drafts
+
+
+def split_table(text: str, target: int) -> list[str]:
+    """A Markdown table (after its caption lines) cut into pieces of about `target` tokens, each
+    repeating the caption and the header row with its rule; text without a header is returned
+    whole."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if start is None or start + 1 >= len(lines) or not _RULE.match(lines[start + 1]):
+        return [text]
+    head = lines[: start + 2]
+    # NOTE: a long caption and header still leave each piece room for rows.
+    budget = max(target // 2, target - count_tokens("\n".join(head)))
+    pieces: list[str] = []
+    rows: list[str] = []
+    size = 0
+    for row in lines[start + 2 :]:
+        n = count_tokens(row)
+        if rows and size + n > budget:
+            pieces.append("\n".join(head + rows))
+            rows, size = [], 0
+        rows.append(row)
+        size += n
+    if rows or not pieces:
+        pieces.append("\n".join(head + rows))
+    return pieces
 
 
 def _split_long(text: str, target: int) -> list[str]:

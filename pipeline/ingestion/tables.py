@@ -152,7 +152,9 @@ def _same_phrase(previous: Word, word: Word, gaps: Sequence[tuple[float, float]]
     return space <= _WORD_SPACE * height or (not crosses and space <= 2 * height)
 
 
-def _place(phrase: Sequence[Word], bounds: Sequence[tuple[float, float]], cells: list[list[str]]) -> None:
+def _place(
+    phrase: Sequence[Word], bounds: Sequence[tuple[float, float]], cells: list[list[str]]
+) -> None:
     x0, x1 = phrase[0].bbox[0], phrase[-1].bbox[2]
     overlap = [max(0.0, min(x1, b) - max(x0, a)) for a, b in bounds]
     column = max(range(len(bounds)), key=lambda i: (overlap[i], -i))

@@ -55,3 +55,25 @@ def test_long_blocks_split_at_sentences() -> None:
 def test_empty_input_and_token_count() -> None:
     assert chunk_blocks([], CONFIG) == []
     assert count_tokens("Hello, world!") == 4
+
+
+def test_a_long_table_splits_into_chunks_that_repeat_caption_and_header() -> None:
+    header = "| Model | Score |\n|---|---|"
+    rows = [f"| model {i} | {i}.5 |" for i in range(30)]
+    text = "\n".join(["Table 3: Scores.", header, *rows])
+    blocks = [
+        BlockRef(1, 4, "table", text, reading_order=0),
+        BlockRef(2, 4, "caption", "Table 3: Scores.", caption_of=0, reading_order=1),
+    ]
+    chunks = chunk_blocks(blocks, CONFIG)
+    assert len(chunks) > 2 and all(c.kind == "table" and c.block_ids == (1, 2) for c in chunks)
+    for chunk in chunks:
+        assert chunk.text.startswith(f"Table 3: Scores.\n{header}\n| model ")
+    # Every row lands in exactly one chunk, in order.
+    assert [line for c in chunks for line in c.text.splitlines()[3:]] == rows
+
+
+def test_a_short_table_stays_one_chunk() -> None:
+    text = "Table 1: Two rows.\n| a | b |\n|---|---|\n| 1 | 2 |"
+    chunks = chunk_blocks([BlockRef(1, 1, "table", text)], CONFIG)
+    assert [c.text for c in chunks] == [text]
