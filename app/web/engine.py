@@ -40,6 +40,7 @@ class Engine:
     local_login: str | None = None
     status: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stops: set[str] = field(default_factory=set)  # browser sessions whose question must stop
 
     def for_user(self, name: str | None) -> Folio:
         """The library as the signed-in user `name` (None: no login) sees it."""
@@ -131,6 +132,18 @@ class Engine:
                     yield Reply(status_message(line, time.monotonic() - start))
         finally:
             stop.set()
+
+    def request_stop(self, session: str | None) -> None:
+        """Ask the question running for a browser session to stop (see `should_stop`)."""
+        if session is not None:
+            self._stops.add(session)
+
+    def should_stop(self, session: str | None) -> bool:
+        """Whether Stop was asked for this session's question; asking forgets the request."""
+        if session is None or session not in self._stops:
+            return False
+        self._stops.discard(session)
+        return True
 
     def delete(self, me: Folio, doc_ids: Sequence[str]) -> tuple[list[DocumentInfo], list[str]]:
         """Delete documents of `me`'s user, one by one: (those deleted, one error per failure)."""

@@ -266,12 +266,23 @@ def on_ask(
     turn = len(history_to_turns(before))
     chat = [*before, {"role": "user", "content": question}]
     panels = (gr.skip(),) * 7
+    session = getattr(request, "session_hash", None)
+    engine.should_stop(session)  # a Stop from before this question does not stop it
+    shown = [*chat, {"role": "assistant", "content": ""}]
     if engine.loading:
         loading = {"role": "assistant", "content": "_Loading the models (first question only)…_"}
-        yield "", [*chat, loading], gr.skip(), *panels, gr.Button(interactive=False)
+        shown = [*chat, loading]
+        yield "", shown, gr.skip(), *panels, gr.Button(interactive=False)
         engine.wait()
     last = 0.0
-    for reply in engine.ask(folio, question, before, doc_ids=selected or None, options=options):
+    replies = engine.ask(folio, question, before, doc_ids=selected or None, options=options)
+    for reply in replies:
+        # NOTE: Stop is answered here, in this handler's own stream of updates: a cancelled
+        # handler could still deliver an update after a separate "stopped" one.
+        if engine.should_stop(session):
+            replies.close()
+            yield "", mark_stopped(shown, turn), gr.skip(), *panels, gr.Button(interactive=True)
+            return
         shown = [*chat, {"role": "assistant", "content": reply.text}]
         if reply.answer is None:
             # A stage's status line always shows; streamed text at most every _STREAM_EVERY_S.
@@ -288,12 +299,18 @@ def on_ask(
         yield "", shown, [*kept, answer], summary, tables, *chip, gr.Button(interactive=True)
 
 
-def on_stop(history: list | None, answers: list | None) -> tuple:
-    """Stop the question running: its answer so far is marked stopped and Ask comes back.
+def on_stop(
+    engine: Engine, history: list | None, answers: list | None, request: gr.Request
+) -> tuple:
+    """Stop the question running in this browser session: `on_ask` ends at its next update
+    (within `STATUS_EVERY_S`, or the next generated token), marking the answer so far as
+    stopped, and Ask comes back.
 
-    Returns: chat, Ask button.
+    Returns: Ask button.
     """
-    return mark_stopped(history, len(answers or [])), gr.Button(interactive=True)
+    if mark_stopped(history, len(answers or [])) != list(history or []):  # a question is open
+        engine.request_stop(getattr(request, "session_hash", None))
+    return gr.Button(interactive=True)
 
 
 def on_clear() -> tuple:

@@ -283,9 +283,7 @@ def build_ui(
             show_progress="hidden",
             trigger_mode="once",
         )
-        stop.click(
-            handlers.on_stop, [chatbot, answers], [chatbot, send], cancels=[asking], queue=False
-        )
+        stop.click(bind(handlers.on_stop, engine), [chatbot, answers], [send], queue=False)
         clear.click(
             handlers.on_clear,
             None,

@@ -575,12 +575,27 @@ def test_handlers_are_bound_to_the_engine_with_the_signature_gradio_reads() -> N
     assert list(inspect.signature(delete).parameters)[-1] == "request"
 
 
-def test_stop_and_new_conversation_bring_ask_back() -> None:
-    from app.web.handlers import on_clear, on_stop
+def test_stop_ends_the_question_in_its_own_stream_and_brings_ask_back() -> None:
+    from types import SimpleNamespace
 
-    history = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "_Writing the answer… (9 s)_"}]
-    chat, ask = on_stop(history, [])
-    assert chat[-1]["content"] == "_Stopped before the answer began._" and ask.interactive is True
+    from app.web import Engine
+    from app.web.handlers import on_ask, on_clear, on_stop
+
+    folio = _SlowFolio(_answer(_citation(5)), pause=0.3)
+    engine = Engine(folio)
+    request = SimpleNamespace(username=None, session_hash="tab-1")
+    updates = on_ask(engine, "What?", [], [], [], "retrieved", True, "default", 20, 1000, False, False, request)
+    first = next(updates)
+    chat, ask = first[1], first[-1]
+    assert chat[-1]["content"].endswith("(0 s)_") and ask.interactive is False
+    assert on_stop(engine, chat, [], request).interactive is True
+    *_, last = updates
+    assert last[1][-1]["content"] == "_Stopped before the answer began._" and last[-1].interactive is True
+    assert last[2] is not None and not isinstance(last[2], list)  # no answer kept for the turn
+    # Stop with no question open changes nothing and does not stop the next question.
+    done = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "42"}]
+    on_stop(engine, done, [_answer()], request)
+    assert not engine.should_stop("tab-1")
     assert on_clear()[-1].interactive is True
 
 
