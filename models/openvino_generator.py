@@ -199,7 +199,8 @@ class OpenVinoGenerator(GeneratorBase):
             raise RuntimeError("OpenVINO generation ended without a token")
         if streamer.reason is None:  # the runtime stopped by itself (its own end token)
             streamer.reason = StopReason.EOS
-            streamer.emit(answer.end())
+            if delta := answer.end():
+                yield delta
         first, last = streamer.token_times[0], streamer.token_times[-1]
         return Generation(
             text=answer.text,

@@ -174,8 +174,11 @@ def test_the_streamer_applies_the_same_stop_rules(scripted: Any) -> None:
     generator, _ = scripted("The revenue in 2023 was 4.2 billion dollars")
     result = generator.generate("q", max_new_tokens=3)
     assert result.new_tokens == 3 and result.stop_reason is StopReason.MAX_NEW_TOKENS
-    generator, _ = scripted("The revenue")  # the runtime ran out first
-    assert generator.generate("q", max_new_tokens=30).stop_reason is StopReason.EOS
+    # The runtime ran out first while "Table" was held back as a possible start of "Table 9".
+    generator, _ = scripted("The revenue Table")
+    stream = generator.stream("q", max_new_tokens=30, stop_strings=("Table 9",))
+    assert "".join(stream) == stream.result.text == "The revenue Table"
+    assert stream.result.stop_reason is StopReason.EOS
 
 
 def test_closing_the_stream_cancels_the_generation(scripted: Any) -> None:
