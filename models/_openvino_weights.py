@@ -26,13 +26,13 @@ from models._gguf_q8 import quantize_q8_0
 from models._packaged import (
     PACKAGED_MODELS,
     ModelSourceError,
-    _convert_into,
-    _gguf_chat_template,
-    _is_done,
-    _require_cache,
-    _sha256_file,
+    convert_into,
+    gguf_chat_template,
+    is_converted,
     join_parts,
     locate_parts,
+    require_cache,
+    sha256_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,12 +69,12 @@ def resolve_openvino_weights(model: str, cache_dir: Path | None) -> Q8Weights:
     if model not in PACKAGED_MODELS:
         raise ValueError(f"the openvino runtime runs packaged models only, not {model!r}")
     entry = PACKAGED_MODELS[model]
-    cache = _require_cache(cache_dir, model)
+    cache = require_cache(cache_dir, model)
     folder = cache / f"{entry.name}-q8_0-{entry.sha256[:12]}"
-    if not _is_done(folder):
+    if not is_converted(folder):
         cache.mkdir(parents=True, exist_ok=True)
         with _file_lock(cache / f".{folder.name}.lock"):
-            if not _is_done(folder):  # another process may have finished while we waited
+            if not is_converted(folder):  # another process may have finished while we waited
                 parts = locate_parts(entry)
 
                 def build(tmp: Path) -> None:
@@ -85,7 +85,7 @@ def resolve_openvino_weights(model: str, cache_dir: Path | None) -> Q8Weights:
                     finally:
                         source.unlink(missing_ok=True)
 
-                _convert_into(folder, build, source=f"{entry.name} (Q8_0)", sha=entry.sha256)
+                convert_into(folder, build, source=f"{entry.name} (Q8_0)", sha=entry.sha256)
     return Q8Weights(folder)
 
 
@@ -100,7 +100,7 @@ def _build_q8_folder(source: Path, out: Path) -> None:
         raise ModelSourceError(f"re-quantising {source.name} to Q8_0 failed: {exc}") from exc
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     if getattr(tokenizer, "chat_template", None) is None:
-        tokenizer.chat_template = _gguf_chat_template(source)
+        tokenizer.chat_template = gguf_chat_template(source)
     tokenizer.save_pretrained(out)
     _write_report(source, out, types)
 
@@ -109,7 +109,7 @@ def _write_report(source: Path, out: Path, types: dict[str, int]) -> None:
     """Record the output's digest, size and tensor types, and the source's end token."""
     target = out / MODEL_FILE
     report = {
-        "sha256": _sha256_file(target),
+        "sha256": sha256_file(target),
         "bytes": target.stat().st_size,
         "tensor_types": types,
         "eos_token_id": _gguf_eos_id(source),

@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +106,8 @@ def resolve_model_dir(model: str, cache_dir: Path | None) -> Path:
     """
     if model in PACKAGED_MODELS:
         entry = PACKAGED_MODELS[model]
-        folder = _require_cache(cache_dir, model) / f"{entry.name}-{entry.sha256[:12]}"
-        if not _is_done(folder):
+        folder = require_cache(cache_dir, model) / f"{entry.name}-{entry.sha256[:12]}"
+        if not is_converted(folder):
             _convert_packaged(entry, folder)
         return folder
 
@@ -119,10 +120,10 @@ def resolve_model_dir(model: str, cache_dir: Path | None) -> Path:
             )
         return path
     if path.is_file() and path.suffix.lower() == ".gguf":
-        digest = _sha256_file(path)
-        folder = _require_cache(cache_dir, model) / f"{path.stem}-{digest[:12]}"
-        if not _is_done(folder):
-            _convert_into(
+        digest = sha256_file(path)
+        folder = require_cache(cache_dir, model) / f"{path.stem}-{digest[:12]}"
+        if not is_converted(folder):
+            convert_into(
                 folder, lambda tmp: _convert_gguf(path, tmp), source=str(path), sha=digest
             )
         return folder
@@ -214,10 +215,12 @@ def _convert_packaged(entry: PackagedModel, folder: Path) -> None:
         finally:
             gguf.unlink(missing_ok=True)
 
-    _convert_into(folder, build, source=entry.name, sha=entry.sha256)
+    convert_into(folder, build, source=entry.name, sha=entry.sha256)
 
 
-def _convert_into(folder: Path, build, *, source: str, sha: str) -> None:
+def convert_into(
+    folder: Path, build: Callable[[Path], None], *, source: str, sha: str
+) -> None:
     """Run `build(tmp)` in a temporary sibling folder, then rename it to `folder` atomically."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     stale = [p.name for p in folder.parent.glob(f".{folder.name}-*") if p.is_dir()]
@@ -236,7 +239,7 @@ def _convert_into(folder: Path, build, *, source: str, sha: str) -> None:
         try:
             os.rename(tmp, folder)
         except OSError:
-            if not _is_done(folder):
+            if not is_converted(folder):
                 raise
             logger.info("another process converted %s first; using its folder", source)
     finally:
@@ -259,7 +262,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelSourceError(f"transformers could not read the GGUF {gguf.name}: {exc}") from exc
     if getattr(tokenizer, "chat_template", None) is None:
-        template = _gguf_chat_template(gguf)
+        template = gguf_chat_template(gguf)
         if template:
             tokenizer.chat_template = template
     tokenizer.save_pretrained(out)
@@ -276,7 +279,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     del model
 
 
-def _gguf_chat_template(gguf: Path) -> str | None:
+def gguf_chat_template(gguf: Path) -> str | None:
     """The `tokenizer.chat_template` string stored in a GGUF's metadata, if any."""
     from gguf import GGUFReader
 
@@ -286,12 +289,12 @@ def _gguf_chat_template(gguf: Path) -> str | None:
     return bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
-def _is_done(folder: Path) -> bool:
+def is_converted(folder: Path) -> bool:
     """A conversion is complete when its marker (written last) is there."""
     return (folder / _DONE_MARKER).is_file()
 
 
-def _require_cache(cache_dir: Path | None, model: str) -> Path:
+def require_cache(cache_dir: Path | None, model: str) -> Path:
     """The cache directory, or a ValueError naming what needs it."""
     if cache_dir is None:
         raise ValueError(
@@ -301,7 +304,7 @@ def _require_cache(cache_dir: Path | None, model: str) -> Path:
     return Path(cache_dir)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as src:

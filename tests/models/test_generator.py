@@ -626,11 +626,11 @@ def test_a_failed_conversion_leaves_no_folder(tmp_path: Path) -> None:
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        _packaged._convert_into(tmp_path / "m-123", broken, source="m", sha="123")
+        _packaged.convert_into(tmp_path / "m-123", broken, source="m", sha="123")
     assert list(tmp_path.iterdir()) == []
 
-    _packaged._convert_into(tmp_path / "m-123", lambda tmp: None, source="m", sha="123")
-    assert _packaged._is_done(tmp_path / "m-123")
+    _packaged.convert_into(tmp_path / "m-123", lambda tmp: None, source="m", sha="123")
+    assert _packaged.is_converted(tmp_path / "m-123")
 
 
 def test_a_gguf_path_is_converted_once_into_a_folder_named_by_its_hash(
