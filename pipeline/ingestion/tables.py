@@ -5,10 +5,11 @@ table region (found from a "Table N" caption or from rules, see parse.py) is reb
 
 1. rows: the region's words grouped by the vertical centre of their line, so rows that sit tight
    stay apart (PyMuPDF's `find_tables(strategy="text")` interleaves the characters of such rows,
-   and on the labelled sample it was slower and found the wrong columns more often: see
-   BENCHMARKS.md, "Tables (issue 23)");
-2. columns: the x ranges that (almost) no row's words cover are the gaps between columns; a
-   header cell spanning two columns is the rare row that crosses a gap, so it does not close it;
+   and on the labelled sample it was ~90x slower and less accurate: see BENCHMARKS.md,
+   "Tables (issue 23)");
+2. columns: the x ranges that no body row's words cover are the gaps between columns; the top
+   two rows (headers, whose cells may span columns) and rows with few pieces of text (group
+   and section rows) do not vote;
 3. cells: the words of a row between two gaps, in reading order; a phrase written across a gap
    with a plain word space (a spanning header) stays one cell, in the column it overlaps most.
 
@@ -32,8 +33,8 @@ class Word:
     text: str
 
 
-# A gap must be free of words in all but this share of the rows (spanning headers, notes).
-_GAP_TOLERANCE = 0.0
+# The top rows of a table: its headers, whose cells may span columns.
+_HEADER_ROWS = 2
 # Narrowest gap between columns, as a share of the median word height (a word space is ~0.3).
 _MIN_GAP = 0.35
 # Two words closer than this share of their height are one phrase even across a column gap.
@@ -86,15 +87,21 @@ def group_rows(words: Sequence[Word]) -> list[list[Word]]:
 
 
 def column_gaps(rows: Sequence[Sequence[Word]]) -> list[tuple[float, float]]:
-    """The x ranges between columns: covered by words in at most a few of the rows that have
-    many cells, and wide enough not to be a word space. Sorted left to right.
+    """The x ranges between columns: covered by no word of a body row that has many pieces of
+    text, and wider than a word space. Sorted left to right.
 
-    Rows with few separate pieces of text (spanning group headers, notes, section rows) are
-    left out of the vote: they cross the gaps of the columns below them."""
+    Rows with few separate pieces of text (spanning group headers, notes, section rows) and
+    the header rows on top are left out of the vote: they cross the gaps of the columns below."""
     pieces = [_pieces(row) for row in rows]
     most = max(pieces, default=0)
-    rows = [row for row, n in zip(rows, pieces, strict=True) if n >= _VOTERS * most]
-    words = [w for row in rows for w in row]
+    # NOTE: the top rows (headers) may cross a gap with a cell spanning two columns; a row below
+    # them never does.
+    headers = _HEADER_ROWS if len(rows) > _HEADER_ROWS + 1 else 1
+    voters = [
+        (row, i < headers) for i, (row, n) in enumerate(zip(rows, pieces, strict=True))
+        if n >= _VOTERS * most
+    ]
+    words = [w for row, _ in voters for w in row]
     if not words:
         return []
     height = statistics.median(w.bbox[3] - w.bbox[1] for w in words)
@@ -103,12 +110,12 @@ def column_gaps(rows: Sequence[Sequence[Word]]) -> list[tuple[float, float]]:
     # Elementary x intervals between all word edges, each counted by the rows covering it.
     edges = np.unique([w.bbox[i] for w in words for i in (0, 2)])
     middles = (edges[:-1] + edges[1:]) / 2
-    covering = np.zeros(len(middles), dtype=int)
-    for row in rows:
-        boxes = np.array([(w.bbox[0], w.bbox[2]) for w in row])
-        inside = (boxes[None, :, 0] < middles[:, None]) & (middles[:, None] < boxes[None, :, 1])
-        covering += inside.any(axis=1)
-    free = covering <= int(_GAP_TOLERANCE * len(rows))
+    free = np.ones(len(middles), dtype=bool)
+    for row, is_header in voters:
+        if not is_header:
+            boxes = np.array([(w.bbox[0], w.bbox[2]) for w in row])
+            inside = (boxes[None, :, 0] < middles[:, None]) & (middles[:, None] < boxes[None, :, 1])
+            free &= ~inside.any(axis=1)
     gaps: list[tuple[float, float]] = []
     start = None
     for i, is_free in enumerate(free):
@@ -148,7 +155,7 @@ def _cells(row: Sequence[Word], gaps: Sequence[tuple[float, float]]) -> list[str
 def _same_phrase(previous: Word, word: Word, gaps: Sequence[tuple[float, float]]) -> bool:
     space = word.bbox[0] - previous.bbox[2]
     height = min(previous.bbox[3] - previous.bbox[1], word.bbox[3] - word.bbox[1])
-    crosses = any(previous.bbox[2] <= a and b <= word.bbox[0] for a, b in gaps)
+    crosses = any(a < word.bbox[0] and previous.bbox[2] < b for a, b in gaps)
     return space <= _WORD_SPACE * height or (not crosses and space <= 2 * height)
 
 
