@@ -34,7 +34,7 @@ from typing import Any
 from models.config import EncoderConfig, GeneratorConfig, RefragConfig, SamplerConfig, UragConfig
 from models.generator import Generator, load_generator
 from models.sampler import EvidenceSampler
-from pipeline.answering.cache import ModelCache
+from pipeline.answering.cache import ModelCache, with_runtime_for
 from pipeline.answering.citations import cite
 from pipeline.answering.evidence import EvidenceGatherer
 from pipeline.answering.generation import GenerationRun
@@ -252,7 +252,7 @@ class Answerer:
         cfg = config or self.config
         if cfg.use_urag and cfg.use_refrag:  # a `model_copy` skips AnswerConfig's validator
             raise ValueError(URAG_OR_REFRAG)
-        gen_cfg = generator_config or self.generator_config
+        gen_cfg = with_runtime_for(cfg, generator_config or self.generator_config)
         say = Progress(on_progress)
         started = time.perf_counter()
         docs = resolve_documents(self.library, doc_ids, owner=owner) if doc_ids else None

@@ -8,6 +8,7 @@ state (URaG's per-prompt selection lives on a `UragPass` each question binds).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +16,14 @@ from typing import Any
 
 from models.config import EncoderConfig, GeneratorConfig, RefragConfig, SamplerConfig, UragConfig
 from models.generator import Generator
+from models.runtime import select_runtime
 from models.sampler import EmbeddingCache, EvidenceSampler
 from pipeline.answering.prompt import token_counter
+from pipeline.config import AnswerConfig
 
-__all__ = ["ModelCache"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelCache", "with_runtime_for"]
 
 # Generators kept loaded: the configured one and one per-request alternative.
 _GENERATORS_KEPT = 2
@@ -141,3 +146,21 @@ class ModelCache:
                     generator, projector, ChunkEncoder.for_projector(projector)
                 )
             return self._refrag[key]
+
+
+def with_runtime_for(config: AnswerConfig, generator: GeneratorConfig) -> GeneratorConfig:
+    """`generator` with its runtime resolved for a request whose stages read or feed the model's
+    internals (URaG, REFRAG): those run on torch (`models.runtime.select_runtime`; runtime auto
+    picks it and the log says why, an explicit openvino is refused in one line). Requests
+    without such a stage keep `generator` as it is, so their runtime resolves at load.
+
+    Raises:
+        ValueError: runtime="openvino" with URaG or REFRAG on.
+    """
+    stage = "URaG" if config.use_urag else "REFRAG" if config.use_refrag else None
+    if stage is None:
+        return generator
+    choice = select_runtime(generator, needs_internals=True, stage=stage)
+    if choice.runtime != generator.runtime:
+        logger.info("generator runtime for %s: %s (%s)", stage, choice.runtime, choice.reason)
+    return generator.model_copy(update={"runtime": choice.runtime})

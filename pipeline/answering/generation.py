@@ -81,7 +81,7 @@ def _run(
         )  # fmt: skip
         stream = generator.stream(
             compression.inputs, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
-            **say.stream_args(generator),
+            **say.stream_args(),
         )  # fmt: skip
     elif cfg.use_urag and items and not prompt.images:
         from models.urag import layout_prompt
@@ -90,12 +90,12 @@ def _run(
         urag_pass = models.urag(cfg.urag, generator).bind(layout_prompt(generator, prompt))
         stream = generator.stream(
             urag_pass.layout.inputs, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
-            **say.stream_args(generator, urag_pass),
+            **say.stream_args(urag_pass),
         )  # fmt: skip
     else:
         stream = generator.stream(
             prompt, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
-            **say.stream_args(generator),
+            **say.stream_args(),
         )  # fmt: skip
     first_token: float | None = None
     for delta in stream:

@@ -29,24 +29,11 @@ class Progress:
         except Exception:  # noqa: BLE001 - a display callback must never break answering
             logger.exception("on_progress failed on %r", status)
 
-    def stream_args(self, generator: Any, runner: Any | None = None) -> dict[str, Any]:
+    def stream_args(self, runner: Any | None = None) -> dict[str, Any]:
         """`generator.stream` arguments that run the prompt through `runner` (None: the
-        generator itself) and announce the prefill with the prompt's tokens."""
-        if self.callback is None:
-            return {} if runner is None else {"runner": runner}
-        return {"runner": _AnnouncingRunner(generator if runner is None else runner, self)}
-
-
-class _AnnouncingRunner:
-    """A runner (the generator or a URaG pass) that says "Reading N prompt tokens…" as its
-    prefill starts."""
-
-    def __init__(self, inner: Any, say: Progress) -> None:
-        self.inner, self.say = inner, say
-
-    def prefill(self, inputs: Any, **kwargs: Any) -> Any:
-        self.say(f"Reading {inputs.num_tokens:,} prompt tokens…")
-        return self.inner.prefill(inputs, **kwargs)
-
-    def decode_step(self, tokens: Any, cache: Any) -> Any:
-        return self.inner.decode_step(tokens, cache)
+        generator itself) and announce the prefill with the prompt's tokens (both runtimes
+        call `on_prefill` just before their prefill)."""
+        args: dict[str, Any] = {} if runner is None else {"runner": runner}
+        if self.callback is not None:
+            args["on_prefill"] = lambda tokens: self(f"Reading {tokens:,} prompt tokens…")
+        return args

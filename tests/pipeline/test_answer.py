@@ -478,3 +478,16 @@ def test_a_vision_language_model_reads_the_selected_figures_as_images(
     assert inputs.model_kwargs["pixel_values"].shape[0] == len(figures)
     # Each image is charged to the budget on top of its caption.
     assert all(e.tokens >= 64 for e in figures)
+
+
+def test_stages_that_read_the_models_internals_run_on_torch() -> None:
+    from models.config import GeneratorRuntime
+    from pipeline.answering.cache import with_runtime_for
+
+    auto = GeneratorConfig(runtime="auto")
+    assert with_runtime_for(AnswerConfig(), auto) is auto  # resolved at load, not here
+    for stage in ({"use_urag": True}, {"use_refrag": True}):
+        chosen = with_runtime_for(AnswerConfig(**stage), auto)
+        assert chosen.runtime is GeneratorRuntime.TORCH
+    with pytest.raises(ValueError, match="--runtime torch"):
+        with_runtime_for(AnswerConfig(use_urag=True), GeneratorConfig(runtime="openvino"))
