@@ -1,7 +1,7 @@
 """Table cell accuracy on the labelled sample, and what it costs in parse speed (issue 23).
 
 Usage:
-    python -m bench.tables [--data ../shared/data] [--repeats 3] [--find-tables] [--out FILE]
+    python -m bench.tables [--data DIR] [--repeats 3] [--find-tables] [--layout] [--out FILE]
 
 The sample is tests/pipeline/data/table_cells.json: rows of cells typed from the rendered pages
 of 34 tables (file, page, caption). Each labelled table's page is parsed with both table modes
@@ -10,7 +10,8 @@ scored with pipeline.evaluation.tables (cells in order as whole cells, whole row
 order on one line); "rectangular" counts the Markdown tables on those pages whose rows all have
 as many cells as each other (a ragged table puts values under the wrong header).
 `--find-tables` also scores PyMuPDF's own table finder on the grid parse's table regions, two ways: its Markdown (`find_tables(strategy="text", clip=region)`), and its
-column borders with rows from the words' lines.
+column borders with rows from the words' lines. `--layout` also scores the layout-model parser
+(`--parser layout`: pymupdf4llm's table Markdown) on each labelled page alone.
 
 Speed: the born-digital files of bench/ingest.py are parsed whole with each mode, alternating,
 `--repeats` times, and the best pages/s of each mode reported.
@@ -21,17 +22,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import tempfile
 import time
 from pathlib import Path
 
 import pymupdf
 
-from pipeline.config import OcrMode, ParseConfig, TableMode
+from pipeline.config import OcrMode, ParseConfig, ParserKind, TableMode
 from pipeline.evaluation.tables import aggregate, extracted_rows, score_row
 from pipeline.ingestion.parse import _parse_page, parse_pdf
 from pipeline.ingestion.tables import Word, group_rows
 
 ROOT = Path(__file__).resolve().parents[1]
+_CELL_BORDER = re.compile(r"(?<!\\)\|")  # a "|" that is not escaped inside a cell
 SAMPLE = ROOT / "tests" / "pipeline" / "data" / "table_cells.json"
 BORN_DIGITAL = [  # the born-digital set of bench/ingest.py
     "pdfs/papers/papermage__2023.eacl-main.121.pdf",
@@ -59,7 +63,7 @@ def _finder_markdown(page: pymupdf.Page, region: tuple) -> str:
         found = page.find_tables(strategy="text", clip=pymupdf.Rect(region))
     except (RuntimeError, ValueError, IndexError):
         return ""
-    return "\n".join(t.to_markdown(clean=False) for t in found.tables)
+    return "\n\n".join(t.to_markdown(clean=False) for t in found.tables)
 
 
 def _finder_columns_markdown(page: pymupdf.Page, region: tuple) -> str:
@@ -79,7 +83,8 @@ def _finder_columns_markdown(page: pymupdf.Page, region: tuple) -> str:
                 centre = (w.bbox[0] + w.bbox[2]) / 2
                 column = sum(1 for b in borders[1:-1] if centre >= b)
                 cells[min(column, len(cells) - 1)].append(w.text)
-            out.append("| " + " | ".join(" ".join(c) for c in cells) + " |")
+            out.append("| " + " | ".join(" ".join(c).replace("|", "\\|") for c in cells) + " |")
+        out.append("")  # a blank line ends each table
     return "\n".join(out)
 
 
@@ -90,19 +95,32 @@ def _markdown_tables(texts: list[str]) -> list[list[int]]:
         run: list[int] = []
         for line in [*text.splitlines(), ""]:
             if line.startswith("|") and line.rstrip().endswith("|"):
-                run.append(line.strip().count("|") - 1)
+                run.append(len(_CELL_BORDER.findall(line.strip())) - 1)
             elif run:
                 tables.append(run)
                 run = []
     return tables
 
 
-def accuracy(data: Path, find_tables: bool) -> dict:
+def _layout_texts(doc: pymupdf.Document, number: int, scratch: Path) -> list[str]:
+    """The layout-model parser (pymupdf4llm's table Markdown) on the page alone."""
+    single = pymupdf.open()
+    single.insert_pdf(doc, from_page=number - 1, to_page=number - 1)
+    path = scratch / "page.pdf"
+    single.save(path)
+    parsed = parse_pdf(path, ParseConfig(ocr=OcrMode.NEVER, parser=ParserKind.LAYOUT))
+    return [b.text for b in parsed.pages[0].blocks]
+
+
+def accuracy(data: Path, find_tables: bool, layout: bool) -> dict:
     sample = json.loads(SAMPLE.read_text())
     scores: dict[str, list] = {"before (spans)": [], "after (grid)": []}
     if find_tables:
         scores["find_tables markdown"] = []
         scores["find_tables columns + word rows"] = []
+    if layout:
+        scores["layout parser (pymupdf4llm)"] = []
+    scratch = Path(tempfile.mkdtemp())
     seconds: dict[str, float] = dict.fromkeys(scores, 0.0)
     shapes: dict[str, list[bool]] = {label: [] for label in scores}  # per table: rectangular?
     for entry in sample:
@@ -126,6 +144,13 @@ def accuracy(data: Path, find_tables: bool) -> dict:
                     seconds[label] += time.perf_counter() - start
                     rows_by_method[label] = extracted_rows(texts)
                     shapes[label] += [len(set(t)) == 1 for t in _markdown_tables(texts)]
+            if layout:
+                label = "layout parser (pymupdf4llm)"
+                start = time.perf_counter()
+                texts = _layout_texts(doc, entry["page"], scratch)
+                seconds[label] += time.perf_counter() - start
+                rows_by_method[label] = extracted_rows(texts)
+                shapes[label] += [len(set(t)) == 1 for t in _markdown_tables(texts)]
         for label, rows in rows_by_method.items():
             scores[label] += [score_row(cells, rows) for cells in entry["rows"]]
     return {
@@ -168,6 +193,9 @@ def main() -> None:
     parser.add_argument(
         "--find-tables", action="store_true", help="also score PyMuPDF's table finder"
     )
+    parser.add_argument(
+        "--layout", action="store_true", help="also score the layout-model parser (~1 page/s)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not (args.data / "mmlongbench").is_dir():
@@ -175,7 +203,7 @@ def main() -> None:
             f"shared data not found at {args.data} (pass --data or set FOLIO_SHARED_DATA)"
         )
     report = {
-        "accuracy": accuracy(args.data, args.find_tables),
+        "accuracy": accuracy(args.data, args.find_tables, args.layout),
         "speed": speed(args.data, args.repeats),
     }
     print(json.dumps(report, indent=2))

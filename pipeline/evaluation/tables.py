@@ -11,7 +11,8 @@ Two scores per labelled row, each taking the page's best-matching extracted row:
   what a reader of the flattened text could still recover.
 
 Cells compare after normalisation: Unicode NFKC, dashes and minus signs as "-", curly quotes as
-straight ones, and no whitespace at all (so "53.8 (0.5)" equals "53.8(0.5)").
+straight ones, no Markdown bold markers (`**`), and no whitespace at all (so "53.8 (0.5)" equals
+"53.8(0.5)").
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ _MARKDOWN_RULE = re.compile(r"^\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?$")
 
 
 def normalize_cell(text: str) -> str:
-    """A cell as compared: NFKC, plain dashes and quotes, no whitespace."""
-    return _SPACE.sub("", unicodedata.normalize("NFKC", text).translate(_DASHES))
+    """A cell as compared: NFKC, plain dashes and quotes, no bold markers, no whitespace."""
+    plain = unicodedata.normalize("NFKC", text).translate(_DASHES).replace("**", "")
+    return _SPACE.sub("", plain)
 
 
 def extracted_rows(texts: Sequence[str]) -> list[list[str]]:

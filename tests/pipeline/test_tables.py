@@ -137,3 +137,17 @@ def test_labelled_real_tables_above_the_floor(shared_data: Path, tmp_path: Path)
         rows = extracted_rows([b.text for b in page.blocks])
         scores += [score_row(cells, rows) for cells in entry["rows"]]
     assert aggregate(scores).cell_accuracy >= CELL_FLOOR
+
+
+def test_scorer_counts_whole_cells_in_order() -> None:
+    table = "Table 1: x\n| Model | F1 |\n|---|---|\n| **BM25** | 53.8 (0.5) |"
+    rows = extracted_rows([table, "BM25 53.8"])
+    assert rows == [["Table 1: x"], ["Model", "F1"], ["**BM25**", "53.8 (0.5)"], ["BM25 53.8"]]
+    right = score_row(["BM25", "53.8(0.5)"], rows)  # bold and spaces do not matter
+    assert (right.cells, right.cells_right, right.line_right) == (2, 2, True)
+    merged = score_row(["BM25", "53.8"], [["BM25 53.8"]])  # one cell holding two: wrong
+    assert (merged.cells_right, merged.line_right) == (0, True)
+    swapped = score_row(["F1", "Model"], rows)  # out of order: one of two
+    assert swapped.cells_right == 1
+    scores = aggregate([right, merged])
+    assert (scores.cell_accuracy, scores.row_accuracy, scores.line_accuracy) == (0.5, 0.5, 1.0)
