@@ -26,7 +26,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipeline.config import OcrMode, ParseConfig, ParserKind, TableMode
-from pipeline.ingestion.tables import Word, table_markdown
+from pipeline.ingestion.tables import Word, group_rows, table_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -389,10 +389,16 @@ def _blocks_from_spans(
     texts = [t for t in (_text_block(b, matrix) for b in data["blocks"] if b.get("type") == 0) if t]
     body_size = _body_font_size(texts)
     grid = config.tables == TableMode.GRID
+    words: list[Word] | None = None  # the page's words, read once if a table needs them
     for t in texts:
         t.kind = _classify(t, body_size)
         if grid and t.kind != "caption" and _ROMAN_TABLE.match(t.text):
             t.kind = "caption"
+    if grid:
+        for t in [t for t in texts if t.kind == "caption" and t.lines >= 3]:
+            if t.text.lower().startswith("tab"):
+                words = _page_words(textpage, matrix) if words is None else words
+                texts[texts.index(t) : texts.index(t) + 1] = _split_caption_from_table(t, words)
 
     page_area = page.rect.width * page.rect.height
     regions: list[tuple[str, BBox]] = []  # ("figure" | "table", bbox)
@@ -411,8 +417,15 @@ def _blocks_from_spans(
     for cap in captions:
         is_table = cap.text.lower().startswith("tab")
         near = _nearest_region(cap, regions)
-        if grid and is_table and near in owners.values():
-            near = None  # that band is the table of the caption next to this one
+        if grid and is_table and near is not None:
+            figure = any(k == "figure" and r == near for k, r in regions)
+            swallowing = figure and _center_in(cap.bbox, near)
+            if near in owners.values() or swallowing:
+                # That band is the table of the caption next to this one, or a "figure" drawn
+                # around the caption itself (a page frame or rules mistaken for art): not this
+                # table's region.
+                regions = [kr for kr in regions if not (swallowing and kr[1] == near)]
+                near = None
         if not near:
             taken = list(owners.values())
             guessed = _region_near_caption(cap, texts, page.rect.width, page.rect.height, grid, taken)
@@ -432,7 +445,6 @@ def _blocks_from_spans(
             body.append(t)
 
     items: list[tuple[str, BBox, str, _Text | None]] = [(t.kind, t.bbox, t.text, t) for t in body]
-    words: list[Word] | None = None  # the page's words, read once if a table needs them
     for kind, bbox in regions:
         inner = sorted(region_text[bbox], key=lambda t: (t.bbox[1], t.bbox[0]))
         if kind == "table" and bbox not in table_md and grid:
@@ -530,6 +542,32 @@ def _graphic_regions(
         kind = "table" if not has_image and rules >= 3 and rules >= 0.8 * len(inside) else "figure"
         out.append((kind, _to_display(r, matrix)))
     return out
+
+
+def _split_caption_from_table(cap: _Text, words: list[Word]) -> list[_Text]:
+    """A "Table N" caption block that runs on into the table's rows (MuPDF grouped them): cut at
+    the first line after the first with a gap wider than a word space could be."""
+    rows = group_rows([w for w in words if _center_in(w.bbox, cap.bbox)])
+
+    def has_cells(row: list[Word]) -> bool:
+        pairs = zip(row, row[1:], strict=False)
+        return any(b.bbox[0] - a.bbox[2] > b.bbox[3] - b.bbox[1] for a, b in pairs)
+
+    cut = next((i for i in range(1, len(rows)) if has_cells(rows[i])), None)
+    if cut is None:
+        return [cap]
+
+    def part(rows: list[list[Word]], kind: str) -> _Text:
+        boxes = [w.bbox for row in rows for w in row]
+        bbox = (
+            min(b[0] for b in boxes), min(b[1] for b in boxes),
+            max(b[2] for b in boxes), max(b[3] for b in boxes),
+        )
+        text = " ".join(w.text for row in rows for w in row)
+        spans = tuple((w.bbox, w.text) for row in rows for w in row)
+        return _Text(bbox, text, cap.size, cap.bold, len(rows), kind, spans)
+
+    return [part(rows[:cut], "caption"), part(rows[cut:], "text")]
 
 
 def _page_words(textpage: pymupdf.TextPage, matrix: pymupdf.Matrix) -> list[Word]:
@@ -693,7 +731,12 @@ def _region_near_caption(
             x0, x1 = 0.0, page_width
     column = [t for t in texts if t is not cap and _h_overlap(t.bbox, (x0, 0, x1, 0)) > 0]
     is_table = cap.text.lower().startswith("tab")
-    stops = (lambda t: _is_prose(t) or t.kind == "caption") if tabular and is_table else _is_prose
+    # NOTE: rows of a table may come as one long block; their lines are short, prose lines not.
+    stops = (
+        (lambda t: (_is_prose(t) and len(t.text) >= 30 * t.lines) or t.kind == "caption")
+        if tabular and is_table
+        else _is_prose
+    )
     top = max((t.bbox[3] for t in column if t.bbox[3] <= cap.bbox[1] and stops(t)), default=0.0)
     above = (x0, top + 2, x1, cap.bbox[1] - 2)
     directions = [above]
