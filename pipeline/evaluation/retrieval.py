@@ -17,6 +17,7 @@ from typing import Any
 
 from models.config import EncoderConfig
 from models.encoders import MiniLMEncoder, SpladeEncoder
+from pipeline.library.encoders import make_encoders
 from retrieval import (
     BeirCollection,
     DenseConfig,
@@ -32,7 +33,7 @@ from retrieval import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_retriever", "evaluate_retrieval", "make_encoders"]
+__all__ = ["build_retriever", "evaluate_retrieval"]
 
 _ALL_MODES: tuple[RetrievalMode, ...] = tuple(RetrievalMode)
 
@@ -49,29 +50,6 @@ def _parse_modes(modes: Sequence[str | RetrievalMode] | None) -> list[RetrievalM
                 f"unknown mode {m!r}; use any of {[x.value for x in _ALL_MODES]}"
             ) from exc
     return out
-
-
-def make_encoders(
-    modes: Sequence[RetrievalMode],
-    retrieval_config: RetrievalConfig,
-    encoder_config: EncoderConfig | None = None,
-) -> tuple[MiniLMEncoder | None, SpladeEncoder | None]:
-    """The dense and SPLADE encoders that `modes` need (None where not needed).
-
-    Fused modes use SPLADE only when its fusion weight is positive.
-    """
-    encoder_config = encoder_config or EncoderConfig()
-    fused = any(m in (RetrievalMode.HYBRID, RetrievalMode.HYBRID_PRF) for m in modes)
-    need_dense = RetrievalMode.DENSE in modes or (
-        fused and retrieval_config.fusion.dense_weight > 0
-    )
-    need_splade = RetrievalMode.SPLADE in modes or (
-        fused and retrieval_config.fusion.splade_weight > 0
-    )
-    return (
-        MiniLMEncoder(encoder_config) if need_dense else None,
-        SpladeEncoder(encoder_config) if need_splade else None,
-    )
 
 
 def _dense_key(config: DenseConfig, n: int) -> str:

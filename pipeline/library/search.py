@@ -33,8 +33,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from models.config import EncoderConfig
-from pipeline.evaluation.retrieval import make_encoders
 from pipeline.library.documents import resolve_documents
+from pipeline.library.encoders import make_encoders
 from pipeline.library.owners import owned_chunk_ids
 from retrieval import (
     EncodedChunks,

@@ -139,7 +139,8 @@ def ir(args: argparse.Namespace) -> None:
     from models.config import GeneratorConfig
     from models.generator import EVIDENCE_IS_DATA, Evidence, build_prompt, defuse, load_generator
     from pipeline.answering.prompt import CITE_INSTRUCTION
-    from pipeline.evaluation.retrieval import build_retriever, make_encoders
+    from pipeline.evaluation.retrieval import build_retriever
+    from pipeline.library.encoders import make_encoders
     from retrieval import RetrievalConfig, RetrievalMode, load_beir
 
     torch.set_num_threads(args.threads)
