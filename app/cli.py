@@ -311,11 +311,12 @@ def _answer_overrides(
     no_context: bool,
     k: int | None,
     budget: int | None,
+    runtime: str | None = None,
 ) -> dict:
     """Per-request answer options from the shared flags of ask, batch and eval qa."""
     if no_retrieval and no_context:
         raise _fail("--no-retrieval and --no-context exclude each other")
-    overrides: dict = {"model": model, "k": k, "budget": budget}
+    overrides: dict = {"model": model, "runtime": runtime, "k": k, "budget": budget}
     if no_sampler:
         overrides["sampler"] = False
     if no_retrieval:
@@ -332,6 +333,13 @@ _DocOption = Annotated[
 _ModelOption = Annotated[
     str | None,
     typer.Option("--model", help="Generator: a packaged name or a local Hugging Face model folder or .gguf."),
+]
+_RuntimeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--runtime",
+        help="Generator runtime: auto (OpenVINO for the packaged Qwen models on a CPU, else torch), openvino or torch.",
+    ),
 ]
 _NoSampler = Annotated[
     bool, typer.Option("--no-sampler", help="Retrieved chunks in rank order instead of WuKong sampling.")
@@ -350,6 +358,7 @@ def ask_command(
     doc: _DocOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON (no streaming).")] = False,
     model: _ModelOption = None,
+    runtime: _RuntimeOption = None,
     no_sampler: _NoSampler = False,
     no_retrieval: _NoRetrieval = False,
     no_context: _NoContext = False,
@@ -357,7 +366,7 @@ def ask_command(
     budget: _BudgetOption = None,
 ) -> None:
     """Answer a question from the library; the answer streams, then its citations."""
-    overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget)
+    overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget, runtime)
     folio = open_folio()
     answer = None
     try:
@@ -398,6 +407,7 @@ def batch_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Answers (JSONL); an existing file is resumed.")],
     doc: _DocOption = None,
     model: _ModelOption = None,
+    runtime: _RuntimeOption = None,
     no_sampler: _NoSampler = False,
     no_retrieval: _NoRetrieval = False,
     no_context: _NoContext = False,
@@ -413,7 +423,7 @@ def batch_command(
 
     With --ray, a pool of Ray actors answers; the output keeps input order and resumes the same way.
     """
-    overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget)
+    overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget, runtime)
     if not questions.is_file():
         raise _fail(f"{questions}: no such file")
     use_ray = _ray(ray, ray_address)
@@ -448,6 +458,7 @@ def eval_qa_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     answers_out: Annotated[Path | None, typer.Option("--answers", help="Keep the answers here (JSONL); a rerun resumes from it.")] = None,
     model: _ModelOption = None,
+    runtime: _RuntimeOption = None,
     no_sampler: _NoSampler = False,
     no_retrieval: _NoRetrieval = False,
     no_context: _NoContext = False,
@@ -458,7 +469,7 @@ def eval_qa_command(
     recall, TTFT, tokens/s and peak memory, each question asked of its own document."""
     from pipeline.evaluation.qa import batch_questions, load_qa_questions, score_run
 
-    overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget)
+    overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget, runtime)
     try:
         questions = load_qa_questions(file)[::stride]
     except (OSError, ValueError) as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.config import GeneratorConfig, RefragConfig, SamplerConfig, UragConfig
+from models.config import GeneratorConfig, GeneratorRuntime, RefragConfig, SamplerConfig, UragConfig
 from retrieval.config import RetrievalMode
 
 
@@ -248,13 +248,15 @@ def resolve_options(
                 changes["context"] = ContextMode.RETRIEVED
         elif key == "model":
             generator_changes["model"] = str(value)
+        elif key == "runtime":
+            generator_changes["runtime"] = _runtime(value)
         elif key in sampler_fields and key not in AnswerConfig.model_fields:
             sampler_changes[key] = value
         elif _ALIASES.get(key, key) in AnswerConfig.model_fields:
             changes[_ALIASES.get(key, key)] = value
         else:
             known = sorted(
-                {*AnswerConfig.model_fields, *sampler_fields, *_ALIASES, "retrieval", "model"}
+                {*AnswerConfig.model_fields, *sampler_fields, *_ALIASES, "retrieval", "model", "runtime"}
             )
             raise TypeError(f"unknown answer option {key!r}; use one of: {', '.join(known)}")
     if sampler_changes:
@@ -264,3 +266,11 @@ def resolve_options(
     if generator_changes:
         generator = GeneratorConfig.model_validate({**generator.model_dump(), **generator_changes})
     return answer, generator
+
+
+def _runtime(value: Any) -> GeneratorRuntime:
+    try:
+        return GeneratorRuntime(value)
+    except ValueError:
+        names = ", ".join(r.value for r in GeneratorRuntime)
+        raise ValueError(f"unknown generator runtime {value!r}; use one of: {names}") from None

@@ -46,6 +46,9 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
     assert unknown.exit_code == 1 and "no document with id 'abc'" in unknown.output
     preset = runner.invoke(app, ["--config", "nope", "--library", str(tmp_path / "lib"), "docs"])
     assert preset.exit_code == 1 and "no config file or preset 'nope'" in preset.output
+    runtime = runner.invoke(app, ["--library", str(tmp_path / "lib"), "ask", "why?", "--runtime", "onnx"])
+    assert runtime.exit_code == 1
+    assert "unknown generator runtime 'onnx'; use one of: auto, openvino, torch" in runtime.output
 
 
 def test_check_reports_one_line_per_finding_and_exits_1_on_errors(

@@ -491,3 +491,12 @@ def test_stages_that_read_the_models_internals_run_on_torch() -> None:
         assert chosen.runtime is GeneratorRuntime.TORCH
     with pytest.raises(ValueError, match="--runtime torch"):
         with_runtime_for(AnswerConfig(use_urag=True), GeneratorConfig(runtime="openvino"))
+
+
+def test_the_runtime_is_a_per_request_option() -> None:
+    from models.config import GeneratorRuntime
+
+    _, generator = resolve_options(AnswerConfig(), GeneratorConfig(), runtime="torch")
+    assert generator.runtime is GeneratorRuntime.TORCH
+    with pytest.raises(ValueError, match="unknown generator runtime 'onnx'; use one of: auto"):
+        resolve_options(AnswerConfig(), GeneratorConfig(), runtime="onnx")
