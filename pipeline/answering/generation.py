@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from models.generator import Generator
+from models.generator import GenerationStream, Generator
 from pipeline.answering.cache import ModelCache
 from pipeline.answering.progress import Progress
 from pipeline.answering.types import Generated, Prepared, StageStats
@@ -14,8 +14,9 @@ from pipeline.answering.types import Generated, Prepared, StageStats
 __all__ = ["GenerationRun"]
 
 
-class GenerationRun:
-    """The answer's text deltas as the model writes them; `result` once they are consumed.
+class GenerationRun(GenerationStream):
+    """The answer's text deltas as the model writes them; `result` (a `Generated`) once they are
+    consumed.
 
     Args:
         prepared: The question with its prompt (`Prepared.answerable`).
@@ -29,29 +30,7 @@ class GenerationRun:
     ) -> None:
         if prepared.prompt is None:
             raise ValueError("nothing to generate: the question found no evidence")
-        self._deltas = _run(prepared, generator, models, say)
-        self._result: Generated | None = None
-
-    def __iter__(self) -> GenerationRun:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._deltas)
-        except StopIteration as stop:
-            self._result = stop.value
-            raise
-
-    @property
-    def result(self) -> Generated:
-        """What generation produced.
-
-        Raises:
-            RuntimeError: The deltas were not consumed to the end.
-        """
-        if self._result is None:
-            raise RuntimeError("consume the deltas before reading .result (e.g. list(run))")
-        return self._result
+        super().__init__(_run(prepared, generator, models, say))
 
 
 def _run(
