@@ -403,7 +403,7 @@ def _blocks_from_spans(
     page_area = page.rect.width * page.rect.height
     regions: list[tuple[str, BBox]] = []  # ("figure" | "table", bbox)
     if not ocr_used:  # on an OCR'd scan the whole page is one image: no figure regions
-        regions += _graphic_regions(page, matrix, page_area)
+        regions += _graphic_regions(page, matrix, page_area, banded=grid)
     captions = [t for t in texts if t.kind == "caption"]
     table_md: dict[BBox, str] = {}
     if config.table_finder and not ocr_used and _worth_table_search(page, captions):
@@ -521,9 +521,11 @@ def _classify(t: _Text, body_size: float) -> str:
 
 
 def _graphic_regions(
-    page: pymupdf.Page, matrix: pymupdf.Matrix, page_area: float
+    page: pymupdf.Page, matrix: pymupdf.Matrix, page_area: float, banded: bool = False
 ) -> list[tuple[str, BBox]]:
-    """Figures (images, clusters of vector drawings) and ruled tables (clusters of rules)."""
+    """Figures (images, clusters of vector drawings) and ruled tables (clusters of rules); with
+    `banded`, also tables drawn as a stack of row bands (shaded rows, rules: financial
+    statements), which win over a figure they overlap (see `_dedupe_regions`)."""
     images: list[pymupdf.Rect] = []
     for info in page.get_image_info():
         r = pymupdf.Rect(info["bbox"]) & page.rect
@@ -541,6 +543,37 @@ def _graphic_regions(
         has_image = any(r.contains(i) for i in images)
         kind = "table" if not has_image and rules >= 3 and rules >= 0.8 * len(inside) else "figure"
         out.append((kind, _to_display(r, matrix)))
+    if banded:
+        out += [("table", _to_display(r, matrix)) for r in _band_stacks(drawings, page.rect.width)]
+    return out
+
+
+def _band_stacks(drawings: list[pymupdf.Rect], page_width: float) -> list[pymupdf.Rect]:
+    """Regions where at least three wide, flat row bands (shaded rows or rules, each possibly
+    drawn in pieces; two or more shaded) are stacked less than a few lines apart: the rows of a
+    table."""
+    rows: dict[tuple[int, int], pymupdf.Rect] = {}
+    for d in drawings:
+        if d.height <= 25 and d.width >= 4:
+            key = (round(d.y0), round(d.y1))
+            rows[key] = rows[key] | d if key in rows else pymupdf.Rect(d)
+    bands = sorted((r for r in rows.values() if r.width >= 0.3 * page_width), key=lambda r: r.y0)
+    stacks: list[list[pymupdf.Rect]] = []
+    for band in bands:
+        last = stacks[-1][-1] if stacks else None
+        near = last is not None and band.y0 - last.y1 <= 40
+        if near and _h_overlap(tuple(band), tuple(last)) >= 0.5 * min(band.width, last.width):
+            stacks[-1].append(band)
+        else:
+            stacks.append([band])
+    out = []
+    for stack in stacks:
+        # NOTE: at least two shaded rows: stacks of rules alone are booktabs tables, found above.
+        if len(stack) >= 3 and sum(band.height >= 4 for band in stack) >= 2:
+            region = pymupdf.Rect(stack[0])
+            for band in stack[1:]:
+                region |= band
+            out.append(region)
     return out
 
 
