@@ -52,7 +52,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from retrieval import (
@@ -488,7 +487,7 @@ def run(
     out["dense_build_s"] = time.perf_counter() - start
     out["dense_train_s"] = sum(trained.seconds)
     out["dense_index_bytes"] = dense.index_bytes()
-    out["dense_nlist"] = int(faiss.extract_index_ivf(dense._index).nlist)
+    out["dense_nlist"] = dense.ivf_lists
     gc.collect()
     out["mem_after_dense"] = _mem()
     out["mem_before_dense"] = mem0
@@ -511,9 +510,7 @@ def run(
     bm25.compact()
     index_s += time.perf_counter() - t0
     out |= {"generate_text_s": gen_s, "bm25_analyze_s": analyze_s, "bm25_index_s": index_s}
-    post = bm25._postings
-    out["bm25_postings"] = int(sum(len(s.inv_slots) for s in post.segments))
-    out["bm25_vocab"] = len(post.df)
+    out["bm25_postings"], out["bm25_vocab"] = bm25.posting_counts()
     gc.collect()
     out["mem_after_bm25"] = _mem()
     logger.info("bm25: analyse %.1f s, index %.1f s", analyze_s, index_s)
@@ -587,7 +584,7 @@ def run(
     )
     out["mmap"]["mem_after_queries"] = _mem()
     logger.info("mmap %s", out["mmap"])
-    retriever = mapped = bm25 = post = None  # frees the unsharded indexes
+    retriever = mapped = bm25 = None  # frees the unsharded indexes
     gc.collect()
     out["mem_after_free"] = _mem()
 

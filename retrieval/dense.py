@@ -109,6 +109,13 @@ class DenseIndex:
         """True while the FAISS index is read from a mapped file (until the first add)."""
         return self._mapped is not None
 
+    @property
+    def ivf_lists(self) -> int | None:
+        """The IVF index's number of inverted lists (None for exact and HNSW indexes)."""
+        if self.kind != DenseIndexKind.IVFPQ:
+            return None
+        return int(faiss.extract_index_ivf(self._index).nlist)
+
     def index_bytes(self) -> int:
         """Bytes the FAISS index holds (its serialised size: codes, ids, centroids, graph)."""
         if self.kind == DenseIndexKind.FLAT:

@@ -78,6 +78,11 @@ class _PostingsIndex:
         """Ids of the indexed chunks, in insertion order."""
         return self._postings.chunk_ids()
 
+    def posting_counts(self) -> tuple[int, int]:
+        """(postings stored, vocabulary size): the index's size in its own units."""
+        post = self._postings
+        return int(sum(len(seg.inv_slots) for seg in post.segments)), len(post.df)
+
     def compact(self) -> None:
         """Merge segments and drop deleted chunks (what `save` does first)."""
         self._postings.compact()

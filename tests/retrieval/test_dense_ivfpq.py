@@ -289,3 +289,15 @@ def test_a_save_cut_short_after_the_faiss_file_leaves_the_previous_one_whole(
     assert loaded.dense.memory_mapped and loaded.search(q, 5, mode="dense") == want
     reloaded = HybridRetriever.load(tmp_path, dense_encoder=encoder, config=cfg)
     assert "c1-0" not in reloaded and HybridRetriever.saved_generation(tmp_path) == second
+
+
+def test_ivf_lists_name_the_ivf_indexes_size_and_none_for_the_others(make_dense_encoder) -> None:
+    from retrieval import BM25Index
+
+    flat, _ = built(make_dense_encoder(dim=D), n=500, config=ivfpq(index=DenseIndexKind.FLAT))
+    assert flat.ivf_lists is None
+    ivf, _ = built(make_dense_encoder(dim=D))
+    assert ivf.ivf_lists == 32
+    bm25 = BM25Index()
+    bm25.add([("a", "apples and pears"), ("b", "pears")])
+    assert bm25.posting_counts() == (3, 2)  # appl, pear | pear
