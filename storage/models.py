@@ -9,13 +9,23 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, ColumnElement, Dialect, ForeignKey, Index, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Dialect,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# The number of the newest migration in storage/migrations/versions (revision "0003" is 3).
+# The number of the newest migration in storage/migrations/versions (revision "0004" is 4).
 # A change to the tables needs a new revision there and this bumped; `open_library` upgrades
 # older databases to it and refuses newer ones.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _now() -> datetime:
@@ -192,3 +202,22 @@ class Chunk(Base):
 
     document: Mapped[Document] = relationship(back_populates="chunks")
     __table_args__ = (Index("ix_chunks_doc", "doc_id", "ordinal"),)
+
+
+class BlockVector(Base):
+    """A block's dense vector as the evidence sampler scores it, written at ingest (or by the
+    first question that needed it), so questions read it instead of embedding the block.
+
+    Keyed by block and encoder (its name, e.g. "all-MiniLM-L6-v2@256"): a vector of another
+    encoder, dimension or text (`text_hash` of what was embedded) is never used. Rows go with
+    their block (ON DELETE CASCADE), so with their document.
+    """
+
+    __tablename__ = "block_vectors"
+    block_id: Mapped[int] = mapped_column(
+        ForeignKey("blocks.id", ondelete="CASCADE"), primary_key=True
+    )
+    encoder: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    dim: Mapped[int]
+    text_hash: Mapped[str] = mapped_column(String(32))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, `dim` values

@@ -71,7 +71,7 @@ def _make_v1_library(tmp_path: Path, url: str | None) -> StorageConfig:
 def test_revisions_are_numbered_by_schema_version() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_current_head() == HEAD_REVISION == f"{SCHEMA_VERSION:04d}"
-    assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["0001", "0002", "0003"]
+    assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["0001", "0002", "0003", "0004"]
 
 
 def test_migrations_build_the_tables_of_the_models(database_url: str | None, tmp_path: Path) -> None:
@@ -105,6 +105,7 @@ def test_a_library_made_before_alembic_is_upgraded_in_place(database_url: str | 
         assert _rows(library.engine, name, columns[name]) == before[name], name
     assert [owner for (owner,) in _rows(library.engine, "documents", ["owner_id"])] == [None, None]
     assert _rows(library.engine, "users") == []
+    assert _rows(library.engine, "block_vectors") == []  # filled lazily, or by --reindex
     with library.engine.connect() as conn:
         assert conn.scalar(text("SELECT value FROM meta WHERE key = 'schema_version'")) == str(SCHEMA_VERSION)
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
@@ -113,6 +114,21 @@ def test_a_library_made_before_alembic_is_upgraded_in_place(database_url: str | 
             assert conn.scalar(text("PRAGMA integrity_check")) == "ok"
     library.close()
     source.dispose()
+
+
+def test_block_vectors_of_an_upgraded_library_go_with_their_document(database_url: str | None, tmp_path: Path) -> None:
+    library = open_library(_make_v1_library(tmp_path, database_url))
+    with library.engine.begin() as conn:
+        doc_id, block_id = conn.execute(text("SELECT doc_id, id FROM blocks ORDER BY id")).first()
+        conn.execute(
+            text("INSERT INTO block_vectors (block_id, encoder, dim, text_hash, vector) VALUES (:b, 'e', 1, 'h', :v)"),
+            {"b": block_id, "v": b"\x00\x00\x80\x3f"},
+        )
+    assert len(_rows(library.engine, "block_vectors")) == 1
+    with library.engine.begin() as conn:
+        conn.execute(text("DELETE FROM documents WHERE id = :d"), {"d": doc_id})
+    assert _rows(library.engine, "block_vectors") == []
+    library.close()
 
 
 def test_four_openers_of_an_old_library_at_once_upgrade_it_once(database_url: str | None, tmp_path: Path) -> None:
