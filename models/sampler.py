@@ -117,6 +117,15 @@ class EmbeddingCache:
             self._trim(self.texts)
         return [found[t] for t in texts]
 
+    def add_texts(self, texts: Sequence[str], vectors: Sequence[np.ndarray]) -> None:
+        """Remember embeddings computed elsewhere (stored at ingest), so `text_vectors` finds
+        them instead of encoding the texts."""
+        with self._lock:
+            for text, vector in zip(texts, vectors, strict=True):
+                self.texts[text] = np.asarray(vector, dtype=np.float32)
+                self.texts.move_to_end(text)
+            self._trim(self.texts)
+
     def image_vector(self, key: str, encode: Callable[[], np.ndarray | None]) -> np.ndarray | None:
         """The cached features under `key`, else `encode()` (cached unless it returns None)."""
         with self._lock:
@@ -172,6 +181,11 @@ class Candidate:
     def is_figure(self) -> bool:
         """Figures and tables (the `k_image` quota); everything else is a paragraph."""
         return self.kind in FIGURE_KINDS
+
+    @property
+    def scored_text(self) -> str:
+        """What is embedded and scored against the question ("" for nothing to score)."""
+        return _clean(self.search_text if self.search_text is not None else self.text)
 
     @property
     def order_key(self) -> tuple[int, str, int, int]:
@@ -282,7 +296,7 @@ class EvidenceSampler:
         if not candidates:
             return np.zeros(0, dtype=np.float32)
         q = self._text.encode_queries([question])[0]  # [D]
-        texts = [_clean(c.search_text if c.search_text is not None else c.text) for c in candidates]
+        texts = [c.scored_text for c in candidates]
         vectors = self._embed([t for t in texts if t])  # [M, D]
         out = np.zeros(len(candidates), dtype=np.float32)
         rows = iter(range(len(vectors)))

@@ -87,6 +87,12 @@ class IngestConfig(BaseModel):
     keep_source: bool = Field(
         default=True, description="Keep a copy of each PDF in the library (page viewer, --reindex)."
     )
+    store_block_vectors: bool = Field(
+        default=True,
+        description="Store each block's vector (the index's dense encoder) with the document, so "
+        "the evidence sampler reads it instead of embedding ~55 blocks per question. Off: "
+        "questions embed the blocks they need and store them then.",
+    )
 
 
 class RayConfig(BaseModel):

@@ -22,6 +22,7 @@ from models.sampler import Candidate, EvidenceSampler, SampleResult
 from pipeline.answering.prompt import token_counter
 from pipeline.answering.types import BlockRow, EvidenceItem, StageStats
 from pipeline.config import AnswerConfig
+from pipeline.library.block_vectors import fill_sampler_cache, page_candidates
 from pipeline.library.owners import has_owners, owner_clause
 from pipeline.library.search import LibraryIndex, SearchHit
 from storage import Block, Chunk, Document, DocumentStatus, Library
@@ -32,7 +33,6 @@ __all__ = ["EvidenceGatherer", "Gathered", "truncate"]
 
 _WORD = re.compile(r"\w+")
 _FIGURES = frozenset({"figure", "table"})
-_SHORT_FIGURE_TEXT = 40
 _FIRST_PAGES_STEP = 8  # pages read from the database at a time
 
 Gathered = tuple[list[EvidenceItem], list[SearchHit], tuple[StageStats, ...]]
@@ -89,7 +89,12 @@ class EvidenceGatherer:
         t1 = time.perf_counter()
         candidates, rows, positions = self._candidates(hits, cfg)
         candidates_ms = (time.perf_counter() - t1) * 1000
-        sample = sampler().sample(
+        chosen = sampler()
+        t2 = time.perf_counter()
+        read, embedded = fill_sampler_cache(self.library, chosen, candidates)
+        vectors_ms = (time.perf_counter() - t2) * 1000
+        logger.debug("block vectors: %d stored, %d embedded (%.0f ms)", read, embedded, vectors_ms)
+        sample = chosen.sample(
             question,
             candidates,
             token_budget=cfg.token_budget,
@@ -103,7 +108,7 @@ class EvidenceGatherer:
             ),
             StageStats(
                 "sample", len(sample.kept), len(candidates), sample.kept_tokens,
-                sample.total_tokens, sample.total_ms,
+                sample.total_tokens, vectors_ms + sample.total_ms,
             ),
         )  # fmt: skip
         if sample.image_duplicates:
@@ -268,29 +273,8 @@ class EvidenceGatherer:
                 chosen.update(b.id for b in page_blocks[lo:hi])
         candidates = []
         for blocks in by_page.values():
-            figure_orders = {b.reading_order for b in blocks if b.kind in _FIGURES}
-            for pos, block in enumerate(blocks):
-                if block.id not in chosen:
-                    continue
-                if block.kind == "caption" and block.caption_of in figure_orders:
-                    continue  # the figure's text starts with its caption
-                search_text = None
-                if block.kind in _FIGURES and len(block.text.strip()) < _SHORT_FIGURE_TEXT:
-                    context = " ".join(b.text for b in blocks[max(0, pos - 1) : pos] if b.text)
-                    search_text = f"{context[:300]} {block.text}".strip()
-                candidates.append(
-                    Candidate(
-                        id=block.id,
-                        kind=block.kind,
-                        text=block.text,
-                        page=block.page,
-                        reading_order=block.reading_order,
-                        image=block.asset,
-                        doc=block.doc_id,
-                        doc_rank=doc_rank[block.doc_id],
-                        search_text=search_text,
-                    )
-                )
+            if blocks:
+                candidates += page_candidates(blocks, chosen, doc_rank[blocks[0].doc_id])
         return candidates, rows, positions
 
     # ------------------------------------------------------------------------------ storage

@@ -43,9 +43,17 @@ from pipeline.answering.batch import BatchProgress, BatchQuestion, answer_one, r
 from pipeline.answering.types import Answer
 from pipeline.config import AnswerConfig, ChunkConfig, IngestConfig, ParseConfig, RayConfig
 from pipeline.ingestion import ingest as ingest_module  # late lookups: tests replace its tasks
-from pipeline.ingestion.ingest import IngestResult, Progress, chunk_texts, ingest, parse_failure
+from pipeline.ingestion.ingest import (
+    IngestResult,
+    Progress,
+    chunk_texts,
+    encode_document_blocks,
+    ingest,
+    parse_failure,
+)
 from pipeline.ingestion.isolation import TaskStatus, WorkerPool
 from pipeline.ingestion.parse import PARSER_VERSION, ParsedDocument
+from pipeline.library.block_vectors import EncodedBlocks, EncoderIdentity, encoder_identity
 from pipeline.library.search import LibraryIndex, index_encoders, index_key
 from retrieval import EncodedChunks, HybridRetriever, RetrievalConfig
 from storage import Library, StorageConfig, open_library
@@ -147,6 +155,7 @@ class _Done:
     files: dict[str, bytes] = field(default_factory=dict)  # page images, figure crops
     chunks: tuple[tuple[str, str], ...] = ()  # (chunk_id, text), as storing it will index them
     encoded: EncodedChunks | None = None
+    blocks: tuple[EncoderIdentity, EncodedBlocks] | None = None  # the sampler's block vectors
     parse_s: float = 0.0
     embed_s: float = 0.0
 
@@ -226,9 +235,17 @@ class _IngestWorker:
             started = time.perf_counter()
             chunks = tuple(chunk_texts(parsed, self._chunk_config))
             encoded = self._encoder.encode_chunks(chunks) if self._encoder is not None and chunks else None
+            blocks = encode_document_blocks(parsed, self._block_encoder())
             embed_s = time.perf_counter() - started
             files = {p.name: p.read_bytes() for p in sorted(assets.iterdir())} if assets.is_dir() else {}
-        return _Done(parsed, None, files, chunks, encoded, parse_s, embed_s)
+        return _Done(parsed, None, files, chunks, encoded, blocks, parse_s, embed_s)
+
+    def _block_encoder(self) -> object | None:
+        """The dense encoder, when block vectors are stored (as `ingest` picks it locally)."""
+        if not self._ingest_config.store_block_vectors or self._encoder is None:
+            return None
+        dense = self._encoder.dense
+        return dense.encoder if dense is not None else None
 
     def _relay(self, event: tuple[str, int, int, int]) -> None:
         _, done, total, ocr_pages = event
@@ -245,6 +262,7 @@ class _PreEncodedIndex:
     def __init__(self, index: LibraryIndex) -> None:
         self._index = index
         self.encoded: dict[tuple[tuple[str, str], ...], EncodedChunks] = {}
+        self.dense_encoder = _WorkerBlockVectors(index)  # what `ingest` stores block vectors with
 
     def add(self, chunks: Sequence[tuple[str, str]]) -> None:
         encoded = self.encoded.pop(tuple(chunks), None)
@@ -260,6 +278,42 @@ class _PreEncodedIndex:
 
     def flush(self) -> None:
         self._index.flush()
+
+
+class _WorkerBlockVectors:
+    """The block encoder `ingest` sees on Ray: it hands back the vectors the worker computed for
+    the document being stored (`receive` is told them just before it is stored); a text the
+    worker did not send is encoded here (never silently different). Without vectors from the
+    worker it has no identity, so nothing is stored (questions fill them later).
+    """
+
+    def __init__(self, index: LibraryIndex) -> None:
+        self._index = index
+        self._identity: EncoderIdentity | None = None
+        self._vectors: dict[str, Any] = {}
+
+    def receive(self, blocks: tuple[EncoderIdentity, EncodedBlocks] | None) -> None:
+        self._identity, encoded = blocks if blocks is not None else (None, {})
+        self._vectors = {text: vector for text, vector in encoded.values()}
+
+    @property
+    def name(self) -> str | None:
+        return self._identity.name if self._identity is not None else None
+
+    @property
+    def dim(self) -> int | None:
+        return self._identity.dim if self._identity is not None else None
+
+    def encode_documents(self, texts: Sequence[str]) -> list[Any]:
+        missing = [t for t in texts if t not in self._vectors]
+        if missing:
+            # NOTE: `_check` made sure the workers' encoder settings are this index's.
+            local = self._index.dense_encoder
+            if local is None or encoder_identity(local) != self._identity:
+                raise RuntimeError("block vectors: the workers' dense encoder is not this index's")
+            logger.warning("%d block texts differ from the worker's; encoding them here", len(missing))
+            self._vectors.update(zip(missing, local.encode_documents(missing), strict=True))
+        return [self._vectors[t] for t in texts]
 
 
 def ingest_on_ray(
@@ -464,6 +518,8 @@ class _RayIngest:
                 (partial / Path(file_name).name).write_bytes(data)
         if self.index is not None and done.encoded is not None:
             self.index.encoded[done.chunks] = done.encoded
+        if self.index is not None:
+            self.index.dense_encoder.receive(done.blocks)
         self._on_timing(
             WorkerTiming(worker, path.name, done.parsed.page_count, len(done.chunks), done.parse_s, done.embed_s)
         )

@@ -24,10 +24,18 @@ from pipeline.config import ChunkConfig, IngestConfig, ParseConfig
 from pipeline.ingestion.chunk import BlockRef, ChunkDraft, chunk_blocks
 from pipeline.ingestion.isolation import TaskOutcome, TaskStatus, WorkerPool, emit
 from pipeline.ingestion.parse import ParsedDocument, ParseError, parse_pdf, sha256_file
+from pipeline.library.block_vectors import (
+    EncodedBlocks,
+    EncoderIdentity,
+    encode_blocks,
+    encoder_identity,
+    vector_rows,
+)
 from pipeline.library.owners import owned_doc_id, owner_clause, owner_id
 from storage import (
     SOURCE_PDF,
     Block,
+    BlockVector,
     Chunk,
     Document,
     DocumentStatus,
@@ -162,14 +170,16 @@ def ingest(
         busy.release()
     busy.acquire(shared=True)
     try:
+        block_encoder = _block_encoder(index, ingest_config) if todo else None
         parsed = (parse_all or _parse_all)(todo, library, parse_config, ingest_config, password, notify)
         # NOTE: closed on the way out (Ctrl-C, an error storing), so its workers stop now.
         with contextlib.closing(parsed):
             for i, path, outcome in parsed:
                 if isinstance(outcome, ParsedDocument):
                     results[i] = store_parsed(
-                        outcome, path, library, chunk_config, ingest_config, index, owner_key
-                    )
+                        outcome, path, library, chunk_config, ingest_config, index, owner_key,
+                        block_encoder=block_encoder,
+                    )  # fmt: skip
                 else:
                     doc_id = next(d for j, _, d in todo if j == i)
                     results[i] = _record_failure(
@@ -184,6 +194,14 @@ def ingest(
         if index is not None:
             index.flush()
     return [results[i] for i in range(len(paths))]
+
+
+def _block_encoder(index: ChunkIndex | None, config: IngestConfig) -> object | None:
+    """The encoder whose block vectors ingestion stores: the index's dense encoder (the
+    sampler's at question time), when the setting is on and the index has one."""
+    if not config.store_block_vectors or index is None:
+        return None
+    return getattr(index, "dense_encoder", None)  # a ChunkIndex may keep no dense part
 
 
 def _parser_version(config: ParseConfig) -> str:
@@ -299,10 +317,19 @@ def store_parsed(
     ingest_config: IngestConfig,
     index: ChunkIndex | None,
     owner_key: int | None = None,
+    *,
+    block_encoder: object | None = None,
 ) -> IngestResult:
-    """Write one parsed document in one transaction, then bring the indexes in step."""
+    """Write one parsed document in one transaction, then bring the indexes in step.
+
+    Args:
+        block_encoder: When given (a `MiniLMEncoder`, the sampler's encoder), the vector the
+            evidence sampler scores for each block is stored with the document.
+    """
     doc_id = parsed.doc_id
     logger.info("storing %s (%d pages)", path.name, parsed.page_count)
+    # NOTE: encoded before the transaction, so the database is not held while the model runs.
+    vectors = encode_document_blocks(parsed, block_encoder)
     partial = library.assets_dir / f"{doc_id}.partial"
     if ingest_config.keep_source:
         partial.mkdir(parents=True, exist_ok=True)
@@ -311,10 +338,14 @@ def store_parsed(
     # the later commit fails on the primary key. Its second attempt finds the row and replaces it
     # (same bytes, same parse), as a re-ingest would.
     try:
-        old_chunk_ids, chunk_rows = _write_document(parsed, path, library, chunk_config, owner_key)
+        old_chunk_ids, chunk_rows = _write_document(
+            parsed, path, library, chunk_config, owner_key, vectors
+        )
     except IntegrityError:
         logger.info("%s was stored by another process meanwhile; storing it again", path.name)
-        old_chunk_ids, chunk_rows = _write_document(parsed, path, library, chunk_config, owner_key)
+        old_chunk_ids, chunk_rows = _write_document(
+            parsed, path, library, chunk_config, owner_key, vectors
+        )
     if index is not None:
         if old_chunk_ids:
             index.remove(old_chunk_ids)
@@ -328,6 +359,7 @@ def _write_document(
     library: Library,
     chunk_config: ChunkConfig,
     owner_key: int | None,
+    vectors: tuple[EncoderIdentity, EncodedBlocks] | None = None,
 ) -> tuple[list[str], list[dict]]:
     """One transaction: replace the document's rows, move its images into place.
 
@@ -368,6 +400,11 @@ def _write_document(
                 if block_rows
                 else []
             )
+            if vectors is not None:
+                identity, by_position = vectors
+                by_id = {block_ids[pos]: encoded for pos, encoded in by_position.items()}
+                if by_id:
+                    session.execute(insert(BlockVector), vector_rows(by_id, identity))
             drafts = chunk_blocks(_block_refs(block_ids, block_rows), chunk_config)
             chunk_rows = [_chunk_row(doc_id, d) for d in drafts]
             if chunk_rows:
@@ -393,6 +430,18 @@ def _write_document(
         raise
     shutil.rmtree(retired, ignore_errors=True)
     return old_chunk_ids, chunk_rows
+
+
+def encode_document_blocks(
+    parsed: ParsedDocument, encoder: object | None
+) -> tuple[EncoderIdentity, EncodedBlocks] | None:
+    """The block vectors storing `parsed` writes: (the encoder's identity, (text, vector) by
+    block position); None without an encoder that has an identity."""
+    identity = encoder_identity(encoder) if encoder is not None else None
+    if identity is None:
+        return None
+    block_rows = [_block_row(parsed.doc_id, p.number, b) for p in parsed.pages for b in p.blocks]
+    return identity, encode_blocks(block_rows, encoder)
 
 
 def chunk_texts(parsed: ParsedDocument, config: ChunkConfig) -> list[tuple[str, str]]:

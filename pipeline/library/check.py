@@ -32,6 +32,7 @@ from pipeline.library.search import LOCK_FILE, LibraryIndex, index_key
 from retrieval import RetrievalConfig, inspect_saved
 from storage import (
     Block,
+    BlockVector,
     Chunk,
     Document,
     DocumentStatus,
@@ -166,7 +167,7 @@ def _check_database(library: Library, report: CheckReport, repair: bool) -> None
         violations = list(conn.execute(text("PRAGMA foreign_key_check")))
     for table, rowid, parent, _ in violations:
         fixed = False
-        if repair and table in {"pages", "blocks", "chunks"}:
+        if repair and table in {"pages", "blocks", "chunks", "block_vectors"}:
             with library.engine.begin() as conn:
                 conn.execute(text(f"DELETE FROM {table} WHERE rowid = :rowid"), {"rowid": rowid})
             fixed = True
@@ -175,7 +176,8 @@ def _check_database(library: Library, report: CheckReport, repair: bool) -> None
 
 def _check_rows_have_documents(library: Library, report: CheckReport, repair: bool) -> None:
     """Other databases: what `PRAGMA foreign_key_check` finds on SQLite, by a join (the server
-    enforces the foreign keys and keeps its own pages whole, so none is expected)."""
+    enforces the foreign keys and keeps its own pages whole, so none is expected): rows of no
+    document, block vectors of no block."""
     for table in (Page, Block, Chunk):
         orphan = ~select(Document.id).where(Document.id == table.doc_id).exists()
         with library.sessions() as session:
@@ -185,6 +187,14 @@ def _check_rows_have_documents(library: Library, report: CheckReport, repair: bo
                 session.execute(delete(table).where(orphan))
         for row_id in ids[:20]:
             report.add("database", Severity.ERROR, f"{table.__tablename__} row {row_id} points to a missing documents row", repair)
+    orphan = ~select(Block.id).where(Block.id == BlockVector.block_id).exists()
+    with library.sessions() as session:
+        block_ids = list(session.scalars(select(BlockVector.block_id).where(orphan)))
+    if block_ids and repair:
+        with library.sessions() as session, session.begin():
+            session.execute(delete(BlockVector).where(orphan))
+    for block_id in block_ids[:20]:
+        report.add("database", Severity.ERROR, f"block_vectors row of block {block_id} points to a missing blocks row", repair)
 
 
 # ----------------------------------------------------------------------------- documents

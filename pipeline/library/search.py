@@ -410,6 +410,13 @@ class LibraryIndex:
 
     # --- ChunkIndex (what ingestion calls) ---------------------------------------------------
 
+    @property
+    def dense_encoder(self) -> object | None:
+        """The dense encoder of the index (opened on first use), None if it keeps no dense
+        part: also the evidence sampler's text encoder."""
+        dense = self.retriever.dense
+        return dense.encoder if dense is not None else None
+
     def add(self, chunks: Sequence[tuple[str, str]]) -> None:
         retriever = self.retriever
         # The first open reconciles with the database, which may already have added these.

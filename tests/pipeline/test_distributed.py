@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -23,7 +24,7 @@ from pipeline.ingestion.ingest import STORE_STAMP, ingest
 from pipeline.library.check import check_library
 from pipeline.library.search import LibraryIndex
 from retrieval import RetrievalConfig
-from storage import Block, Chunk, Document, Page, StorageConfig, open_library
+from storage import Block, BlockVector, Chunk, Document, Page, StorageConfig, open_library
 
 HERE = Path(__file__).resolve().parent
 BM25_ONLY = RetrievalConfig(mode="bm25", fusion={"dense_weight": 0, "splade_weight": 0})
@@ -105,6 +106,16 @@ def _snapshot(library) -> dict:
         }
 
 
+def _block_vectors(library) -> dict[tuple, tuple]:
+    """The stored block vectors by block place: (encoder, dim, text hash, vector)."""
+    with library.sessions() as s:
+        place = {b.id: (b.doc_id, b.page, b.reading_order) for b in s.scalars(select(Block))}
+        return {
+            place[v.block_id]: (v.encoder, v.dim, v.text_hash, np.frombuffer(v.vector, dtype="<f4"))
+            for v in s.scalars(select(BlockVector))
+        }
+
+
 def _assets(library) -> dict[str, str]:
     # A folder's store stamp holds the version of its library's own rows (when they were
     # written): that it is there must match, not its value.
@@ -151,6 +162,12 @@ def test_ray_ingest_stores_and_indexes_what_the_local_path_does(
     assert stored == _snapshot(local_lib)
     assert any(p[7] for p in stored["pages"]), "the scanned page was OCR'd on a Ray worker"
     assert _assets(ray_lib) == _assets(local_lib)
+    # The workers embed the sampler's blocks too: the same rows, vectors equal to float noise.
+    ray_vectors, local_vectors = _block_vectors(ray_lib), _block_vectors(local_lib)
+    assert ray_vectors and ray_vectors.keys() == local_vectors.keys()
+    for where, (*meta, vector) in ray_vectors.items():
+        assert meta == list(local_vectors[where][:3])
+        assert np.allclose(vector, local_vectors[where][3], atol=1e-5), where
     assert ray_index.part_chunk_ids() == local_index.part_chunk_ids()
     assert set(ray_index.part_chunk_ids()) == {"bm25", "dense"}
     for query in ("dense passage retrieval", "What does Table 1 compare?", "test document rotated"):
