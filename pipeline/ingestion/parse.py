@@ -604,12 +604,22 @@ def _split_caption_from_table(cap: _Text, words: list[Word]) -> list[_Text]:
 
 
 def _page_words(textpage: pymupdf.TextPage, matrix: pymupdf.Matrix) -> list[Word]:
-    return [Word(_to_display(w[:4], matrix), w[4]) for w in textpage.extractWORDS()]
+    words = textpage.extractWORDS()
+    if tuple(matrix) == _IDENTITY:  # NOTE: checked once; per word it cost more than the words
+        return [Word((w[0], w[1], w[2], w[3]), w[4]) for w in words]
+    return [Word(_to_display(w[:4], matrix), w[4]) for w in words]
 
 
 def _region_words(words: list[Word], texts: list[_Text]) -> list[Word]:
     """The words of a table region's text blocks (not of prose or captions beside it)."""
-    return [w for w in words if any(_center_in(w.bbox, t.bbox) for t in texts)]
+    if not texts:
+        return []
+    outline = (
+        min(t.bbox[0] for t in texts), min(t.bbox[1] for t in texts),
+        max(t.bbox[2] for t in texts), max(t.bbox[3] for t in texts),
+    )
+    near = [w for w in words if _center_in(w.bbox, outline)]  # NOTE: cheap filter first
+    return [w for w in near if any(_center_in(w.bbox, t.bbox) for t in texts)]
 
 
 def _rows_markdown(texts: list[_Text]) -> str:

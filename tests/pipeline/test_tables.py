@@ -93,6 +93,26 @@ def test_each_caption_gets_its_own_table(tmp_path: Path) -> None:
         assert _markdown_rows(table.text)[2:] == ROWS
 
 
+def test_shaded_rows_without_caption_are_a_table(tmp_path: Path) -> None:
+    """Financial statements: no "Table N" caption and no rules, rows on shaded bands."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=612, height=792)
+    page.insert_textbox(pymupdf.Rect(72, 60, 540, 110), PROSE, fontsize=10)
+    y = 140
+    for i, row in enumerate([HEADER, *ROWS]):
+        shade = (0.8, 0.9, 1.0) if i % 2 else (0.93, 0.93, 0.93)
+        page.draw_rect(pymupdf.Rect(60, y - 9, 420, y + 3), color=None, fill=shade)
+        for x, cell in zip(COLUMNS, row, strict=True):
+            if cell:
+                page.insert_text((x, y), cell, fontsize=8)
+        y += 14
+    path = tmp_path / "statement.pdf"
+    doc.save(path)
+    _, tables = _table_blocks(path)
+    assert len(tables) == 1
+    assert _markdown_rows(tables[0].text)[2:] == ROWS
+
+
 def test_spans_mode_keeps_parser_one_rows(tmp_path: Path) -> None:
     """The ablation switch: `tables=spans` is parser 1's rows of spans (ragged, no empty cell)."""
     _, tables = _table_blocks(_table_page(tmp_path / "t.pdf", row_pitch=11.0), SPANS)
