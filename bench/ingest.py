@@ -2,6 +2,7 @@
 
 Usage:
     python bench/ingest.py [--data ../shared/data] [--workers 1 2] [--index none bm25 hybrid] [--layout] [--out bench/results/ingest.json]
+        [--encoder-runtime torch openvino]
 
 Reports pages/s for born-digital and OCR pages separately, with raw `page.get_text()` over the
 same pages measured in the same run, and the peak memory of the main and worker processes.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pymupdf
 
-from models.config import EncoderConfig
+from models.config import EncoderConfig, EncoderRuntime
 from pipeline.config import ChunkConfig, IngestConfig, ParseConfig, ParserKind
 from pipeline.ingestion.ingest import ingest
 from pipeline.ingestion.parse import parse_pdf
@@ -56,7 +57,7 @@ def _raw_rate(files: list[Path]) -> tuple[int, float]:
     return pages, pages / (time.perf_counter() - start)
 
 
-def _index(library, kind: str) -> LibraryIndex | None:
+def _index(library, kind: str, runtime: EncoderRuntime) -> LibraryIndex | None:
     if kind == "none":
         return None
     retrieval = RetrievalConfig()
@@ -64,15 +65,17 @@ def _index(library, kind: str) -> LibraryIndex | None:
         retrieval = RetrievalConfig(
             mode="bm25", fusion=FusionConfig(dense_weight=0, splade_weight=0)
         )
-    index = LibraryIndex(library, retrieval, EncoderConfig())
+    index = LibraryIndex(library, retrieval, EncoderConfig(runtime=runtime))
     index.retriever  # noqa: B018 - load the encoders before the clock starts
     return index
 
 
-def _folio_rate(files: list[Path], workers: int, index_kind: str) -> tuple[int, float]:
+def _folio_rate(
+    files: list[Path], workers: int, index_kind: str, runtime: EncoderRuntime
+) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         library = open_library(StorageConfig(library=Path(tmp)))
-        index = _index(library, index_kind)
+        index = _index(library, index_kind, runtime)
         start = time.perf_counter()
         results = ingest(
             files,
@@ -137,6 +140,14 @@ def main() -> None:
         help="index built while ingesting: none (parse, chunk, store), bm25, or hybrid "
         "(the default BM25 + SPLADE + dense)",
     )
+    parser.add_argument(
+        "--encoder-runtime",
+        nargs="+",
+        type=EncoderRuntime,
+        default=[EncoderRuntime.AUTO],
+        choices=list(EncoderRuntime),
+        help="runtime of the text encoders (EncoderConfig.runtime); several are timed in turn",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = parser.parse_args()
 
@@ -146,14 +157,18 @@ def main() -> None:
             continue
         files = [args.data / n for n in names if (args.data / n).exists()]
         raw_pages, raw_rate = _raw_rate(files)
-        for workers, index_kind in [(w, i) for i in args.index for w in args.workers]:
-            pages, rate = _folio_rate(files, workers, index_kind)
+        runs = [
+            (w, i, r) for i in args.index for w in args.workers for r in args.encoder_runtime
+        ]
+        for workers, index_kind, runtime in runs:
+            pages, rate = _folio_rate(files, workers, index_kind, runtime)
             row = {
                 "set": label,
                 "files": len(files),
                 "pages": pages,
                 "workers": workers,
                 "index": index_kind,
+                "encoder_runtime": runtime.value,
                 "folio_pages_per_s": round(rate, 2),
                 "raw_get_text_pages_per_s": round(raw_rate, 1),
                 "raw_over_folio": round(raw_rate / rate, 1),
