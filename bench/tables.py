@@ -7,14 +7,17 @@ The sample is tests/pipeline/data/table_cells.json: rows of cells typed from the
 of 49 tables (file, page, caption, set). The grid builder's thresholds were set while looking at
 the 34 of set "tuned"; the 12 of "held_out" were labelled afterwards and not tuned on; the 3 of
 "financial" (10-K statements without captions) were labelled next, found to get no table region,
-and the row-band detector was written for them (so they are not held out either). Each labelled table's page is parsed with both table modes
+and the row-band detector was written for them (so they are not held out either).
+
+Each labelled table's page is parsed with both table modes
 (`ParseConfig.tables`: `spans`, parser 1's rows of spans, is "before"; `grid` is "after") and
 scored with pipeline.evaluation.tables (cells in order as whole cells, whole rows, and cells in
 order on one line); "rectangular" counts the Markdown tables on those pages whose rows all have
 as many cells as each other (a ragged table puts values under the wrong header).
-`--find-tables` also scores PyMuPDF's own table finder on the grid parse's table regions, two ways: its Markdown (`find_tables(strategy="text", clip=region)`), and its
-column borders with rows from the words' lines. `--layout` also scores the layout-model parser
-(`--parser layout`: pymupdf4llm's table Markdown) on each labelled page alone.
+`--find-tables` also scores PyMuPDF's own table finder on the grid parse's table regions, two
+ways: its Markdown (`find_tables(strategy="text", clip=region)`), and its column borders with
+rows from the words' lines. `--layout` also scores the layout-model parser (`--parser layout`:
+pymupdf4llm's table Markdown) on each labelled page alone.
 
 Speed: the born-digital files of bench/ingest.py are parsed whole with each mode, alternating,
 `--repeats` times, and the best pages/s of each mode reported.

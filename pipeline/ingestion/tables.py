@@ -153,6 +153,8 @@ def _cells(row: Sequence[Word], gaps: Sequence[tuple[float, float]]) -> list[str
 
 
 def _same_phrase(previous: Word, word: Word, gaps: Sequence[tuple[float, float]]) -> bool:
+    """Whether `word` continues the piece of text `previous` ends: a plain word space always does
+    (a header across two columns); a wider space only when no column gap lies in it."""
     space = word.bbox[0] - previous.bbox[2]
     height = min(previous.bbox[3] - previous.bbox[1], word.bbox[3] - word.bbox[1])
     crosses = any(a < word.bbox[0] and previous.bbox[2] < b for a, b in gaps)
