@@ -170,7 +170,13 @@ class _Body:
                     logger.info("%s encoder runtime: openvino (%s)", self._label, self._reason)
                     cache = self._cache_dir or default_model_cache()
                     self._openvino = OpenVinoBody(module, self._model.path, self._label, cache)
-        return self._openvino(batch, threads)
+        try:
+            return self._openvino(batch, threads)
+        except (RuntimeError, OSError) as exc:  # conversion, cache or OpenVINO inference errors
+            raise EncoderLoadError(
+                f"the openvino runtime failed on {self._label}: {str(exc).splitlines()[0]} "
+                "(FOLIO_ENCODERS__RUNTIME=torch runs the encoders without it)"
+            ) from exc
 
 
 def _label(path: Path) -> str:

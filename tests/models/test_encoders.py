@@ -316,3 +316,13 @@ def test_the_packaged_splade_is_equal_on_both_runtimes(splade: SpladeEncoder) ->
     text = ["boundary layer transition on a flat plate at high mach numbers", TEXTS[1]]
     reference = SpladeEncoder(EncoderConfig(runtime="torch")).encode_documents(text).toarray()
     np.testing.assert_allclose(splade.encode_documents(text).toarray(), reference, atol=1e-4)
+
+
+def test_a_failed_conversion_is_one_clear_error(tiny_bert: Path, tmp_path: Path, monkeypatch) -> None:
+    def broken(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("unsupported operation\nlong trace")
+
+    monkeypatch.setattr(encoder_runtime.OpenVinoBody, "_convert", broken)
+    with pytest.raises(encoders_module.EncoderLoadError, match="unsupported operation .*=torch"):
+        tiny(tiny_bert, "openvino", tmp_path).encode_documents(TEXTS)
+    assert not ir_folders(tmp_path)  # nothing half-written is left to be mistaken for a model
