@@ -37,7 +37,7 @@ import pymupdf
 
 from pipeline.config import OcrMode, ParseConfig, ParserKind, TableMode
 from pipeline.evaluation.tables import aggregate, extracted_rows, score_row
-from pipeline.ingestion.parse import _parse_page, parse_pdf
+from pipeline.ingestion.parse import parse_page, parse_pdf
 from pipeline.ingestion.tables import Word, group_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def _config(mode: TableMode) -> ParseConfig:
 
 
 def _page_texts(page: pymupdf.Page, mode: TableMode) -> tuple[list[str], list[tuple]]:
-    parsed = _parse_page(page, _config(mode), None, "", None)
+    parsed = parse_page(page, _config(mode), None, "", None)
     regions = [b.bbox for b in parsed.blocks if b.kind == "table"]
     return [b.text for b in parsed.blocks], regions
 

@@ -206,7 +206,7 @@ def parse_pdf(
             try:
                 page = doc.load_page(index)
                 boxes = layout_boxes[index] if layout_boxes is not None else None
-                pages.append(_parse_page(page, config, asset_dir, asset_prefix, boxes))
+                pages.append(parse_page(page, config, asset_dir, asset_prefix, boxes))
                 ocr_pages += pages[-1].ocr_used
             except MUPDF_ERRORS as exc:
                 raise_if_out_of_memory(exc)
@@ -256,13 +256,16 @@ class _Text:
     spans: tuple[tuple[BBox, str], ...] = ()  # (bbox, text) of each span, for table rows
 
 
-def _parse_page(
+def parse_page(
     page: pymupdf.Page,
     config: ParseConfig,
     asset_dir: Path | None,
     asset_prefix: str,
     layout_boxes: list[dict] | None,
 ) -> ParsedPage:
+    """One page's blocks (what `parse_pdf` does per page): OCR where the page needs it, figures
+    rendered into `asset_dir` (None: not rendered), `layout_boxes` from the layout model (None:
+    the fast parser)."""
     number = page.number + 1
     textpage = page.get_textpage(flags=_TEXT_FLAGS)  # extracted once, read twice
     has_text_layer = len(textpage.extractText().strip()) >= config.min_text_chars
