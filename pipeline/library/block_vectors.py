@@ -235,8 +235,21 @@ def _save(library: Library, vectors: EncodedBlocks, identity: EncoderIdentity) -
         statement = postgres_insert(BlockVector).on_conflict_do_nothing()
     else:
         statement = insert(BlockVector)
-    try:
-        with library.sessions() as session, session.begin():
-            session.execute(statement, rows)
-    except SQLAlchemyError as exc:
-        logger.info("block vectors not stored (%s); the next question embeds them again", exc)
+    # NOTE: on SQLite a question never waits for the write lock (an ingest may hold it for
+    # minutes): the write is tried once and skipped when the database is busy.
+    sqlite = dialect == "sqlite"
+    with library.engine.connect() as connection:
+        if sqlite:
+            previous = int(connection.exec_driver_sql("PRAGMA busy_timeout").scalar() or 0)
+            connection.exec_driver_sql("PRAGMA busy_timeout = 0")
+            connection.commit()
+        try:
+            connection.execute(statement, rows)
+            connection.commit()
+        except SQLAlchemyError as exc:
+            connection.rollback()
+            logger.info("block vectors not stored (%s); the next question embeds them again", exc)
+        finally:
+            if sqlite:
+                connection.exec_driver_sql(f"PRAGMA busy_timeout = {previous}")
+                connection.commit()

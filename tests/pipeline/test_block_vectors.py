@@ -174,6 +174,34 @@ def test_a_failed_write_back_does_not_fail_the_question(
     library.close()
 
 
+def test_a_question_never_waits_for_a_writer_to_store_its_vectors(
+    tmp_path: Path, sample_pdf: Path, tiny, counting
+) -> None:
+    """An ingest holds SQLite's write lock for as long as it stores a document: a question's
+    write-back is skipped then, not queued behind it (the connection would wait 30 s)."""
+    import sqlite3
+    import threading
+
+    library, index, _ = _library(tmp_path / "lib", sample_pdf, store=False)
+    answerer = _answerer(library, index, tiny, counting())
+    writer = sqlite3.connect(tmp_path / "lib" / "folio.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, as an ingest's transaction holds it
+    done = threading.Event()
+    asking = threading.Thread(target=lambda: (answerer.prepare(QUESTIONS[0]), done.set()))
+    try:
+        asking.start()
+        # NOTE: generous against the 30 s the lock would cost: this checks waiting, not speed.
+        assert done.wait(timeout=20), "the question waited for the writer"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        asking.join()
+    assert _stored(library) == 0  # skipped, not written late
+    answerer.prepare(QUESTIONS[0])  # the lock is free: this one stores them
+    assert _stored(library) > 0
+    library.close()
+
+
 def test_deleting_a_document_deletes_its_vectors_and_check_finds_nothing(
     tmp_path: Path, sample_pdf: Path
 ) -> None:
