@@ -20,7 +20,6 @@ aside and converted again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -29,14 +28,14 @@ import os
 import shutil
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models._packaged import convert_into, is_converted, sha256_file
+from models._packaged import convert_into, file_lock, is_converted, sha256_file
 from models.config import DeviceChoice, EncoderConfig, EncoderRuntime
 
 logger = logging.getLogger(__name__)
@@ -174,7 +173,7 @@ class OpenVinoBody:
         except OSError as exc:  # a read-only cache: convert in memory, every process
             logger.warning("cannot write the model cache %s (%s): converting in memory", folder, exc)
             return self._convert(batch), names
-        with _file_lock(folder.parent / f".{folder.name}.lock"):
+        with file_lock(folder.parent / f".{folder.name}.lock"):
             if is_converted(folder) and not _intact(folder):
                 stale = folder.with_name(f".{folder.name}-corrupt")
                 logger.warning("%s does not match its %s: converting it again", folder, _REPORT)
@@ -239,19 +238,3 @@ def _intact(folder: Path) -> bool:
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if needed) while checking or converting."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic rename alone keeps the folder whole
-        yield
-        return
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -16,10 +16,8 @@ converting at once, and the folder appears by an atomic rename.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 from models._gguf_q8 import quantize_q8_0
@@ -27,6 +25,7 @@ from models._packaged import (
     PACKAGED_MODELS,
     ModelSourceError,
     convert_into,
+    file_lock,
     gguf_chat_template,
     is_converted,
     join_parts,
@@ -73,7 +72,7 @@ def resolve_openvino_weights(model: str, cache_dir: Path | None) -> Q8Weights:
     folder = cache / f"{entry.name}-q8_0-{entry.sha256[:12]}"
     if not is_converted(folder):
         cache.mkdir(parents=True, exist_ok=True)
-        with _file_lock(cache / f".{folder.name}.lock"):
+        with file_lock(cache / f".{folder.name}.lock"):
             if not is_converted(folder):  # another process may have finished while we waited
                 parts = locate_parts(entry)
 
@@ -125,19 +124,3 @@ def _gguf_eos_id(gguf: Path) -> int | None:
 
     field = GGUFReader(gguf).fields.get("tokenizer.ggml.eos_token_id")
     return None if field is None else int(field.contents())
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if needed) while converting."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic rename alone keeps the folder whole
-        yield
-        return
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -9,6 +9,7 @@ later loads take seconds instead of a minute of dequantisation.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -18,7 +19,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,3 +319,20 @@ def _transformers_version() -> str:
     import transformers
 
     return transformers.__version__
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if needed) while a conversion is checked or
+    written, so two processes never convert the same model at once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the atomic rename alone keeps the folder whole
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
