@@ -3,7 +3,7 @@ without `IngestConfig.store_block_vectors`, on the same documents and questions 
 
 Run by hand (never in tests); the libraries are new folders under --out:
 
-    HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=/work/modelcache FOLIO_GENERATOR__RUNTIME=torch \\
+    HF_HUB_OFFLINE=1 FOLIO_MODEL_CACHE=CACHE FOLIO_GENERATOR__RUNTIME=torch \\
         .venv/bin/python -m bench.block_vectors --out OUT \\
         --docs 2303.05039v2.pdf 2401.18059v1.pdf 2023.acl-long.386.pdf
 
