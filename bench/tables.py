@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pymupdf
 
+from bench.ingest import BORN_DIGITAL  # the same born-digital set as the ingest benchmark
 from pipeline.config import OcrMode, ParseConfig, ParserKind, TableMode
 from pipeline.evaluation.tables import aggregate, extracted_rows, score_row
 from pipeline.ingestion.parse import parse_page, parse_pdf
@@ -44,15 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 _SETS = ("tuned", "held_out", "financial")  # see the module docstring
 _CELL_BORDER = re.compile(r"(?<!\\)\|")  # a "|" that is not escaped inside a cell
 SAMPLE = ROOT / "tests" / "pipeline" / "data" / "table_cells.json"
-BORN_DIGITAL = [  # the born-digital set of bench/ingest.py
-    "pdfs/papers/papermage__2023.eacl-main.121.pdf",
-    "pdfs/papers/papermage__papermage.pdf",
-    "pdfs/papers/paperqa__pasa.pdf",
-    "pdfs/papers/unstructured__multi-column_DPR.pdf",
-    "mmlongbench/dev/documents/NETFLIX_2015_10K.pdf",
-    "mmlongbench/dev/documents/PIP_Seniors-and-Tech-Use_040314.pdf",
-    "mmlongbench/dev/documents/2312.10997v5.pdf",
-]
 
 
 def _config(mode: TableMode) -> ParseConfig:
