@@ -22,10 +22,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# The number of the newest migration in storage/migrations/versions (revision "0004" is 4).
+# The number of the newest migration in storage/migrations/versions (revision "0005" is 5).
 # A change to the tables needs a new revision there and this bumped; `open_library` upgrades
 # older databases to it and refuses newer ones.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _now() -> datetime:
@@ -96,6 +96,9 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created: Mapped[datetime] = mapped_column(default=_now)
     password_hash: Mapped[str | None] = mapped_column(String(256))
+    # SHA-256 of the user's API key (`folio user key`); NULL: none. Keys are random (256 bits),
+    # so a fast hash is enough and lets a request find its user by one indexed lookup.
+    api_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
 
 
 def document_version(created) -> str:  # noqa: ANN001 - a datetime (or what a driver returns for one)

@@ -71,7 +71,7 @@ def _make_v1_library(tmp_path: Path, url: str | None) -> StorageConfig:
 def test_revisions_are_numbered_by_schema_version() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_current_head() == HEAD_REVISION == f"{SCHEMA_VERSION:04d}"
-    assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["0001", "0002", "0003", "0004"]
+    assert [s.revision for s in reversed(list(script.walk_revisions()))] == ["0001", "0002", "0003", "0004", "0005"]
 
 
 def test_migrations_build_the_tables_of_the_models(database_url: str | None, tmp_path: Path) -> None:
