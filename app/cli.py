@@ -338,7 +338,7 @@ _RuntimeOption = Annotated[
     str | None,
     typer.Option(
         "--runtime",
-        help="Generator runtime: auto (OpenVINO for the packaged Qwen models on a CPU, else torch), openvino or torch.",
+        help="Generator runtime: auto (OpenVINO for the packaged Qwen models on a CPU, else torch), openvino, torch, or openai (an OpenAI-compatible server at FOLIO_GENERATOR__BASE_URL; --model is its model name).",
     ),
 ]
 _NoSampler = Annotated[
