@@ -3,6 +3,8 @@
 `folio user add NAME` asks for a password (twice; `--password-stdin` reads one line instead), and
 from then on `folio serve` asks everyone to sign in, and each login sees only its own documents.
 `folio --user NAME ingest ...` adds documents to that user's library from the command line.
+`folio user key NAME` prints a new API key for `folio serve --api` (shown once; only its hash is
+kept, and a new key replaces the old one).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.cli_globals import FolioTyper
-from pipeline.library.owners import add_user, list_users, remove_user, set_password
+from pipeline.library.owners import add_user, issue_api_key, list_users, remove_user, set_password
 
 user_app = FolioTyper(
     name="user",
@@ -75,6 +77,24 @@ def passwd_command(name: str, password_stdin: _PasswordStdin = False) -> None:
     finally:
         folio.close()
     _console.print(f"changed the password of {name}", highlight=False)
+
+
+@user_app.command("key")
+def key_command(name: str) -> None:
+    """Print a new API key for `folio serve --api` (replaces the user's earlier key)."""
+    folio = _library()
+    try:
+        key = issue_api_key(folio.library, name)
+    except LookupError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        folio.close()
+    # NOTE: the key alone on stdout (scripts capture it); the advice goes to stderr.
+    _err.print(
+        f"API key of {name} (shown once; `folio user key {name}` again replaces it):",
+        highlight=False,
+    )
+    typer.echo(key)
 
 
 @user_app.command("list")

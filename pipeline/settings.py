@@ -40,6 +40,13 @@ class ServeConfig(BaseModel):
         description="Listen on a non-loopback address without a password (anyone who can reach "
         "it can read, add and delete documents). Off: `folio serve` refuses.",
     )
+    api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="Bearer key that `folio serve --api` accepts for the local user's library "
+        "(FOLIO_SERVE__API_KEY keeps it out of the process list); accounts get their own key "
+        "from `folio user key NAME`.",
+    )
     max_upload_mb: float = Field(default=100, gt=0, description="Largest PDF accepted by upload, in MB.")
     max_upload_pages: int = Field(default=2000, ge=1, description="Most pages of an uploaded PDF.")
     max_upload_files: int = Field(default=50, ge=1, description="Most PDFs in one upload.")

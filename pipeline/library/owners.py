@@ -10,7 +10,9 @@ the owner's name and the file's SHA-256, so the parsed rows, images and index en
 user's copy never serve the other (and deleting one copy leaves the other).
 
 Accounts live in the `users` table with a scrypt password hash; `folio user add` makes them and
-the web app's login checks them (`check_login`).
+the web app's login checks them (`check_login`). `folio user key NAME` gives an account an API key
+for `folio serve --api` (`issue_api_key`); only its SHA-256 is stored, and `api_key_user` finds
+the account a request's key belongs to.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from storage import Chunk, Document, Library, User
 __all__ = [
     "UserInfo",
     "add_user",
+    "api_key_user",
     "check_login",
     "check_user_name",
     "has_accounts",
     "has_owners",
+    "issue_api_key",
     "list_users",
     "owned_chunk_ids",
     "owned_doc_id",
@@ -258,6 +262,39 @@ def check_login(library: Library, name: str, password: str) -> bool:
         _verify_password(password, _dummy_hash())  # one scrypt, as for a real account
         return False
     return _verify_password(password, stored)
+
+
+# A key names what it is for; the rest is 256 random bits (URL-safe base64).
+_API_KEY_PREFIX = "folio-"
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def issue_api_key(library: Library, name: str) -> str:
+    """A new API key for user `name`, replacing any earlier one (which stops working).
+
+    The key is returned once and never stored: the users table keeps its SHA-256.
+
+    Raises:
+        LookupError: No such user.
+    """
+    key = _API_KEY_PREFIX + secrets.token_urlsafe(32)
+    with library.sessions() as session, session.begin():
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise LookupError(f"no user {name!r} (see `folio user list`)")
+        user.api_key_hash = _key_hash(key)
+    return key
+
+
+def api_key_user(library: Library, key: str) -> str | None:
+    """The name of the user whose API key `key` is, or None (no such key)."""
+    if not isinstance(key, str) or not key.startswith(_API_KEY_PREFIX):
+        return None
+    with library.sessions() as session:
+        return session.scalar(select(User.name).where(User.api_key_hash == _key_hash(key)))
 
 
 def has_accounts(library: Library) -> bool:
