@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,14 @@ from models.config import GeneratorConfig, PromptStyle
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["END_OF_TURN_TOKENS", "Generation", "GenerationStream", "GeneratorBase", "PromptInputs"]
+__all__ = [
+    "END_OF_TURN_TOKENS",
+    "ChoiceScores",
+    "Generation",
+    "GenerationStream",
+    "GeneratorBase",
+    "PromptInputs",
+]
 
 # Chat models end a turn with one of these; generation_config often lists only <|endoftext|>.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -103,6 +110,25 @@ class Generation:
         """Decode steps per second (the first token comes from the prefill)."""
         steps = self.new_tokens - 1
         return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ChoiceScores:
+    """How likely the model is to begin its next turn with each of a few words.
+
+    Attributes:
+        logprobs: Per choice, the log-probability of its first token at the next position
+            (the full vocabulary's softmax, not renormalised over the choices).
+        fed_tokens: Tokens the model ran to score them: the suffix alone when the prompt's KV
+            cache was reused, else the whole sequence.
+        total_tokens: Prompt plus suffix tokens (the sequence the scores condition on).
+        seconds: Time spent scoring.
+    """
+
+    logprobs: tuple[float, ...]
+    fed_tokens: int
+    total_tokens: int
+    seconds: float
 
 
 class GenerationStream:
@@ -237,6 +263,68 @@ class GeneratorBase(ABC):
             input_ids=input_ids, attention_mask=attention_mask, model_kwargs=extras, text=text
         )
 
+    def follow_up(self, prompt: Prompt, reply: str, question: str) -> str:
+        """The text that continues the rendered `prompt` after the model replied `reply`: the
+        end of that turn, `question` as a new user turn, and the start of the model's next turn.
+
+        `render(prompt) + follow_up(...)` is the whole conversation as the model reads it, so a
+        KV cache of the prompt serves it and only these tokens are new.
+
+        Raises:
+            ValueError: The chat template renders the longer conversation with another prefix
+                (it rewrites earlier turns), so the prompt's cache could not serve it.
+        """
+        rendered = self.render(prompt)
+        if self.style is PromptStyle.COMPLETION:
+            return f" {reply}\n\nQuestion: {question}\nAnswer:"
+        with_images = self.is_multimodal
+        owner = self.processor if with_images else self.tokenizer
+        turns = [
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": question},
+        ]
+        try:
+            full = owner.apply_chat_template(
+                prompt.messages(with_images=with_images) + turns,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        except TemplateError as exc:
+            if "system" not in str(exc).lower():
+                raise
+            full = owner.apply_chat_template(
+                prompt.messages(with_images=with_images, system_role=False) + turns,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        if not full.startswith(rendered):
+            raise ValueError("the chat template rewrites earlier turns; no follow-up prefix")
+        return full[len(rendered) :]
+
+    def choice_logprobs(
+        self, inputs: PromptInputs, suffix: str, choices: Sequence[str], *, cache: Any | None = None
+    ) -> ChoiceScores:
+        """Score `choices` as the first token after `inputs` followed by `suffix`; each runtime
+        that can read next-token probabilities implements it, reusing what it kept of the prompt.
+
+        Raises:
+            NotImplementedError: A runtime that cannot (a remote model without log-probabilities).
+        """
+        raise NotImplementedError(f"the {self.runtime or 'this'} runtime cannot score choices")
+
+    def choice_token_ids(self, choices: Sequence[str]) -> list[int]:
+        """The first token id of each choice (no special tokens).
+
+        Raises:
+            ValueError: A choice that tokenises to nothing.
+        """
+        ids = []
+        for choice in choices:
+            tokens = self.tokenizer(choice, add_special_tokens=False)["input_ids"]
+            if not tokens:
+                raise ValueError(f"choice {choice!r} has no tokens")
+            ids.append(int(tokens[0]))
+        return ids
 
     def generate(self, prompt: Prompt | str | PromptInputs, **options: Any) -> Generation:
         """`stream` consumed to the end: the same arguments, the finished `Generation`."""
@@ -271,7 +359,6 @@ class GeneratorBase(ABC):
                 '(base models) or "auto"'
             )
         return style
-
 
     def _end_ids(self, configured: Any) -> frozenset[int]:
         """End-of-sequence ids: `configured` (the model's generation config), the tokenizer's,

@@ -23,14 +23,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models._decoding import AnswerTokens, StopReason, select_next_token
-from models._generation import Generation, GenerationStream, GeneratorBase, PromptInputs
+from models._generation import (
+    ChoiceScores,
+    Generation,
+    GenerationStream,
+    GeneratorBase,
+    PromptInputs,
+)
 from models._packaged import PACKAGED_MODELS, ModelSourceError, resolve_model_dir
 from models._prompt import EVIDENCE_IS_DATA, Evidence, Prompt, build_prompt, defuse
 from models.config import DeviceChoice, DTypeChoice, GeneratorConfig, GeneratorRuntime
@@ -40,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "EVIDENCE_IS_DATA",
+    "ChoiceScores",
     "PACKAGED_GENERATORS",
     "Evidence",
     "Generation",
@@ -160,6 +167,60 @@ class Generator(GeneratorBase):
             logits_to_keep=1,
         )
         return out.logits[:, -1, :]
+
+    @torch.no_grad()
+    def choice_logprobs(
+        self, inputs: PromptInputs, suffix: str, choices: Sequence[str], *, cache: Any | None = None
+    ) -> ChoiceScores:
+        """Log-probabilities of each choice's first token after `inputs` + `suffix`.
+
+        Args:
+            inputs: The prompt as `encode` made it (token ids, batch 1).
+            suffix: Text that follows the prompt (e.g. `follow_up`'s), tokenised on its own.
+            choices: Words whose first tokens are scored (e.g. "Yes", "No").
+            cache: The KV cache a `stream` of this same prompt filled (passed to it as
+                `cache=`); it is cut back to the prompt and only the suffix is run. None, or a
+                cache shorter than the prompt: the whole sequence is run.
+
+        Returns:
+            `ChoiceScores`; `fed_tokens` says how many positions the model ran.
+        """
+        start = time.perf_counter()
+        if inputs.input_ids is None or inputs.batch_size != 1:
+            raise ValueError("choice_logprobs needs the token ids of one prompt")
+        ids = self.choice_token_ids(choices)
+        suffix_ids = self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        if not suffix_ids:
+            raise ValueError("the suffix to score after is empty")
+        prompt_ids = inputs.input_ids.to(self.device)
+        # tail: [1, S_suffix]
+        tail = torch.tensor([suffix_ids], dtype=prompt_ids.dtype, device=self.device)
+        total = prompt_ids.shape[1] + tail.shape[1]
+        reuse = (
+            cache is not None
+            and inputs.attention_mask is None
+            and not inputs.model_kwargs
+            and cache.get_seq_length() >= prompt_ids.shape[1]
+        )
+        if reuse:
+            # After a stream the cache also holds the reply; keep the prompt's positions only.
+            extra = cache.get_seq_length() - prompt_ids.shape[1]
+            if extra:
+                cache.crop(-extra)  # transformers 5: a negative count of tokens to drop
+            fed = tail
+        else:
+            cache = self.new_cache()
+            self._reset_position_state()
+            fed = torch.cat([prompt_ids, tail], dim=1)
+        out = self.model(input_ids=fed, cache=cache, use_cache=True, logits_to_keep=1)
+        # logits: [1, 1, V] -> [V]
+        logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        return ChoiceScores(
+            logprobs=tuple(float(logprobs[i]) for i in ids),
+            fed_tokens=int(fed.shape[1]),
+            total_tokens=int(total),
+            seconds=time.perf_counter() - start,
+        )
 
     def stream(
         self,

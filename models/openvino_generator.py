@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,13 @@ import openvino_genai as ov_genai
 import torch
 
 from models._decoding import AnswerTokens, StopReason
-from models._generation import Generation, GenerationStream, GeneratorBase, PromptInputs
+from models._generation import (
+    ChoiceScores,
+    Generation,
+    GenerationStream,
+    GeneratorBase,
+    PromptInputs,
+)
 from models._openvino_weights import Q8Weights, resolve_openvino_weights
 from models._packaged import ModelSourceError
 from models._prompt import Prompt
@@ -95,6 +102,58 @@ class OpenVinoGenerator(GeneratorBase):
 
     def new_cache(self) -> Any:
         raise RuntimeError(_NEEDS_TORCH.format(what="a KV cache object"))
+
+    def choice_logprobs(
+        self, inputs: PromptInputs, suffix: str, choices: Sequence[str], *, cache: Any | None = None
+    ) -> ChoiceScores:
+        """Log-probabilities of each choice's first token after `inputs` + `suffix`.
+
+        OpenVINO GenAI returns no logits, and its `logprobs` option reports only the chosen
+        token's log-probability. So each choice is forced as the one new token (a structured-output
+        regex of that token's text) and its reported log-probability, which is taken from the
+        unconstrained distribution (checked against the unforced greedy pick), is read. With
+        `GeneratorConfig.prefix_cache` on, every call after the first finds the prompt (and the
+        reply generated after it) in the prefix cache, so only the suffix is run; OpenVINO does
+        not say how many tokens it ran, so `fed_tokens` counts the whole sequence.
+
+        Args:
+            inputs: The prompt's token ids (batch 1).
+            suffix: Text that follows the prompt, tokenised on its own.
+            choices: Words whose first tokens are scored.
+            cache: Torch-only; must be None here (OpenVINO keeps its own prefix cache).
+        """
+        if cache is not None:
+            raise ValueError(_NEEDS_TORCH.format(what="a KV cache object"))
+        if inputs.input_ids is None or inputs.batch_size != 1 or inputs.model_kwargs:
+            raise ValueError("choice_logprobs needs the token ids of one prompt")
+        start = time.perf_counter()
+        suffix_ids = self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        if not suffix_ids:
+            raise ValueError("the suffix to score after is empty")
+        ids = np.concatenate(
+            [inputs.input_ids.cpu().numpy().astype(np.int64), np.array([suffix_ids], np.int64)],
+            axis=1,
+        )
+        tokenized = ov_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
+        scores = []
+        for token in self.choice_token_ids(choices):
+            options = ov_genai.GenerationConfig()
+            options.max_new_tokens = 1
+            options.ignore_eos = True
+            options.logprobs = 1
+            text = self.tokenizer.decode([token])
+            options.structured_output_config = ov_genai.StructuredOutputConfig(
+                regex=re.escape(text)
+            )
+            with self._lock:
+                result = self.pipeline.generate(tokenized, options)
+            scores.append(float(result.scores[0]))
+        return ChoiceScores(
+            logprobs=tuple(scores),
+            fed_tokens=int(ids.shape[1]),
+            total_tokens=int(ids.shape[1]),
+            seconds=time.perf_counter() - start,
+        )
 
     def stream(
         self,
