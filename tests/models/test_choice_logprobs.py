@@ -35,7 +35,9 @@ def test_follow_up_continues_the_rendered_prompt(tiny: Generator) -> None:
     assert (rendered + suffix).endswith(rendered[rendered.rindex("<|im_start|>") :])
 
 
-def test_the_stream_cache_serves_the_follow_up_and_scores_match_a_fresh_pass(tiny: Generator) -> None:
+def test_the_stream_cache_serves_the_follow_up_and_scores_match_a_fresh_pass(
+    tiny: Generator,
+) -> None:
     torch.manual_seed(0)
     prompt = build_prompt("What was the revenue in 2023?", EVIDENCE)
     inputs = tiny.encode(prompt)
