@@ -175,6 +175,19 @@ class AnswerConfig(BaseModel):
     max_new_tokens: int = Field(
         default=48, ge=1, description="Most tokens of one answer (short answers)."
     )
+    typed_answers: bool = Field(
+        default=True,
+        description="Infer the answer type from the question (integer, number, list, yes/no, "
+        "short phrase, free text), ask for it after the question and keep the output cut to "
+        "that type as the answer's `short` form (what `folio eval qa` scores).",
+    )
+    compute: bool = Field(
+        default=True,
+        description="For questions that need arithmetic (differences, ratios, growth, sums), "
+        "ask the model for one Python arithmetic expression over numbers in the evidence, "
+        "evaluate it safely and answer with the result, citing its operands; if that fails, "
+        "the normal answer.",
+    )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     quote_evidence: bool = Field(
         default=True,
@@ -217,7 +230,12 @@ class AnswerConfig(BaseModel):
 URAG_OR_REFRAG = "URaG and REFRAG are alternatives: switch one of them off"
 
 # Short names of per-request answer options (`resolve_options`).
-_ALIASES = {"budget": "token_budget", "sampler": "use_sampler", "mode": "retrieval_mode"}
+_ALIASES = {
+    "budget": "token_budget",
+    "sampler": "use_sampler",
+    "mode": "retrieval_mode",
+    "typed": "typed_answers",
+}
 
 
 def resolve_options(
