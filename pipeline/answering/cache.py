@@ -151,11 +151,12 @@ class ModelCache:
 def with_runtime_for(config: AnswerConfig, generator: GeneratorConfig) -> GeneratorConfig:
     """`generator` with its runtime resolved for a request whose stages read or feed the model's
     internals (URaG, REFRAG): those run on torch (`models.runtime.select_runtime`; runtime auto
-    picks it and the log says why, an explicit openvino is refused in one line). Requests
-    without such a stage keep `generator` as it is, so their runtime resolves at load.
+    picks it and the log says why, an explicit openvino or openai is refused in one line, never
+    switched). Requests without such a stage keep `generator` as it is, so their runtime
+    resolves at load.
 
     Raises:
-        ValueError: runtime="openvino" with URaG or REFRAG on.
+        ValueError: runtime="openvino" or "openai" with URaG or REFRAG on.
     """
     stage = "URaG" if config.use_urag else "REFRAG" if config.use_refrag else None
     if stage is None:
