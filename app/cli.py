@@ -262,8 +262,19 @@ def serve_command(
     allow_no_auth: Annotated[
         bool, typer.Option("--allow-no-auth", help="Serve a non-loopback address without a password.")
     ] = False,
+    api: Annotated[
+        bool,
+        typer.Option("--api", help="Also serve the OpenAI-compatible endpoint at /v1 (chat completions, models)."),
+    ] = False,
+    api_only: Annotated[
+        bool, typer.Option("--api-only", help="Serve only the OpenAI-compatible endpoint at /v1, no web page.")
+    ] = False,
 ) -> None:
-    """Start the web app: library, chat with cited answers, evidence viewer (Ctrl-C to stop)."""
+    """Start the web app: library, chat with cited answers, evidence viewer (Ctrl-C to stop).
+
+    With --api, any OpenAI client can ask the library at http://HOST:PORT/v1 (model `folio`, or
+    `folio:doc:<id>`), with an API key from `folio user key NAME` or FOLIO_SERVE__API_KEY.
+    """
     serve = {k: v for k, v in {"host": host, "port": port, "auth": auth}.items() if v is not None}
     if allow_no_auth:
         serve["allow_no_auth"] = True
@@ -274,7 +285,13 @@ def serve_command(
         accounts = has_accounts(folio.library)
     except (ValueError, SchemaMismatchError) as exc:
         raise _fail(str(exc)) from None
-    if credentials is None and not accounts and not is_loopback(limits.host):
+    protected = limits.api_key is not None if api_only else credentials is not None
+    if (api or api_only) and credentials is not None and not accounts and limits.api_key is None:
+        raise _fail(
+            "--api with --auth needs a key for the endpoint too: set FOLIO_SERVE__API_KEY "
+            "(or add accounts with `folio user add NAME` and give them keys with `folio user key NAME`)"
+        )
+    if not protected and not accounts and not is_loopback(limits.host):
         if not limits.allow_no_auth:
             raise _fail(
                 f"refusing to serve {limits.host} without a password (anyone who can reach it could "
@@ -283,18 +300,30 @@ def serve_command(
             )
         err.print(f"[yellow]warning:[/yellow] serving {limits.host} without a password", highlight=False)
     from app.web import serve as serve_app  # NOTE: imports gradio (seconds): only when serving
+    from app.web.openai_api import ApiAccess
+
+    access = None
+    if api or api_only:
+        access = ApiAccess(
+            api_key=limits.api_key,
+            accounts=accounts,
+            open=limits.api_key is None and not accounts and credentials is None,
+        )
 
     def ready(url: str) -> None:
+        where = f"the OpenAI-compatible endpoint {url}/v1" if api_only else url
         console.print(
-            f"Folio is running at {url} (library {folio.settings.library}); Ctrl-C to stop",
+            f"Folio is running at {where} (library {folio.settings.library}); Ctrl-C to stop",
             soft_wrap=True,
             highlight=False,
         )
+        if api and not api_only:
+            console.print(f"OpenAI-compatible endpoint: {url}/v1", soft_wrap=True, highlight=False)
 
     try:
         serve_app(
             folio, host=limits.host, port=limits.port, auth=credentials, accounts=accounts,
-            on_ready=ready,
+            on_ready=ready, api=access, api_only=api_only,
         )  # fmt: skip
     except OSError as exc:
         raise _fail(f"cannot listen on {limits.host}:{limits.port} ({exc})".splitlines()[0]) from None

@@ -303,9 +303,10 @@ def start_folio_server(tmp_path_factory: pytest.TempPathFactory):
     started: list[tuple[subprocess.Popen, Path, Path]] = []
 
     def start(
-        settings: dict, artifacts: Path, env: dict | None = None, prepare=None  # noqa: ANN001
+        settings: dict, artifacts: Path, env: dict | None = None, prepare=None, args=()  # noqa: ANN001
     ) -> tuple[str, Path]:
-        """`prepare(library_folder)`, if given, runs before the server starts."""
+        """`prepare(library_folder)`, if given, runs before the server starts; `args` are
+        more options of `folio serve` (e.g. `--api`)."""
         work = tmp_path_factory.mktemp("folio-serve")
         if prepare is not None:
             prepare(work / "lib")
@@ -315,7 +316,7 @@ def start_folio_server(tmp_path_factory: pytest.TempPathFactory):
         log = work / "serve.log"
         folio = Path(sys.executable).with_name("folio")
         command = [str(folio), "--library", str(work / "lib"), "--config", str(config)]
-        command += ["serve", "--port", str(port)]
+        command += ["serve", "--port", str(port), *args]
         env = {
             **os.environ,
             "HF_HUB_OFFLINE": "1",

@@ -1,0 +1,247 @@
+"""`folio serve --api` asked by the official `openai` client over HTTP (issue 25).
+
+One real `folio serve --api` process on a free loopback port, on a library with two accounts,
+alice and bob, each owning a copy of the project's sample PDF (so each has a document id of
+their own) and an API key from `issue_api_key` (what `folio user key` runs). The generator is the
+tiny random model of tests/conftest.py (the mechanics, in seconds; its words are noise, so the
+tests check the protocol, the citations and the scoping, not the answer's wording), with BM25
+retrieval and the real MiniLM for the sampler and the citations.
+
+The pure parts of the endpoint (request checks, page markers split across stream deltas) are
+tested without a server at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from app.web.openai_api import (
+    ApiError,
+    PageMarkers,
+    parse_chat_request,
+)
+from pipeline.ingestion.sample import write_sample_pdf
+from pipeline.library.owners import add_user, issue_api_key
+from storage import StorageConfig, open_library
+
+QUESTION = "How many pages per second does the parser process?"
+PAGE_MARKER = re.compile(r"\[p\. (\d+)\]")
+
+
+@pytest.fixture(scope="module")
+def served(start_folio_server, tiny_settings, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The server's /v1 address, alice's and bob's keys and document ids."""
+    from app import Folio
+
+    settings = tiny_settings(max_new_tokens=8)
+    pdf = write_sample_pdf(tmp_path_factory.mktemp("openai-sample") / "folio-guide.pdf")
+    found: dict = {}
+
+    def prepare(library: Path) -> None:
+        opened = open_library(StorageConfig(library=library))
+        for name in ("alice", "bob"):
+            add_user(opened, name, f"{name}-password")
+            found[f"{name}_key"] = issue_api_key(opened, name)
+        opened.close()
+        for name in ("alice", "bob"):
+            folio = Folio(library=library, user=name, **settings)
+            (result,) = folio.ingest([pdf])
+            assert result.status == "added", result
+            found[f"{name}_doc"] = result.doc_id
+            folio.close()
+
+    artifacts = tmp_path_factory.mktemp("openai-artifacts")
+    url, log = start_folio_server(settings, artifacts, prepare=prepare, args=["--api"])
+    return {**found, "base_url": f"{url}v1", "log": log}
+
+
+def _client(served: dict, who: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=served["base_url"], api_key=served[f"{who}_key"], max_retries=0, timeout=300)
+
+
+def _ask(client: openai.OpenAI, model: str, **extra):  # noqa: ANN202 - a ChatCompletion
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": QUESTION}], **extra
+    )
+
+
+def _check_citations(citations: list, doc_id: str, text: str) -> None:
+    assert citations, "the answer has no citations"
+    for c in citations:
+        assert c["doc_id"] == doc_id
+        assert c["file_name"] == "folio-guide.pdf"
+        assert isinstance(c["page"], int) and c["page"] >= 1
+        assert isinstance(c["quote"], str) and c["quote"]
+        assert len(c["bbox"]) == 4 and c["bbox"][0] < c["bbox"][2] and c["bbox"][1] < c["bbox"][3]
+        assert c["how"] in ("cited", "attributed")
+    marked = {int(p) for p in PAGE_MARKER.findall(text)}
+    assert marked, f"no [p. N] marker in {text!r}"
+    assert marked <= {c["page"] for c in citations}
+
+
+def test_models_are_the_library_and_each_own_document(served: dict) -> None:
+    for me, other in (("alice", "bob"), ("bob", "alice")):
+        models = {m.id: m for m in _client(served, me).models.list()}
+        assert set(models) == {"folio", f"folio:doc:{served[f'{me}_doc']}"}
+        document = models[f"folio:doc:{served[f'{me}_doc']}"].model_extra["folio_document"]
+        assert document["file_name"] == "folio-guide.pdf" and document["pages"] >= 1
+        assert all(served[f"{other}_doc"] not in name for name in models)
+
+
+def test_an_answer_with_page_markers_and_citations(served: dict) -> None:
+    reply = _ask(_client(served, "alice"), f"folio:doc:{served['alice_doc']}", max_tokens=6)
+    message = reply.choices[0].message
+    assert reply.object == "chat.completion" and message.role == "assistant"
+    _check_citations(message.model_extra["folio_citations"], served["alice_doc"], message.content)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert 1 <= reply.usage.completion_tokens <= 6 and reply.usage.prompt_tokens > 0
+
+
+def test_a_streamed_answer_is_the_same_answer(served: dict) -> None:
+    client = _client(served, "alice")
+    model = f"folio:doc:{served['alice_doc']}"
+    whole = _ask(client, model).choices[0].message
+    chunks = list(_ask(client, model, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.content  # greedy decoding: the same answer, streamed
+    final = [c for c in chunks if c.choices and c.choices[0].finish_reason is not None]
+    assert len(final) == 1
+    citations = final[0].choices[0].delta.model_extra["folio_citations"]
+    assert citations == whole.model_extra["folio_citations"]
+    _check_citations(citations, served["alice_doc"], text)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
+def test_the_whole_library_of_one_user_only(served: dict) -> None:
+    reply = _ask(_client(served, "bob"), "folio")
+    message = reply.choices[0].message
+    _check_citations(message.model_extra["folio_citations"], served["bob_doc"], message.content)
+
+
+def test_another_users_document_is_not_there(served: dict) -> None:
+    bob = _client(served, "bob")
+    for name in (served["alice_doc"], served["alice_doc"][:12]):
+        with pytest.raises(openai.NotFoundError) as caught:
+            _ask(bob, f"folio:doc:{name}")
+        assert "does not exist or you do not have access" in caught.value.message
+    with pytest.raises(openai.NotFoundError):
+        bob.models.retrieve(f"folio:doc:{served['alice_doc']}")
+
+
+def test_a_wrong_or_missing_key_is_401(served: dict) -> None:
+    wrong = openai.OpenAI(base_url=served["base_url"], api_key="folio-not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        _ask(wrong, "folio")
+    assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    response = httpx.get(f"{served['base_url']}/models")
+    assert response.status_code == 401 and "missing API key" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"model": "folio", "messages": [{"role": "system", "content": "Be brief."}]}, "no message with role 'user'"),
+        ({"model": "folio", "messages": "What is Folio?"}, "'messages' must be a non-empty array"),
+        ({"model": "folio", "messages": [{"role": "user", "content": 42}]}, "messages[0].content must be"),
+        ({"model": 7, "messages": [{"role": "user", "content": "Hi"}]}, "'model' must be a non-empty string"),
+        ({"model": "folio", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": "ten"}, "'max_tokens'"),
+    ],
+    ids=["no-user-message", "messages-not-a-list", "content-a-number", "model-a-number", "max-tokens-text"],
+)
+def test_a_bad_request_is_400_with_one_line(served: dict, body: dict, says: str) -> None:
+    response = httpx.post(
+        f"{served['base_url']}/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {served['alice_key']}"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert says in error["message"] and error["type"] == "invalid_request_error"
+    assert "\n" not in error["message"] and "Traceback" not in response.text
+
+
+def test_the_client_reports_a_bad_request(served: dict) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _client(served, "alice").chat.completions.create(
+            model="folio", messages=[{"role": "assistant", "content": "Hello"}]
+        )
+    assert "no message with role 'user'" in caught.value.message
+    response = httpx.post(
+        f"{served['base_url']}/chat/completions",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {served['alice_key']}"},
+    )
+    assert response.status_code == 400 and response.json()["error"]["message"] == "the request body must be JSON"
+
+
+def test_the_standard_request_shape_is_accepted(served: dict) -> None:
+    """Parts content with an image, a system message, earlier turns, sampling fields and fields
+    Folio does not know: the last user message's text is the question."""
+    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    reply = _client(served, "alice").chat.completions.create(
+        model="folio",
+        messages=[
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "What is Folio?"},
+            {"role": "assistant", "content": "A library."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": QUESTION},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}},
+                ],
+            },
+        ],
+        max_tokens=4,
+        temperature=0.7,
+        stop=["\n\n"],
+        extra_body={"folio_unknown_option": True, "user_tag": "x"},
+    )
+    assert reply.choices[0].message.model_extra["folio_citations"]
+    assert reply.usage.completion_tokens <= 4
+
+
+def test_the_server_log_has_no_traceback_for_bad_requests(served: dict) -> None:
+    assert "Traceback" not in Path(served["log"]).read_text(encoding="utf-8", errors="replace")
+
+
+# ------------------------------------------------------------------ without a server
+
+
+def test_page_markers_split_across_deltas() -> None:
+    markers = PageMarkers({1: 4, 2: 9, 3: 4})
+    deltas = ["Ten pages", " [", "1", ", 2", "] and", " more [3][7]", " [", "x] end ["]
+    shown = "".join(markers.feed(d) for d in deltas) + markers.flush()
+    assert shown == "Ten pages [p. 4][p. 9] and more [p. 4] [x] end ["
+    assert markers.seen
+
+
+def test_parse_keeps_the_last_user_message_and_ignores_unknown_fields() -> None:
+    request = parse_chat_request(
+        {
+            "model": "folio:doc:abc",
+            "messages": [
+                {"role": "user", "content": "first"},
+                {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+            ],
+            "stream": True,
+            "max_completion_tokens": 5,
+            "seed": 3,
+            "tools": [],
+        }
+    )
+    assert (request.model, request.question, request.stream, request.max_tokens) == ("folio:doc:abc", "second", True, 5)
+    with pytest.raises(ApiError, match="'n' must be 1"):
+        parse_chat_request({"model": "folio", "messages": [{"role": "user", "content": "q"}], "n": 2})
+    with pytest.raises(ApiError, match="'stream' must be true or false"):
+        parse_chat_request({"model": "folio", "messages": [{"role": "user", "content": "q"}], "stream": "yes"})
+    assert json.loads(json.dumps(ApiError(400, "two\nlines").body()))["error"]["message"] == "two"
