@@ -321,7 +321,8 @@ def test_serve_refuses_a_public_address_without_a_password(tmp_path: Path, monke
     result = runner.invoke(app, [*library, "serve", "--host", "0.0.0.0", "--auth", "ann:pw", "--port", "8123"])
     assert result.exit_code == 0, result.output
     assert launched == [
-        {"host": "0.0.0.0", "port": 8123, "auth": ("ann", "pw"), "accounts": False, "on_ready": launched[0]["on_ready"]}
+        {"host": "0.0.0.0", "port": 8123, "auth": ("ann", "pw"), "accounts": False, "on_ready": launched[0]["on_ready"],
+         "api": None, "api_only": False}
     ]
     monkeypatch.setenv("FOLIO_SERVE__ALLOW_NO_AUTH", "true")
     result = runner.invoke(app, [*library, "serve", "--host", "0.0.0.0"])
