@@ -2,7 +2,7 @@
 
 Usage:
     python bench/ingest.py [--data ../shared/data] [--workers 1 2] [--index none bm25 hybrid] [--layout] [--out bench/results/ingest.json]
-        [--encoder-runtime torch openvino]
+        [--encoder-runtime torch openvino] [--block-vectors on off]
 
 Reports pages/s for born-digital and OCR pages separately, with raw `page.get_text()` over the
 same pages measured in the same run, and the peak memory of the main and worker processes.
@@ -71,7 +71,11 @@ def _index(library, kind: str, runtime: EncoderRuntime) -> LibraryIndex | None:
 
 
 def _folio_rate(
-    files: list[Path], workers: int, index_kind: str, runtime: EncoderRuntime
+    files: list[Path],
+    workers: int,
+    index_kind: str,
+    runtime: EncoderRuntime,
+    block_vectors: bool = True,
 ) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         library = open_library(StorageConfig(library=Path(tmp)))
@@ -82,7 +86,7 @@ def _folio_rate(
             library,
             parse_config=ParseConfig(),
             chunk_config=ChunkConfig(),
-            ingest_config=IngestConfig(workers=workers),
+            ingest_config=IngestConfig(workers=workers, store_block_vectors=block_vectors),
             index=index,
         )
         elapsed = time.perf_counter() - start
@@ -148,6 +152,14 @@ def main() -> None:
         choices=list(EncoderRuntime),
         help="runtime of the text encoders (EncoderConfig.runtime); several are timed in turn",
     )
+    parser.add_argument(
+        "--block-vectors",
+        nargs="+",
+        default=["on"],
+        choices=["on", "off"],
+        help="store the sampler's block vectors at ingest (IngestConfig.store_block_vectors; "
+        "only with a dense index); several are timed in turn",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = parser.parse_args()
 
@@ -158,10 +170,14 @@ def main() -> None:
         files = [args.data / n for n in names if (args.data / n).exists()]
         raw_pages, raw_rate = _raw_rate(files)
         runs = [
-            (w, i, r) for i in args.index for w in args.workers for r in args.encoder_runtime
+            (w, i, r, b)
+            for i in args.index
+            for w in args.workers
+            for r in args.encoder_runtime
+            for b in args.block_vectors
         ]
-        for workers, index_kind, runtime in runs:
-            pages, rate = _folio_rate(files, workers, index_kind, runtime)
+        for workers, index_kind, runtime, block_vectors in runs:
+            pages, rate = _folio_rate(files, workers, index_kind, runtime, block_vectors == "on")
             row = {
                 "set": label,
                 "files": len(files),
@@ -169,6 +185,7 @@ def main() -> None:
                 "workers": workers,
                 "index": index_kind,
                 "encoder_runtime": runtime.value,
+                "block_vectors": block_vectors,
                 "folio_pages_per_s": round(rate, 2),
                 "raw_get_text_pages_per_s": round(raw_rate, 1),
                 "raw_over_folio": round(raw_rate / rate, 1),

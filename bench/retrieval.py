@@ -166,6 +166,10 @@ class _Fixed:
     def __init__(self, real: MiniLMEncoder) -> None:
         self._real = real
 
+    def use(self, real: MiniLMEncoder) -> None:
+        """Send queries to another instance of the same model (another encoder runtime)."""
+        self._real = real
+
     name = property(lambda self: self._real.name)
     dim = property(lambda self: self._real.dim)
 
@@ -185,7 +189,12 @@ def _renice(value: int) -> None:
 
 
 def latency(
-    chunks: int, n_queries: int, dense_index: str, threads: int, renice: int | None = None
+    chunks: int,
+    n_queries: int,
+    dense_index: str,
+    threads: int,
+    renice: int | None = None,
+    encoder_runtimes: list[str] | None = None,
 ) -> dict[str, Any]:
     import faiss
 
@@ -195,8 +204,10 @@ def latency(
         "load_avg_start": list(psutil.getloadavg()),
     }
     queries = _queries(IR)[:n_queries]
-    ec = EncoderConfig(threads=threads)
+    runtimes = encoder_runtimes or [EncoderConfig().runtime.value]
+    ec = EncoderConfig(threads=threads, runtime=runtimes[0])
     minilm, splade_enc = MiniLMEncoder(ec), SpladeEncoder(ec)
+    out["encoder_runtime"] = runtimes[0]
 
     t = time.perf_counter()
     ids, texts, counts, words = synthetic_library(chunks, 120, IR)
@@ -235,7 +246,8 @@ def latency(
     }
     rss = _rss_mb()
     t = time.perf_counter()
-    dense = DenseIndex(_Fixed(minilm), DenseConfig(index=DenseIndexKind(dense_index)))
+    fixed = _Fixed(minilm)
+    dense = DenseIndex(fixed, DenseConfig(index=DenseIndexKind(dense_index)))
     dense.add_vectors(ids, vectors)
     build["faiss"] = {
         "kind": dense.kind.value,
@@ -330,6 +342,16 @@ def latency(
     timed("dense_hnsw_ours (search only)", lambda q: dense.search_arrays(qmap[q][0], 10))
     timed("faiss_flat_plain (search only)", lambda q: flat.search(qmap[q], 10))
     timed("faiss_hnsw_plain (search only)", lambda q: hnsw.search(qmap[q], 10))
+    # The other query-encoder runtimes over the same indexes, for a side-by-side ratio: the
+    # first runtime's default modes are timed again right before each, so load drift shows.
+    for other in runtimes[1:]:
+        other_minilm = MiniLMEncoder(EncoderConfig(threads=threads, runtime=other))
+        for name, encoder in ((runtimes[0], minilm), (other, other_minilm)):
+            fixed.use(encoder)
+            timed(f"encode_query_minilm [{name}]", lambda q, e=encoder: e.encode_queries([q]))
+            for mode in (RetrievalMode.HYBRID, RetrievalMode.HYBRID_PRF):
+                timed(f"{mode.value} [{name}]", lambda q, m=mode: retriever.search(q, 10, mode=m))
+        fixed.use(minilm)
     out["latency_k10"] = lat
     out["load_avg_end"] = list(psutil.getloadavg())
     return out
@@ -467,6 +489,13 @@ def main() -> None:
         help="nice value for the timed phase only (negative needs root): on a machine shared with "
         "other jobs, approximates an idle one for the query timings",
     )
+    p_lat.add_argument(
+        "--encoder-runtimes",
+        nargs="+",
+        choices=["torch", "openvino"],
+        help="query-encoder runtimes: the first runs every timing, each other one the query "
+        "encoding and the default fused modes beside it (default: the configured runtime)",
+    )
     p_lat.add_argument("--json", type=Path)
     p_tune = sub.add_parser("tune", help="grid search on the IR collections")
     p_tune.add_argument("--cache", type=Path, required=True)
@@ -476,7 +505,14 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.cmd == "latency":
-        result = latency(args.chunks, args.queries, args.dense_index, args.threads, args.renice)
+        result = latency(
+            args.chunks,
+            args.queries,
+            args.dense_index,
+            args.threads,
+            args.renice,
+            args.encoder_runtimes,
+        )
     else:
         result = tune(args.cache, args.collections.split(","), splade=not args.no_splade)
     text = json.dumps(result, indent=2)
