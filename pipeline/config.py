@@ -219,6 +219,21 @@ class AnswerConfig(BaseModel):
         "(prefill reads fewer positions; off until it is shown to help answers).",
     )
     refrag: RefragConfig = Field(default_factory=RefragConfig)
+    answerability: bool = Field(
+        default=False,
+        description="After the answer, ask the model whether the evidence states it (yes/no, "
+        "read from its next-token probabilities, reusing the prompt's KV cache) and combine that "
+        "with the retrieval scores in a calibrated decision; below the threshold the answer is "
+        "'Not answerable' (the model's draft stays in the stats).",
+    )
+    answerability_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Decline when the calibrated probability that the evidence answers the "
+        "question is below this; None: the calibrated threshold "
+        "(pipeline/answering/answerability.json).",
+    )
 
     @model_validator(mode="after")
     def _one_prompt_shortcut(self) -> AnswerConfig:

@@ -16,9 +16,13 @@ Stages (each switchable per request through `AnswerConfig`):
 2. Prompt (`pipeline.answering.prompt`): numbered evidence `[n] (page p) text` (figures as
    images for a vision-language model), screened and quoted as data.
 3. Generate (`pipeline.answering.generation`, streamed; URaG or REFRAG when switched on).
-4. Cite (`pipeline.answering.citations`): `[n]` in the answer cites evidence item n; an answer
-   that cites nothing is attributed. "Not answerable" (when the model declines, or no evidence
-   was found) cites nothing.
+4. Answerability (`pipeline.answering.answerability`, when switched on): the model is asked
+   whether the evidence states its draft's answer (yes/no from its next-token probabilities,
+   reusing the prompt's KV cache); with the retrieval scores, a calibrated decision may turn the
+   answer into "Not answerable", keeping the draft in the stats.
+5. Cite (`pipeline.answering.citations`): `[n]` in the answer cites evidence item n; an answer
+   that cites nothing is attributed. "Not answerable" (when the model declines, the check does,
+   or no evidence was found) cites nothing.
 
 The public types live in `pipeline.answering.types`, the loaded models in
 `pipeline.answering.cache`; the names below are re-exported for existing callers.
@@ -224,7 +228,7 @@ class Answerer:
         yield from run
         generated = run.result
         citations: tuple[Citation, ...] = ()
-        if not _declined(generated.text):
+        if not _declines(generated):
             say("Finding the cited pages…")
             citations = self.cite(prepared, generated.text, read=generated.urag_kept)
         yield _answer(prepared, generated, citations, id)
@@ -324,6 +328,12 @@ def _declined(text: str) -> bool:
     return is_not_answerable(MARKER.sub("", text))
 
 
+def _declines(generated: Generated) -> bool:
+    """The model declined, or the answerability check did (its draft stays in the stats)."""
+    check = generated.answerability
+    return _declined(generated.text) or (check is not None and not check.answerable)
+
+
 def _answer(
     prepared: Prepared,
     generated: Generated | None,
@@ -366,9 +376,10 @@ def _answer(
         urag_pages=tuple(sorted({prepared.items[n - 1].page for n in kept})),
         refrag_ratio=generated.refrag_ratio,
         refrag_compressed=generated.refrag_compressed,
+        answerability=generated.answerability,
         **shared,
     )
-    declined = _declined(generated.text)
+    declined = _declines(generated)
     return Answer(
         text=NOT_ANSWERABLE if declined else generated.text,
         stats=stats,

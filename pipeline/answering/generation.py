@@ -3,13 +3,18 @@ through URaG's pruned prefill; streamed, with the stages' stats."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from models.generator import GenerationStream, Generator
+from pipeline.answering.answerability import check_answerability
 from pipeline.answering.cache import ModelCache
 from pipeline.answering.progress import Progress
 from pipeline.answering.types import Generated, Prepared, StageStats
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["GenerationRun"]
 
@@ -42,6 +47,8 @@ def _run(
     stages: list[StageStats] = []
     urag_pass = None
     compression = None
+    inputs = None
+    cache: Any | None = None
     if cfg.use_refrag and items and not prompt.images:
         from models.urag import layout_prompt
 
@@ -72,9 +79,14 @@ def _run(
             **say.stream_args(urag_pass),
         )  # fmt: skip
     else:
+        if cfg.answerability:
+            # The check continues this conversation: its tokens, and on torch this KV cache.
+            inputs = generator.encode(prompt)
+            cache = generator.new_cache() if generator.runtime == "torch" else None
         stream = generator.stream(
-            prompt, max_new_tokens=cfg.max_new_tokens, stop_at_newline=True,
-            **say.stream_args(),
+            inputs if inputs is not None else prompt, max_new_tokens=cfg.max_new_tokens,
+            stop_at_newline=True,
+            **({"cache": cache} if cache is not None else {}), **say.stream_args(),
         )  # fmt: skip
     first_token: float | None = None
     for delta in stream:
@@ -103,6 +115,17 @@ def _run(
             "generate", 1, 1, result.new_tokens, cfg.max_new_tokens, (finished - started) * 1000
         )
     )
+    answerability = None
+    if cfg.answerability:
+        say("Checking that the evidence states the answer…")
+        try:
+            answerability, checked = check_answerability(
+                prepared, result.text.strip(), generator,
+                inputs if inputs is not None else generator.encode(prompt), cache=cache,
+            )  # fmt: skip
+            stages.append(checked)
+        except NotImplementedError as exc:
+            logger.warning("answerability check skipped: %s", exc)
     return Generated(
         generation=result,
         stages=tuple(stages),
@@ -111,4 +134,5 @@ def _run(
         urag_kept=urag_kept,
         refrag_ratio=round(compression.ratio, 3) if compression is not None else 1.0,
         refrag_compressed=compression.items_compressed if compression is not None else (),
+        answerability=answerability,
     )

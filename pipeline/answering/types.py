@@ -24,6 +24,7 @@ __all__ = [
     "MARKER",
     "Answer",
     "AnswerStats",
+    "Answerability",
     "BlockRow",
     "Citation",
     "EvidenceItem",
@@ -133,6 +134,29 @@ class StageStats:
 
 
 @dataclass(frozen=True)
+class Answerability:
+    """The answerability check of one answer (`AnswerConfig.answerability`).
+
+    Attributes:
+        score: The calibrated probability that the evidence answers the question.
+        threshold: Below it the system declines.
+        answerable: `score >= threshold`.
+        verify_yes: The model's P(yes) / (P(yes) + P(no)) to "does the evidence state the
+            answer?", asked after its draft.
+        features: The decision's inputs by name (the verification's log-odds, retrieval scores).
+        draft: The model's own answer; when the check declines, the answer says "Not
+            answerable" and the draft is kept here for the reader.
+    """
+
+    score: float
+    threshold: float
+    answerable: bool
+    verify_yes: float
+    features: dict[str, float]
+    draft: str
+
+
+@dataclass(frozen=True)
 class AnswerStats:
     """What an answer cost.
 
@@ -155,6 +179,7 @@ class AnswerStats:
         refrag_ratio: With REFRAG on, prompt positions without compression / with it (1: off).
         refrag_compressed: With REFRAG on, per evidence item [n], how many of its chunks the
             model read as one vector each (the item, its page and regions stay citable).
+        answerability: With the answerability check on, its score, decision and the draft.
     """
 
     stages: tuple[StageStats, ...] = ()
@@ -173,6 +198,7 @@ class AnswerStats:
     urag_pages: tuple[int, ...] = ()
     refrag_ratio: float = 1.0
     refrag_compressed: tuple[int, ...] = ()
+    answerability: Answerability | None = None
 
     def stage(self, name: str) -> StageStats | None:
         """The stats of the named stage, or None."""
@@ -246,6 +272,7 @@ class Answer:
                         "urag_kept": tuple(stats.get("urag_kept", ())),
                         "urag_pages": tuple(stats.get("urag_pages", ())),
                         "refrag_compressed": tuple(stats.get("refrag_compressed", ())),
+                        "answerability": _answerability(stats.get("answerability")),
                     }
                 ),
                 error=data.get("error"),
@@ -267,6 +294,11 @@ class Answer:
     ) -> Answer:
         """An answer that records a failure."""
         return cls(question=question, text="", error=error, doc_ids=tuple(doc_ids), id=id)
+
+
+def _answerability(data: Mapping[str, Any] | None) -> Answerability | None:
+    """An `Answerability` read back from `Answer.to_dict` (None stays None)."""
+    return None if data is None else Answerability(**{**data, "features": dict(data["features"])})
 
 
 # ------------------------------------------------------------------------ between the stages
@@ -399,6 +431,7 @@ class Generated:
         urag_kept: With URaG on, the evidence numbers the deep layers read.
         refrag_ratio: With REFRAG on, prompt positions without compression / with it.
         refrag_compressed: With REFRAG on, per evidence item, its chunks read as one vector.
+        answerability: The answerability check of the draft (None: switched off).
     """
 
     generation: Generation
@@ -408,6 +441,7 @@ class Generated:
     urag_kept: tuple[int, ...] = ()
     refrag_ratio: float = 1.0
     refrag_compressed: tuple[int, ...] = ()
+    answerability: Answerability | None = None
 
     @property
     def text(self) -> str:
