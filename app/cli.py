@@ -377,6 +377,13 @@ _NoRetrieval = Annotated[
     bool, typer.Option("--no-retrieval", help="The document's first pages (same token budget) instead of retrieval.")
 ]
 _NoContext = Annotated[bool, typer.Option("--no-context", help="No evidence at all (the model alone).")]
+_AnswerabilityOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--answerability/--no-answerability",
+        help="Check that the evidence states the answer (the model's yes/no after its draft, with retrieval scores; calibrated) and decline with 'Not answerable' when not (default: settings).",
+    ),
+]
 _KOption = Annotated[int | None, typer.Option("-k", min=1, help="Chunks retrieved per question.")]
 _BudgetOption = Annotated[int | None, typer.Option("--budget", min=0, help="Evidence tokens in the prompt.")]
 
@@ -393,9 +400,12 @@ def ask_command(
     no_context: _NoContext = False,
     k: _KOption = None,
     budget: _BudgetOption = None,
+    answerability: _AnswerabilityOption = None,
 ) -> None:
     """Answer a question from the library; the answer streams, then its citations."""
     overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget, runtime)
+    if answerability is not None:
+        overrides["answerability"] = answerability
     folio = open_folio()
     answer = None
     try:
@@ -442,6 +452,7 @@ def batch_command(
     no_context: _NoContext = False,
     k: _KOption = None,
     budget: _BudgetOption = None,
+    answerability: _AnswerabilityOption = None,
     ray: _RayOption = False,
     ray_address: _RayAddressOption = None,
     ray_workers: Annotated[
@@ -453,6 +464,8 @@ def batch_command(
     With --ray, a pool of Ray actors answers; the output keeps input order and resumes the same way.
     """
     overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget, runtime)
+    if answerability is not None:
+        overrides["answerability"] = answerability
     if not questions.is_file():
         raise _fail(f"{questions}: no such file")
     use_ray = _ray(ray, ray_address)
@@ -493,12 +506,15 @@ def eval_qa_command(
     no_context: _NoContext = False,
     k: _KOption = None,
     budget: _BudgetOption = None,
+    answerability: _AnswerabilityOption = None,
 ) -> None:
     """Answer accuracy and F1 by answer format, Not-answerable precision/recall, citation page
     recall, TTFT, tokens/s and peak memory, each question asked of its own document."""
     from pipeline.evaluation.qa import batch_questions, load_qa_questions, score_run
 
     overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget, runtime)
+    if answerability is not None:
+        overrides["answerability"] = answerability
     try:
         questions = load_qa_questions(file)[::stride]
     except (OSError, ValueError) as exc:
