@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -476,7 +476,7 @@ class ApiAccess:
             local user's.
     """
 
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     accounts: bool
     open: bool
 

@@ -62,7 +62,9 @@ def served(start_folio_server, tiny_settings, tmp_path_factory: pytest.TempPathF
 
 
 def _client(served: dict, who: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served["base_url"], api_key=served[f"{who}_key"], max_retries=0, timeout=300)
+    return openai.OpenAI(
+        base_url=served["base_url"], api_key=served[f"{who}_key"], max_retries=0, timeout=300
+    )
 
 
 def _ask(client: openai.OpenAI, model: str, **extra):  # noqa: ANN202 - a ChatCompletion
@@ -148,13 +150,35 @@ def test_a_wrong_or_missing_key_is_401(served: dict) -> None:
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        ({"model": "folio", "messages": [{"role": "system", "content": "Be brief."}]}, "no message with role 'user'"),
+        (
+            {"model": "folio", "messages": [{"role": "system", "content": "Be brief."}]},
+            "no message with role 'user'",
+        ),
         ({"model": "folio", "messages": "What is Folio?"}, "'messages' must be a non-empty array"),
-        ({"model": "folio", "messages": [{"role": "user", "content": 42}]}, "messages[0].content must be"),
-        ({"model": 7, "messages": [{"role": "user", "content": "Hi"}]}, "'model' must be a non-empty string"),
-        ({"model": "folio", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": "ten"}, "'max_tokens'"),
+        (
+            {"model": "folio", "messages": [{"role": "user", "content": 42}]},
+            "messages[0].content must be",
+        ),
+        (
+            {"model": 7, "messages": [{"role": "user", "content": "Hi"}]},
+            "'model' must be a non-empty string",
+        ),
+        (
+            {
+                "model": "folio",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": "ten",
+            },
+            "'max_tokens'",
+        ),
     ],
-    ids=["no-user-message", "messages-not-a-list", "content-a-number", "model-a-number", "max-tokens-text"],
+    ids=[
+        "no-user-message",
+        "messages-not-a-list",
+        "content-a-number",
+        "model-a-number",
+        "max-tokens-text",
+    ],
 )
 def test_a_bad_request_is_400_with_one_line(served: dict, body: dict, says: str) -> None:
     response = httpx.post(
@@ -180,7 +204,10 @@ def test_the_client_reports_a_bad_request(served: dict) -> None:
         content=b"{not json",
         headers={"Authorization": f"Bearer {served['alice_key']}"},
     )
-    assert response.status_code == 400 and response.json()["error"]["message"] == "the request body must be JSON"
+    assert (
+        response.status_code == 400
+        and response.json()["error"]["message"] == "the request body must be JSON"
+    )
 
 
 def test_the_standard_request_shape_is_accepted(served: dict) -> None:
@@ -231,7 +258,13 @@ def test_parse_keeps_the_last_user_message_and_ignores_unknown_fields() -> None:
             "model": "folio:doc:abc",
             "messages": [
                 {"role": "user", "content": "first"},
-                {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "second"},
+                        {"type": "image_url", "image_url": {"url": "x"}},
+                    ],
+                },
             ],
             "stream": True,
             "max_completion_tokens": 5,
@@ -239,9 +272,142 @@ def test_parse_keeps_the_last_user_message_and_ignores_unknown_fields() -> None:
             "tools": [],
         }
     )
-    assert (request.model, request.question, request.stream, request.max_tokens) == ("folio:doc:abc", "second", True, 5)
+    assert (request.model, request.question, request.stream, request.max_tokens) == (
+        "folio:doc:abc",
+        "second",
+        True,
+        5,
+    )
     with pytest.raises(ApiError, match="'n' must be 1"):
-        parse_chat_request({"model": "folio", "messages": [{"role": "user", "content": "q"}], "n": 2})
+        parse_chat_request(
+            {"model": "folio", "messages": [{"role": "user", "content": "q"}], "n": 2}
+        )
     with pytest.raises(ApiError, match="'stream' must be true or false"):
-        parse_chat_request({"model": "folio", "messages": [{"role": "user", "content": "q"}], "stream": "yes"})
+        parse_chat_request(
+            {"model": "folio", "messages": [{"role": "user", "content": "q"}], "stream": "yes"}
+        )
     assert json.loads(json.dumps(ApiError(400, "two\nlines").body()))["error"]["message"] == "two"
+
+
+# ------------------------------------------------------------------ keys and `folio serve` flags
+
+
+def test_folio_user_key_issues_a_key_that_replaces_the_last(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from pipeline.library.owners import api_key_user
+
+    runner = CliRunner()
+    library = ["--library", str(tmp_path / "lib")]
+    result = runner.invoke(
+        app, [*library, "user", "add", "zoe", "--password-stdin"], input="long enough\n"
+    )
+    assert result.exit_code == 0, result.output
+    first = runner.invoke(app, [*library, "user", "key", "zoe"])
+    second = runner.invoke(app, [*library, "user", "key", "zoe"])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output
+    key1, key2 = first.stdout.strip().splitlines()[-1], second.stdout.strip().splitlines()[-1]
+    assert key1.startswith("folio-") and key1 != key2
+    opened = open_library(StorageConfig(library=tmp_path / "lib"))
+    assert api_key_user(opened, key2) == "zoe" and api_key_user(opened, key1) is None
+    assert api_key_user(opened, "folio-nope") is None and api_key_user(opened, "") is None
+    opened.close()
+    result = runner.invoke(app, [*library, "user", "key", "nobody"])
+    assert (
+        result.exit_code == 1
+        and "no user 'nobody'" in result.output
+        and "Traceback" not in result.output
+    )
+
+
+def test_serve_api_flags_and_their_refusals(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    launched: list[dict] = []
+    monkeypatch.setattr("app.web.serve", lambda *a, **kw: launched.append(kw))
+    runner = CliRunner()
+    library = ["--library", str(tmp_path / "lib")]
+    result = runner.invoke(app, [*library, "serve", "--api"])
+    assert result.exit_code == 0, result.output
+    access = launched[-1]["api"]
+    assert access.open and access.api_key is None and launched[-1]["api_only"] is False
+    result = runner.invoke(app, [*library, "serve", "--api", "--auth", "ann:password1"])
+    assert result.exit_code == 1 and "needs a key for the endpoint too" in result.output
+    result = runner.invoke(app, [*library, "serve", "--api-only", "--host", "0.0.0.0"])
+    assert result.exit_code == 1 and "refusing to serve 0.0.0.0" in result.output
+    monkeypatch.setenv("FOLIO_SERVE__API_KEY", "local-key")
+    result = runner.invoke(app, [*library, "serve", "--api-only", "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    access = launched[-1]["api"]
+    assert not access.open and access.api_key == "local-key" and launched[-1]["api_only"] is True
+    assert "local-key" not in repr(launched[-1]) and "local-key" not in result.output
+
+
+@pytest.mark.slow  # a second server and library (the first covers the endpoint in the default suite)
+def test_api_only_with_the_local_users_key(tiny_settings, tmp_path: Path) -> None:
+    """`folio serve --api-only` (no web page) with FOLIO_SERVE__API_KEY: the local user's library."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from app import Folio
+
+    settings = tiny_settings(max_new_tokens=4)
+    pdf = write_sample_pdf(tmp_path / "folio-guide.pdf")
+    with Folio(library=tmp_path / "lib", **settings) as folio:
+        (result,) = folio.ingest([pdf])
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folio_bin = Path(sys.executable).with_name("folio")
+    command = [
+        str(folio_bin),
+        "--library",
+        str(tmp_path / "lib"),
+        "--config",
+        str(tmp_path / "settings.json"),
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "FOLIO_SERVE__API_KEY": "local-secret",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [*command, "serve", "--api-only", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                httpx.get(f"{base}/models", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 404  # no web page
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=base, api_key="local-secret", max_retries=0, timeout=300)
+        assert [m.id for m in client.models.list()] == ["folio", f"folio:doc:{result.doc_id}"]
+        reply = _ask(client, "folio:doc:folio-guide.pdf")  # a document by its file name
+        _check_citations(
+            reply.choices[0].message.model_extra["folio_citations"],
+            result.doc_id,
+            reply.choices[0].message.content,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
