@@ -50,6 +50,7 @@ class AskOptions:
         urag: URaG: the model's first layers choose the evidence its deeper layers read.
         refrag: REFRAG: evidence chunks enter the model as one vector each (but the most
             question-like ones).
+        answerability: Check that the evidence states the answer; decline when it does not.
     """
 
     context: str = "retrieved"
@@ -59,6 +60,7 @@ class AskOptions:
     budget: int = 1000
     urag: bool = False
     refrag: bool = False
+    answerability: bool = False
 
     def overrides(self) -> dict[str, Any]:
         """The `Folio.ask` overrides these switches stand for."""
@@ -69,6 +71,7 @@ class AskOptions:
             "budget": int(self.budget),
             "use_urag": bool(self.urag),
             "use_refrag": bool(self.refrag),
+            "answerability": bool(self.answerability),
         }
         if self.mode and self.mode != "default":
             out["mode"] = self.mode
@@ -301,7 +304,8 @@ def respond(
         message = str(first["msg"]).removeprefix("Value error, ")
         # A check across several settings has no single field to name.
         reason = f"invalid setting {where}: {message}" if where else message
-    except (ValueError, LookupError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, LookupError, TypeError, FileNotFoundError, ConnectionError) as exc:
+        # ConnectionError: a remote generator unreachable or broken off (one line, URL included)
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - the page shows one line; the log keeps the rest
         logger.exception("question failed: %s", question)

@@ -127,3 +127,17 @@ def test_stored_figure_crops_go_as_image_parts(library: Path, server: FaultServe
             assert sent.format == "PNG"
             assert abs(sent.width / sent.height - crop.width / crop.height) < 0.05
             assert sent.width <= crop.width
+
+
+def test_the_web_page_shows_the_broken_answer_as_one_clear_message(
+    library: Path, server: FaultServer
+) -> None:
+    from app.web.chat import respond
+
+    with Folio(library=library, **_settings(server, "die")) as folio:
+        replies = list(respond(QUESTION, [], folio))
+    assert len(replies) >= 2  # the partial text streamed first
+    last = replies[-1]
+    assert last.answer is not None and last.answer.text == ""
+    assert last.answer.error.startswith(f"the generator at {server.base_url} broke off mid-answer")
+    assert "internal error" not in last.text and "broke off mid-answer" in last.text
