@@ -244,6 +244,7 @@ def on_ask(
     budget: float,
     urag: bool,
     refrag: bool,
+    answerability: bool,
     request: gr.Request,
 ) -> Iterator[tuple]:
     """Answer a question in the chat: the stage running now until the answer streams in, then
@@ -260,7 +261,7 @@ def on_ask(
         return
     options = AskOptions(
         context or "retrieved", bool(sampler), mode or "default", int(k), int(budget),
-        bool(urag), bool(refrag),
+        bool(urag), bool(refrag), bool(answerability),
     )  # fmt: skip
     before = list(history or [])
     turn = len(history_to_turns(before))

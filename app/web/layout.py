@@ -212,6 +212,11 @@ def build_ui(
                             label="REFRAG (evidence chunks read as one vector each, but the most "
                             "question-like; an alternative to URaG)",
                         )
+                        use_answerability = gr.Checkbox(
+                            value=answer_cfg.answerability,
+                            label="Answerability check (the model says whether the evidence "
+                            "states its answer; 'Not answerable' when not)",
+                        )
                         mode = gr.Dropdown(
                             MODE_CHOICES,
                             value=str(answer_cfg.retrieval_mode or "default"),
@@ -273,7 +278,7 @@ def build_ui(
             bind(handlers.on_ask, engine),
             [
                 message, chatbot, answers, ask_about, context, use_sampler, mode, k, budget,
-                use_urag, use_refrag,
+                use_urag, use_refrag, use_answerability,
             ],  # fmt: skip
             [message, chatbot, answers, summary, tables, *chip_outputs, send],
             # NOTE: questions run beside an upload (the library and index are thread-safe);

@@ -32,6 +32,7 @@ STAGE_NAMES = {
     "refrag": "REFRAG (chunks as vectors)",
     "prompt": "Prompt (evidence / all tokens)",
     "generate": "Generate (tokens / most allowed)",
+    "answerability": "Answerability (answerable / checked)",
 }
 # One line per stage for the legend under the stage table: what the stage does.
 STAGE_NOTES = {
@@ -49,6 +50,10 @@ STAGE_NOTES = {
     "which it reads word by word.",
     "prompt": "what the model read: evidence tokens of all the prompt's tokens.",
     "generate": "the answer: tokens written of the most allowed.",
+    "answerability": "the model is asked whether the evidence states its answer (yes/no, from "
+    "its next-token probabilities); with the retrieval scores a calibrated score decides: kept "
+    "1 of 1 when answerable; tokens: the follow-up turn the model ran of the whole sequence "
+    "(the answer's KV cache served the rest).",
 }
 
 STAGE_HEADERS = ["Stage", "Kept", "of", "Tokens kept", "of", "ms"]
@@ -190,6 +195,16 @@ def summary_markdown(stats: AnswerStats | None) -> str:
             f"**URaG** the deeper layers read {urag.kept_items} of {urag.total_items} evidence "
             f"items ({' '.join(f'[{n}]' for n in stats.urag_kept)}; pages {pages})"
         )
+    check = stats.answerability
+    if check is not None:
+        verdict = "answerable" if check.answerable else "declined: Not answerable"
+        line = (
+            f"**Answerability** {check.score:.2f} (threshold {check.threshold:.2f}; the model's "
+            f"yes {check.verify_yes:.2f}) → {verdict}"
+        )
+        if not check.answerable and check.draft:
+            line += f" · the model's draft: “{check.draft[:200]}”"
+        lines.append(line)
     refrag = stats.stage("refrag")
     if refrag is not None:
         lines.append(
