@@ -66,7 +66,11 @@ def collect(args: argparse.Namespace) -> None:
     print(f"{len(questions)} {args.split} questions, {len(todo)} to do", file=sys.stderr)
     with out.open("a", encoding="utf-8") as sink:
         for n, (index, q) in enumerate(todo, start=1):
-            row = _one(answerer, config, index, q)
+            try:
+                row = _one(answerer, config, index, q)
+            except LookupError as exc:  # not ingested (yet): a rerun picks it up
+                print(f"[{n}/{len(todo)}] skipped: {exc}", file=sys.stderr)
+                continue
             sink.write(json.dumps(row) + "\n")
             sink.flush()
             print(
