@@ -27,6 +27,12 @@ class TableMode(enum.StrEnum):
     SPANS = "spans"  # parser 1: rows of spans, cells cut at fixed gaps (the ablation baseline)
 
 
+class FigureOcr(enum.StrEnum):
+    RAPIDOCR = "rapidocr"  # PP-OCRv4 on onnxruntime (weights in rapidocr-onnxruntime)
+    TESSERACT = "tesseract"  # the tesseract program, as for scanned pages
+    OFF = "off"  # figures keep only the text layer's words inside them
+
+
 class ParseConfig(BaseModel):
     """How a PDF becomes pages and blocks."""
 
@@ -50,6 +56,29 @@ class ParseConfig(BaseModel):
         default=TableMode.GRID,
         description="How table regions (a 'Table N' caption or rules mark them) become text: "
         "'grid' rebuilds rows and columns as Markdown; 'spans' is parser 1's rows of spans.",
+    )
+    figure_ocr: FigureOcr = Field(
+        default=FigureOcr.RAPIDOCR,
+        description="OCR engine for text inside raster figures of born-digital pages (charts, "
+        "infographics; photographs skipped) and the regions of slide pages: their words, read in "
+        "rows, become the figure's text ('Figure text:' lines). 'off': none.",
+    )
+    figure_ocr_dpi: int = Field(default=150, ge=72, le=400, description="Resolution figures are OCR'd at.")
+    figure_ocr_min_side: float = Field(
+        default=72.0,
+        ge=0,
+        description="Only figures at least this many points wide and high are OCR'd (1 inch).",
+    )
+    figure_ocr_budget_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Most seconds of figure OCR per document; later figures keep their text layer.",
+    )
+    layout_detector: bool = Field(
+        default=True,
+        description="On OCR'd pages that look like slides or infographics (landscape, or portrait "
+        "with large strongly coloured areas; not plain scans), find figure and table regions with "
+        "rapid-layout's detector; their text is read by figure_ocr (else the page OCR's words).",
     )
     max_pages: int = Field(default=5000, ge=1, description="Refuse documents with more pages.")
 

@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,12 +26,16 @@ import pymupdf
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.config import OcrMode, ParseConfig, ParserKind, TableMode
+from pipeline.config import FigureOcr, OcrMode, ParseConfig, ParserKind, TableMode
+from pipeline.ingestion import figures
+from pipeline.ingestion.figures import FigureOcrError, OcrBudget
 from pipeline.ingestion.tables import Word, group_rows, table_markdown
 
 logger = logging.getLogger(__name__)
 
-PARSER_VERSION = "folio-parse-2"  # 2: tables as Markdown grids (ParseConfig.tables)
+# 2: tables as Markdown grids (ParseConfig.tables); 3: text inside raster figures (figure_ocr),
+# figure and table regions of slide pages (layout_detector)
+PARSER_VERSION = "folio-parse-3"
 
 BBox = tuple[float, float, float, float]
 
@@ -202,11 +207,12 @@ def parse_pdf(
         layout_boxes = _layout_boxes(path, doc) if config.parser == ParserKind.LAYOUT else None
         pages = []
         ocr_pages = 0
+        budget = OcrBudget(config.figure_ocr_budget_s)
         for index in range(doc.page_count):
             try:
                 page = doc.load_page(index)
                 boxes = layout_boxes[index] if layout_boxes is not None else None
-                pages.append(parse_page(page, config, asset_dir, asset_prefix, boxes))
+                pages.append(parse_page(page, config, asset_dir, asset_prefix, boxes, budget))
                 ocr_pages += pages[-1].ocr_used
             except MUPDF_ERRORS as exc:
                 raise_if_out_of_memory(exc)
@@ -215,6 +221,14 @@ def parse_pdf(
                 pages.append(_empty_page(index + 1))
             if on_page is not None:
                 on_page(index + 1, doc.page_count, ocr_pages)
+        if budget.figures or budget.photos:
+            logger.debug(
+                "%s: figure OCR %.1f s on %d figures, %d photos skipped",
+                path.name,
+                budget.spent,
+                budget.figures,
+                budget.photos,
+            )
         title = (doc.metadata or {}).get("title") or _guess_title(pages)
         return ParsedDocument(
             doc_id=doc_id,
@@ -262,10 +276,12 @@ def parse_page(
     asset_dir: Path | None,
     asset_prefix: str,
     layout_boxes: list[dict] | None,
+    budget: OcrBudget | None = None,
 ) -> ParsedPage:
     """One page's blocks (what `parse_pdf` does per page): OCR where the page needs it, figures
     rendered into `asset_dir` (None: not rendered), `layout_boxes` from the layout model (None:
-    the fast parser)."""
+    the fast parser), figure OCR charged to the document's `budget` (None: this page's own)."""
+    budget = budget if budget is not None else OcrBudget(config.figure_ocr_budget_s)
     number = page.number + 1
     textpage = page.get_textpage(flags=_TEXT_FLAGS)  # extracted once, read twice
     has_text_layer = len(textpage.extractText().strip()) >= config.min_text_chars
@@ -287,7 +303,11 @@ def parse_page(
     if layout_boxes is not None and not ocr_used:
         blocks = _blocks_from_layout(page, layout_boxes, matrix)
     else:
-        blocks = _blocks_from_spans(page, textpage, matrix, config, ocr_used)
+        detected = _slide_regions(page, config) if ocr_used and config.layout_detector else []
+        # NOTE: raster figures are OCR'd on born-digital pages only; a page without a text layer
+        # is the page OCR's (ocr=auto) or stays empty (ocr=never).
+        budget = budget if has_text_layer or ocr_used else None
+        blocks = _blocks_from_spans(page, textpage, matrix, config, ocr_used, detected, budget)
 
     thumbnail = None
     if asset_dir is not None:
@@ -386,8 +406,12 @@ def _blocks_from_spans(
     matrix: pymupdf.Matrix,
     config: ParseConfig,
     ocr_used: bool,
+    detected: list[tuple[str, BBox]] | None = None,
+    budget: OcrBudget | None = None,
 ) -> list[ParsedBlock]:
-    """The fast parser: PyMuPDF's text blocks, classified and put in reading order."""
+    """The fast parser: PyMuPDF's text blocks, classified and put in reading order. On an OCR'd
+    page the figure and table regions are the layout detector's (`detected`, display space).
+    Figures are OCR'd against `budget` (None: not at all)."""
     data = page.get_text("dict", flags=_TEXT_FLAGS, textpage=textpage, sort=False)
     texts = [t for t in (_text_block(b, matrix) for b in data["blocks"] if b.get("type") == 0) if t]
     body_size = _body_font_size(texts)
@@ -407,6 +431,8 @@ def _blocks_from_spans(
     regions: list[tuple[str, BBox]] = []  # ("figure" | "table", bbox)
     if not ocr_used:  # on an OCR'd scan the whole page is one image: no figure regions
         regions += _graphic_regions(page, matrix, page_area, banded=grid)
+    else:
+        regions += detected or []
     captions = [t for t in texts if t.kind == "caption"]
     table_md: dict[BBox, str] = {}
     if config.table_finder and not ocr_used and _worth_table_search(page, captions):
@@ -450,19 +476,142 @@ def _blocks_from_spans(
     items: list[tuple[str, BBox, str, _Text | None]] = [(t.kind, t.bbox, t.text, t) for t in body]
     for kind, bbox in regions:
         inner = sorted(region_text[bbox], key=lambda t: (t.bbox[1], t.bbox[0]))
-        if kind == "table" and bbox not in table_md and grid:
+        if kind == "table" and ocr_used:
+            # A slide's table: the figure engine's reading of the region (Tesseract's page mode
+            # often skips ruled cells), else the page OCR's words, as a grid.
+            pieces = _ocr_region(page, bbox, config, budget, matrix, photo_test=False)
+            if pieces is None:
+                words = _page_words(textpage, matrix) if words is None else words
+                pieces = figures.phrases([w for w in words if _center_in(w.bbox, bbox)])
+            text = table_markdown(pieces) or _rows_markdown(inner)
+        elif kind == "table" and bbox not in table_md and grid:
             words = _page_words(textpage, matrix) if words is None else words
             text = table_markdown(_region_words(words, inner)) or _rows_markdown(inner)
         elif kind == "table":
             text = table_md.get(bbox) or _rows_markdown(inner)
+        elif ocr_used:
+            # A slide's figure: the figure engine's reading in rows, else the page OCR's words.
+            pieces = _ocr_region(page, bbox, config, budget, matrix)
+            if pieces is None:
+                words = _page_words(textpage, matrix) if words is None else words
+                pieces = figures.phrases([w for w in words if _center_in(w.bbox, bbox)])
+            text = figures.figure_text(pieces)
         else:
             text = " ".join(t.text for t in inner)
+            if not inner or _raster_share(page, bbox, matrix) >= 0.5:
+                pieces = _ocr_region(page, bbox, config, budget, matrix)
+                text = "\n".join(p for p in (text, figures.figure_text(pieces or [])) if p)
         items.append((kind, bbox, text, None))
     ordered = reading_order_of([it[1] for it in items], page.rect.width)
     items = [items[i] for i in ordered]
 
     blocks = [ParsedBlock(kind, bbox, text, n) for n, (kind, bbox, text, _) in enumerate(items)]
     return _link_captions(blocks, owners)
+
+
+def _raster_share(page: pymupdf.Page, bbox: BBox, matrix: pymupdf.Matrix) -> float:
+    """Share of a region (display space) covered by the page's raster images."""
+    area = _area(bbox)
+    if area <= 0:
+        return 0.0
+    covered = 0.0
+    for info in page.get_image_info():
+        r = _to_display(pymupdf.Rect(info["bbox"]) & page.rect, matrix)
+        ix = max(0.0, min(r[2], bbox[2]) - max(r[0], bbox[0]))
+        iy = max(0.0, min(r[3], bbox[3]) - max(r[1], bbox[1]))
+        covered += ix * iy
+    return min(1.0, covered / area)
+
+
+def _render_rgb(page: pymupdf.Page, clip: pymupdf.Rect | None, dpi: int) -> np.ndarray:
+    """A page (or a clip of it, unrotated page space) rendered as an RGB array."""
+    pix = page.get_pixmap(dpi=dpi, clip=clip, colorspace=pymupdf.csRGB, alpha=False)
+    return np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.width, 3)
+
+
+# The longest side a figure crop is OCR'd at: a full-page infographic at 150 dpi would be
+# ~1700 px, and OCR time grows with the pixels (see BENCHMARKS.md, issue 23).
+_OCR_MAX_SIDE = 1600
+
+
+def _ocr_region(
+    page: pymupdf.Page,
+    bbox: BBox,
+    config: ParseConfig,
+    budget: OcrBudget | None,
+    matrix: pymupdf.Matrix,
+    photo_test: bool = True,
+) -> list[Word] | None:
+    """The text pieces inside a region (display space) read by the figure OCR engine, boxes in
+    display space; [] for a photograph; None when the engine is off or missing, the region is
+    small, or there is no budget (None) or it is spent."""
+    if config.figure_ocr == FigureOcr.OFF or budget is None or budget.left <= 0:
+        return None
+    width, height = bbox[2] - bbox[0], bbox[3] - bbox[1]
+    if min(width, height) < config.figure_ocr_min_side:
+        return None
+    clip = (pymupdf.Rect(bbox) * ~page.rotation_matrix) & page.rect
+    if clip.is_empty:
+        return None
+    started = time.perf_counter()
+    dpi = max(36, min(config.figure_ocr_dpi, int(72 * _OCR_MAX_SIDE / max(width, height))))
+    image = _render_rgb(page, clip, dpi)
+    if photo_test and figures.looks_like_photo(image):
+        budget.photos += 1
+        return []
+    try:
+        pieces = figures.ocr_words(image, config.figure_ocr)
+    except FigureOcrError as exc:
+        logger.warning("page %d: %s", page.number + 1, exc)
+        budget.left = 0  # NOTE: the engine is missing: say so once a document, not per figure
+        return None
+    finally:
+        budget.spend(time.perf_counter() - started)
+    scale = dpi / 72  # pixels a point
+    return [
+        Word(
+            _to_display(
+                (
+                    clip.x0 + p.bbox[0] / scale,
+                    clip.y0 + p.bbox[1] / scale,
+                    clip.x0 + p.bbox[2] / scale,
+                    clip.y0 + p.bbox[3] / scale,
+                ),
+                matrix,
+            ),
+            p.text,
+        )
+        for p in pieces
+    ]
+
+
+def _slide_regions(page: pymupdf.Page, config: ParseConfig) -> list[tuple[str, BBox]]:
+    """Figure and table regions (display space) of an OCR'd page that looks like a slide or an
+    infographic (not a plain scan), from the layout detector; none otherwise."""
+    width, height = page.rect.width, page.rect.height
+    if not figures.is_slide_like(_render_rgb(page, None, 24), width, height):
+        return []
+    dpi = max(36, int(72 * 800 / max(width, height)))  # NOTE: the detector reads 800 x 608
+    image = _render_rgb(page, None, dpi)
+    try:
+        boxes = figures.detect_regions(image)
+    except FigureOcrError as exc:
+        logger.warning("page %d: %s", page.number + 1, exc)
+        return []
+    scale = image.shape[1] / width  # pixels a point of the displayed page
+    page_area = width * height
+    out = []
+    for kind, (x0, y0, x1, y1) in boxes:
+        box = (
+            round(max(0.0, x0 / scale), 2),
+            round(max(0.0, y0 / scale), 2),
+            round(min(width, x1 / scale), 2),
+            round(min(height, y1 / scale), 2),
+        )
+        # NOTE: a "figure" over the whole slide is its background picture, not a region.
+        if 0.01 * page_area <= _area(box) <= 0.85 * page_area:
+            out.append((kind, box))
+    return out
 
 
 def _text_block(block: dict, matrix: pymupdf.Matrix) -> _Text | None:
