@@ -30,7 +30,7 @@ from app.cli_eval import eval_app
 from app.cli_globals import FolioTyper, GlobalOptions, log_level
 from app.cli_users import user_app
 from app.settings import is_loopback, parse_auth
-from pipeline.config import OcrMode, ParserKind
+from pipeline.config import FigureOcr, OcrMode, ParserKind
 from pipeline.ingestion.distributed import check_address
 from pipeline.ingestion.ingest import Progress as IngestProgress
 from pipeline.ingestion.ingest import count_pages, find_pdfs
@@ -113,6 +113,17 @@ def ingest_command(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
     ocr: Annotated[OcrMode | None, typer.Option(help="OCR pages: auto (no text layer), always, never.")] = None,
     parser: Annotated[ParserKind | None, typer.Option(help="fast rules, or the layout model (slow).")] = None,
+    figure_ocr: Annotated[
+        FigureOcr | None,
+        typer.Option("--figure-ocr", help="OCR text inside raster figures and slide regions: rapidocr, tesseract, off."),
+    ] = None,
+    layout_detector: Annotated[
+        bool | None,
+        typer.Option(
+            "--layout-detector/--no-layout-detector",
+            help="Find figure and table regions on OCR'd slide and infographic pages.",
+        ),
+    ] = None,
     reindex: Annotated[bool, typer.Option("--reindex", help="Parse and index again even if unchanged.")] = False,
     password: Annotated[str | None, typer.Option(help="Password for encrypted PDFs.")] = None,
     workers: Annotated[int | None, typer.Option(help="Parser processes.")] = None,
@@ -126,7 +137,8 @@ def ingest_command(
 
     With --ray, Ray actors parse (OCR included) and embed the documents; this process stores them.
     """
-    parse = {k: v for k, v in {"ocr": ocr, "parser": parser}.items() if v is not None}
+    chosen = {"ocr": ocr, "parser": parser, "figure_ocr": figure_ocr, "layout_detector": layout_detector}
+    parse = {k: v for k, v in chosen.items() if v is not None}
     overrides = {"parse": parse} if parse else {}
     if workers is not None:
         overrides["ingest"] = {"workers": workers}
