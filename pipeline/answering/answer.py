@@ -38,8 +38,16 @@ from typing import Any
 from models.config import EncoderConfig, GeneratorConfig, RefragConfig, SamplerConfig, UragConfig
 from models.generator import Generator, load_generator
 from models.sampler import EvidenceSampler
+from pipeline.answering.answer_types import (
+    COMPUTE_INSTRUCTION,
+    AnswerType,
+    infer_type,
+    needs_arithmetic,
+    short_answer,
+    type_instruction,
+)
 from pipeline.answering.cache import ModelCache, with_runtime_for
-from pipeline.answering.citations import cite
+from pipeline.answering.citations import cite, cite_numbers
 from pipeline.answering.evidence import EvidenceGatherer
 from pipeline.answering.generation import GenerationRun
 from pipeline.answering.progress import Progress
@@ -49,6 +57,7 @@ from pipeline.answering.types import (
     Answer,
     AnswerStats,
     Citation,
+    Computation,
     EvidenceItem,
     EvidenceRef,
     Generated,
@@ -228,7 +237,13 @@ class Answerer:
         yield from run
         generated = run.result
         citations: tuple[Citation, ...] = ()
-        if not _declines(generated):
+        computed = generated.computation
+        if computed is not None and computed.ok:
+            citations = cite_numbers(
+                prepared.question, computed.expression, prepared.items, prepared.file_names,
+                computed.sources,
+            )  # fmt: skip
+        elif not _declines(generated):
             say("Finding the cited pages…")
             citations = self.cite(prepared, generated.text, read=generated.urag_kept)
         yield _answer(prepared, generated, citations, id)
@@ -277,7 +292,16 @@ class Answerer:
         names = self.evidence.file_names({i.doc_id for i in items})
         texts, screened = read_texts(items, cfg, generator)
         found = cfg.context is ContextMode.NONE or bool(items)
-        prompt = build_prompt(question, items, texts, names, cfg, generator) if found else None
+        kind = infer_type(question) if cfg.typed_answers else None
+        ask = type_instruction(kind) if kind is not None else ""
+        prompt = None
+        if found:
+            prompt = build_prompt(question, items, texts, names, cfg, generator, ask=ask)
+        compute_prompt = None
+        if found and items and cfg.compute and needs_arithmetic(question):
+            compute_prompt = build_prompt(
+                question, items, texts, names, cfg, generator, ask=COMPUTE_INSTRUCTION
+            )
         return Prepared(
             question=question,
             config=cfg,
@@ -290,6 +314,8 @@ class Answerer:
             prompt=prompt,
             stages=(*stages, *screened),
             started=started,
+            answer_type=str(kind) if kind is not None else "",
+            compute_prompt=compute_prompt,
         )
 
     def generate(
@@ -354,12 +380,19 @@ def _answer(
         "model": prepared.generator_config.model,
         "context": str(cfg.context),
         "sampler": prepared.uses_sampler,
+        "answer_type": prepared.answer_type,
     }
+    computed = generated.computation if generated is not None else None
+    if computed is not None:
+        shared.update(
+            expression=computed.expression, computed=computed.value, compute_note=computed.note
+        )
     if generated is None:
         now = time.perf_counter()
         elapsed = (now - prepared.started) * 1000
         stats = AnswerStats(stages=prepared.stages, ttft_ms=elapsed, total_ms=elapsed, **shared)
-        return Answer(text=NOT_ANSWERABLE, stats=stats, not_answerable=True, **common)
+        short = NOT_ANSWERABLE if prepared.answer_type else ""
+        return Answer(text=NOT_ANSWERABLE, short=short, stats=stats, not_answerable=True, **common)
     result = generated.generation
     kept = generated.urag_kept
     stats = AnswerStats(
@@ -380,9 +413,20 @@ def _answer(
         **shared,
     )
     declined = _declines(generated)
+    text = NOT_ANSWERABLE if declined else generated.text
     return Answer(
-        text=NOT_ANSWERABLE if declined else generated.text,
+        text=text,
+        short=_short(prepared, text, computed),
         stats=stats,
         not_answerable=declined,
         **common,
     )
+
+
+def _short(prepared: Prepared, text: str, computed: Computation | None) -> str:
+    """The answer cut to its inferred type ("" with typed answers off)."""
+    if not prepared.answer_type:
+        return ""
+    if computed is not None and computed.ok and text != NOT_ANSWERABLE:
+        return computed.value
+    return short_answer(text, AnswerType(prepared.answer_type), prepared.question)

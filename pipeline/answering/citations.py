@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from models.sampler import EvidenceSampler
 from pipeline.answering.types import MARKER, Citation, EvidenceItem
 
-__all__ = ["cite"]
+__all__ = ["cite", "cite_numbers"]
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"\w+")
@@ -75,6 +75,45 @@ def cite(
         citation = _region(similar, items[n - 1], n, names, "attributed")
         if all(c.block_id != citation.block_id for c in out):
             out.append(citation)
+    return tuple(out)
+
+
+def cite_numbers(
+    question: str,
+    expression: str,
+    items: Sequence[EvidenceItem],
+    names: Mapping[str, str],
+    sources: Sequence[int],
+) -> tuple[Citation, ...]:
+    """Citations of a computed answer: in each source item (evidence numbers [n]), the block
+    that holds one of the expression's numbers, quoted at the sentence that holds it.
+
+    The operands are matched as written in the expression and as the evidence writes them
+    ("1358" finds "1,358"; `pipeline.answering.compute.find_sources` chose the items).
+    """
+    operands = re.findall(r"\d+(?:\.\d+)?", expression)
+    out: list[Citation] = []
+    for n in sources:
+        if not 1 <= n <= len(items):
+            continue
+        item = items[n - 1]
+        blocks = [b for b in item.blocks if b.text.strip()] or list(item.blocks)
+        if not blocks:
+            continue
+        held = [(b, o) for b in blocks for o in operands if _contains(_normal(b.text), o)]
+        block, number = held[0] if held else (blocks[0], "")
+        out.append(
+            Citation(
+                doc_id=block.doc_id,
+                file_name=names.get(block.doc_id, ""),
+                page=block.page,
+                bbox=block.bbox,
+                quote=_quote(block.text, number, question),
+                block_id=block.id,
+                evidence=n,
+                how="cited",
+            )
+        )
     return tuple(out)
 
 

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from models.generator import GenerationStream, Generator
+from pipeline.answering.answer_types import infer_type
 from pipeline.answering.answerability import check_answerability
 from pipeline.answering.cache import ModelCache
+from pipeline.answering.compute import compute_answer
 from pipeline.answering.progress import Progress
 from pipeline.answering.types import Generated, Prepared, StageStats
 
@@ -45,6 +47,29 @@ def _run(
     assert prompt is not None  # GenerationRun checked it
     started = time.perf_counter()
     stages: list[StageStats] = []
+    computation = None
+    if prepared.compute_prompt is not None:
+        say("Computing the answer…")
+        computation, computed, stage = compute_answer(
+            prepared, generator, infer_type(prepared.question)
+        )
+        stages.append(stage)
+        if computation.ok and computed is not None:
+            first_token = time.perf_counter()
+            yield computation.answer
+            evidence_tokens = sum(item.tokens for item in items)
+            stages.append(
+                StageStats(
+                    "prompt", len(items), len(items), evidence_tokens, computed.prompt_tokens, 0.0
+                )
+            )
+            return Generated(
+                generation=computed,
+                stages=tuple(stages),
+                first_token=first_token,
+                finished=first_token,
+                computation=computation,
+            )
     urag_pass = None
     compression = None
     inputs = None
@@ -131,6 +156,7 @@ def _run(
         stages=tuple(stages),
         first_token=first_token,
         finished=finished,
+        computation=computation,
         urag_kept=urag_kept,
         refrag_ratio=round(compression.ratio, 3) if compression is not None else 1.0,
         refrag_compressed=compression.items_compressed if compression is not None else (),

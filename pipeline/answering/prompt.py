@@ -81,11 +81,15 @@ def build_prompt(
     names: Mapping[str, str],
     cfg: AnswerConfig,
     generator: Generator,
+    *,
+    ask: str = "",
 ) -> Prompt:
     """The prompt of a question: instructions, the items labelled and numbered, the question.
 
     `texts` are the items' texts as the model reads them (`read_texts`); `names` the file name
-    of each document (items of several documents are labelled with it).
+    of each document (items of several documents are labelled with it); `ask`, a line after the
+    question ("Answer with a single integer."): after it, so that prompts that differ only in
+    it share the prefix of instructions and evidence (the runtime's prefix cache reuses it).
     """
     several_docs = len({i.doc_id for i in items}) > 1
     evidence = [
@@ -99,6 +103,8 @@ def build_prompt(
     if cfg.quote_evidence and evidence:
         instructions = f"{instructions} {EVIDENCE_IS_DATA}".strip()
         question = defuse(question, generator.control_tokens, role_lines=False)
+    if ask:
+        question = f"{question}\n{ask}"
     return render_prompt(
         question, evidence, instructions=instructions, question_first=cfg.question_first
     )

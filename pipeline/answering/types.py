@@ -27,6 +27,7 @@ __all__ = [
     "Answerability",
     "BlockRow",
     "Citation",
+    "Computation",
     "EvidenceItem",
     "EvidenceRef",
     "Generated",
@@ -174,6 +175,11 @@ class AnswerStats:
         context: The evidence source (retrieved, first-pages, none).
         sampler: Whether the WuKong sampler chose the evidence.
         stop_reason: Why generation ended ("" when nothing was generated).
+        answer_type: The answer type inferred from the question (`AnswerConfig.typed_answers`;
+            "" when off): integer, number, list, yes/no, string or free text.
+        expression: With a computed answer tried, the arithmetic expression the model wrote.
+        computed: Its value as answered ("" when it was not evaluated).
+        compute_note: Why a computed answer fell back to the normal one ("" when it did not).
         urag_kept: With URaG on, the evidence numbers `[n]` the deep layers read.
         urag_pages: With URaG on, the pages of those items.
         refrag_ratio: With REFRAG on, prompt positions without compression / with it (1: off).
@@ -194,6 +200,10 @@ class AnswerStats:
     context: str = ""
     sampler: bool = False
     stop_reason: str = ""
+    answer_type: str = ""
+    expression: str = ""
+    computed: str = ""
+    compute_note: str = ""
     urag_kept: tuple[int, ...] = ()
     urag_pages: tuple[int, ...] = ()
     refrag_ratio: float = 1.0
@@ -212,6 +222,8 @@ class Answer:
     Attributes:
         question: The question as asked.
         text: The answer as generated (with any `[n]` markers), or "Not answerable".
+        short: The answer cut to its inferred type ("1874", "['a', 'b']", "Yes"), what
+            `folio eval qa` scores; "" when typed answers are off (then `plain` is scored).
         citations: Supporting regions, first the best.
         stats: Costs per stage (None when the question failed before answering).
         error: Why the question failed (batch runs record failures here), else None.
@@ -226,6 +238,7 @@ class Answer:
     question: str
     text: str
     citations: tuple[Citation, ...] = ()
+    short: str = ""
     stats: AnswerStats | None = None
     error: str | None = None
     not_answerable: bool = False
@@ -260,6 +273,7 @@ class Answer:
             return cls(
                 question=data["question"],
                 text=data["text"],
+                short=data.get("short", ""),
                 citations=tuple(
                     Citation(**{**c, "bbox": tuple(c["bbox"])}) for c in data.get("citations", ())
                 ),
@@ -367,6 +381,9 @@ class Prepared:
         prompt: The rendered prompt; None when the context found no evidence.
         stages: Stats of the stages run so far (retrieve ... screen).
         started: `time.perf_counter()` when the question arrived (times the whole answer).
+        answer_type: The inferred answer type ("" when typed answers are off).
+        compute_prompt: The prompt that asks for an arithmetic expression, for a question that
+            needs arithmetic (None: answer normally).
     """
 
     question: str
@@ -380,6 +397,8 @@ class Prepared:
     prompt: Prompt | None
     stages: tuple[StageStats, ...]
     started: float
+    answer_type: str = ""
+    compute_prompt: Prompt | None = None
 
     @property
     def answerable(self) -> bool:
@@ -420,6 +439,30 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class Computation:
+    """A computed answer tried for a question that needs arithmetic (`AnswerConfig.compute`).
+
+    Attributes:
+        expression: The arithmetic expression the model wrote ("" when it wrote none).
+        value: Its value as answered ("" when it was not evaluated).
+        note: Why the normal answer was given instead ("" when the value was).
+        sources: The evidence numbers [n] that hold the operands.
+        answer: The answer's text: the value, its sources' markers and the expression.
+    """
+
+    expression: str
+    value: str = ""
+    note: str = ""
+    sources: tuple[int, ...] = ()
+    answer: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the value answers the question."""
+        return bool(self.value)
+
+
+@dataclass(frozen=True)
 class Generated:
     """What generation produced for a `Prepared` question.
 
@@ -431,6 +474,7 @@ class Generated:
         urag_kept: With URaG on, the evidence numbers the deep layers read.
         refrag_ratio: With REFRAG on, prompt positions without compression / with it.
         refrag_compressed: With REFRAG on, per evidence item, its chunks read as one vector.
+        computation: The computed answer tried (None: the question needs no arithmetic).
         answerability: The answerability check of the draft (None: switched off).
     """
 
@@ -443,7 +487,12 @@ class Generated:
     refrag_compressed: tuple[int, ...] = ()
     answerability: Answerability | None = None
 
+    computation: Computation | None = None
+
     @property
     def text(self) -> str:
-        """The answer as generated, without surrounding spaces."""
+        """The answer as generated, without surrounding spaces (a computed answer's text when
+        its expression was evaluated)."""
+        if self.computation is not None and self.computation.ok:
+            return self.computation.answer
         return self.generation.text.strip()
