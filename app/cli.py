@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -396,6 +397,20 @@ _AnswerabilityOption = Annotated[
         help="Check that the evidence states the answer (the model's yes/no after its draft, with retrieval scores; calibrated) and decline with 'Not answerable' when not (default: settings).",
     ),
 ]
+_TypedOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--typed/--no-typed",
+        help="Ask for the answer type the question expects (integer, number, list, yes/no, phrase) and keep the output cut to it as the short answer that eval qa scores (default: settings).",
+    ),
+]
+_ComputeOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--compute/--no-compute",
+        help="For questions that need arithmetic, have the model write an expression over numbers in the evidence, evaluate it safely and answer with the result (default: settings).",
+    ),
+]
 _KOption = Annotated[int | None, typer.Option("-k", min=1, help="Chunks retrieved per question.")]
 _BudgetOption = Annotated[int | None, typer.Option("--budget", min=0, help="Evidence tokens in the prompt.")]
 
@@ -413,11 +428,14 @@ def ask_command(
     k: _KOption = None,
     budget: _BudgetOption = None,
     answerability: _AnswerabilityOption = None,
+    typed: _TypedOption = None,
+    compute: _ComputeOption = None,
 ) -> None:
     """Answer a question from the library; the answer streams, then its citations."""
     overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget, runtime)
     if answerability is not None:
         overrides["answerability"] = answerability
+    overrides.update({k: v for k, v in {"typed": typed, "compute": compute}.items() if v is not None})
     folio = open_folio()
     answer = None
     try:
@@ -437,6 +455,8 @@ def ask_command(
     if json_out:
         console.out(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False), highlight=False)
         return
+    if answer.short and answer.short != answer.plain:
+        console.print(f"[dim]short answer:[/dim] {escape(answer.short)}")
     if answer.citations:
         table = Table("[n]", "file", "page", "quote", title="citations", title_justify="left")
         for c in answer.citations:
@@ -465,6 +485,8 @@ def batch_command(
     k: _KOption = None,
     budget: _BudgetOption = None,
     answerability: _AnswerabilityOption = None,
+    typed: _TypedOption = None,
+    compute: _ComputeOption = None,
     ray: _RayOption = False,
     ray_address: _RayAddressOption = None,
     ray_workers: Annotated[
@@ -478,6 +500,7 @@ def batch_command(
     overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget, runtime)
     if answerability is not None:
         overrides["answerability"] = answerability
+    overrides.update({k: v for k, v in {"typed": typed, "compute": compute}.items() if v is not None})
     if not questions.is_file():
         raise _fail(f"{questions}: no such file")
     use_ray = _ray(ray, ray_address)
@@ -519,6 +542,8 @@ def eval_qa_command(
     k: _KOption = None,
     budget: _BudgetOption = None,
     answerability: _AnswerabilityOption = None,
+    typed: _TypedOption = None,
+    compute: _ComputeOption = None,
 ) -> None:
     """Answer accuracy and F1 by answer format, Not-answerable precision/recall, citation page
     recall, TTFT, tokens/s and peak memory, each question asked of its own document."""
@@ -527,6 +552,7 @@ def eval_qa_command(
     overrides = _answer_overrides(model, no_sampler, no_retrieval, no_context, k, budget, runtime)
     if answerability is not None:
         overrides["answerability"] = answerability
+    overrides.update({k: v for k, v in {"typed": typed, "compute": compute}.items() if v is not None})
     try:
         questions = load_qa_questions(file)[::stride]
     except (OSError, ValueError) as exc:
@@ -551,6 +577,8 @@ def eval_qa_command(
     table = Table("metric", "value", title=f"answering ({report['questions']} questions)")
     table.add_row("accuracy", f"{report['accuracy']:.3f}")
     table.add_row("F1", f"{report['f1']:.3f}")
+    for fmt, row in report["by_format"].items():
+        table.add_row(f"accuracy, {fmt} ({row['questions']:.0f})", f"{row['accuracy']:.3f}")
     table.add_row("not answerable P / R", f"{report['not_answerable']['precision']:.3f} / {report['not_answerable']['recall']:.3f}")
     table.add_row("citation page recall", f"{report['citation_page_recall']:.3f}")
     if prompt_recalls:

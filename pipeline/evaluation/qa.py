@@ -106,6 +106,15 @@ def _as_list(value: Any) -> list:
     return list(ast.literal_eval(value)) if value else []
 
 
+def _by_format(scored: Sequence[ScoredAnswer]) -> dict[str, dict[str, float]]:
+    """Questions and accuracy (mean score) per answer format."""
+    out: dict[str, dict[str, float]] = {}
+    for fmt in sorted({s.answer_format for s in scored}):
+        scores = [s.score for s in scored if s.answer_format == fmt]
+        out[fmt] = {"questions": len(scores), "accuracy": round(statistics.fmean(scores), 4)}
+    return out
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -124,7 +133,8 @@ def score_run(
 
     Returns:
         `{"questions", "accuracy", "f1", "not_answerable": {"precision", "recall"},
-        "citation_page_recall", "ttft_ms_p50", "tokens_per_s", "peak_rss_mb", "per_question"}`.
+        "citation_page_recall", "ttft_ms_p50", "tokens_per_s", "peak_rss_mb", "by_format",
+        "per_question"}`; an answer's `short` form is scored when it has one, else `plain`.
     """
     if len(questions) != len(answers):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
@@ -134,7 +144,8 @@ def score_run(
     ttfts: list[float] = []
     decode_tokens = decode_s = 0.0
     for position, (q, a) in enumerate(zip(questions, answers, strict=True)):
-        prediction = a.plain if a.error is None else ""
+        # Typed answers are scored by their short form; without them, the answer as written.
+        prediction = (a.short or a.plain) if a.error is None else ""
         # A failed question neither answers nor declines: it scores 0 either way.
         score = score_answer(prediction, q.answer, q.answer_format) if a.error is None else 0.0
         scored.append(
@@ -163,6 +174,7 @@ def score_run(
                 "answer_format": q.answer_format,
                 "gold": q.answer,
                 "prediction": a.text,
+                "short": a.short,
                 "score": round(score, 4),
                 "declined": a.not_answerable,
                 "evidence_pages": list(q.evidence_pages),
@@ -174,6 +186,10 @@ def score_run(
                 "tokens_per_s": round(stats.tokens_per_s, 2) if stats else None,
                 "prompt_tokens": stats.prompt_tokens if stats else None,
                 "new_tokens": stats.new_tokens if stats else None,
+                "answer_type": stats.answer_type if stats else "",
+                "expression": stats.expression if stats else "",
+                "computed": stats.computed if stats else "",
+                "compute_note": stats.compute_note if stats else "",
                 "stages": {
                     s.name: {
                         "kept_items": s.kept_items,
@@ -202,5 +218,6 @@ def score_run(
         "ttft_ms_p50": round(statistics.median(ttfts), 1) if ttfts else 0.0,
         "tokens_per_s": round(decode_tokens / decode_s, 2) if decode_s > 0 else 0.0,
         "peak_rss_mb": round(peak_mb if peak_mb is not None else peak_rss_mb(), 1),
+        "by_format": _by_format(scored),
         "per_question": per_question,
     }

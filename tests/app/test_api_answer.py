@@ -301,14 +301,26 @@ def test_cli_eval_qa_writes_the_report(
     report = json.loads(report_path.read_text())
     assert list(report) == [
         "questions", "accuracy", "f1", "not_answerable", "citation_page_recall", "ttft_ms_p50",
-        "tokens_per_s", "peak_rss_mb", "per_question",
+        "tokens_per_s", "peak_rss_mb", "by_format", "per_question",
     ]  # fmt: skip
+    assert report["by_format"]["Int"]["questions"] == 1 and set(report["by_format"]) == {
+        "Int", "None", "Str",
+    }  # fmt: skip
     assert report["questions"] == 3 and set(report["not_answerable"]) == {"precision", "recall"}
     rows = report["per_question"]
     assert [r["index"] for r in rows] == [0, 1, 2]
     assert rows[2]["error"] == "missing.pdf: not in the library" and rows[2]["score"] == 0
     assert rows[0]["prompt_pages"] and rows[0]["stages"]["sample"]["kept_tokens"] <= 400
     assert report["peak_rss_mb"] > 0 and 0 <= report["accuracy"] <= 1
+    assert rows[0]["answer_type"] and "short" in rows[0] and "compute_note" in rows[0]
+    plain = runner.invoke(
+        app,
+        ["--library", str(library), "--config", str(config_file), "eval", "qa", str(file),
+         "--docs", str(sample_pdf.parent), "--json", str(report_path), "--no-typed", "--no-compute"],
+    )  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    untyped = json.loads(report_path.read_text())["per_question"]
+    assert untyped[0]["answer_type"] == "" and untyped[0]["short"] == ""
 
 
 @pytest.mark.slow
