@@ -51,6 +51,8 @@ class AskOptions:
         refrag: REFRAG: evidence chunks enter the model as one vector each (but the most
             question-like ones).
         answerability: Check that the evidence states the answer; decline when it does not.
+        typed: Ask for the answer type the question expects and cut the answer to it.
+        compute: Answer arithmetic questions with a safely evaluated expression.
     """
 
     context: str = "retrieved"
@@ -61,6 +63,8 @@ class AskOptions:
     urag: bool = False
     refrag: bool = False
     answerability: bool = False
+    typed: bool = True
+    compute: bool = True
 
     def overrides(self) -> dict[str, Any]:
         """The `Folio.ask` overrides these switches stand for."""
@@ -72,6 +76,8 @@ class AskOptions:
             "use_urag": bool(self.urag),
             "use_refrag": bool(self.refrag),
             "answerability": bool(self.answerability),
+            "typed": bool(self.typed),
+            "compute": bool(self.compute),
         }
         if self.mode and self.mode != "default":
             out["mode"] = self.mode

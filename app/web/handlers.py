@@ -245,6 +245,8 @@ def on_ask(
     urag: bool,
     refrag: bool,
     answerability: bool,
+    typed: bool,
+    compute: bool,
     request: gr.Request,
 ) -> Iterator[tuple]:
     """Answer a question in the chat: the stage running now until the answer streams in, then
@@ -261,7 +263,7 @@ def on_ask(
         return
     options = AskOptions(
         context or "retrieved", bool(sampler), mode or "default", int(k), int(budget),
-        bool(urag), bool(refrag), bool(answerability),
+        bool(urag), bool(refrag), bool(answerability), bool(typed), bool(compute),
     )  # fmt: skip
     before = list(history or [])
     turn = len(history_to_turns(before))

@@ -217,6 +217,16 @@ def build_ui(
                             label="Answerability check (the model says whether the evidence "
                             "states its answer; 'Not answerable' when not)",
                         )
+                        use_typed = gr.Checkbox(
+                            value=answer_cfg.typed_answers,
+                            label="Typed answers (ask for the answer type the question expects: "
+                            "a number, a list, yes/no, a phrase)",
+                        )
+                        use_compute = gr.Checkbox(
+                            value=answer_cfg.compute,
+                            label="Computed answers (for arithmetic questions the model writes an "
+                            "expression over numbers in the evidence, evaluated safely)",
+                        )
                         mode = gr.Dropdown(
                             MODE_CHOICES,
                             value=str(answer_cfg.retrieval_mode or "default"),
@@ -278,7 +288,7 @@ def build_ui(
             bind(handlers.on_ask, engine),
             [
                 message, chatbot, answers, ask_about, context, use_sampler, mode, k, budget,
-                use_urag, use_refrag, use_answerability,
+                use_urag, use_refrag, use_answerability, use_typed, use_compute,
             ],  # fmt: skip
             [message, chatbot, answers, summary, tables, *chip_outputs, send],
             # NOTE: questions run beside an upload (the library and index are thread-safe);

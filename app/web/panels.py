@@ -33,6 +33,7 @@ STAGE_NAMES = {
     "prompt": "Prompt (evidence / all tokens)",
     "generate": "Generate (tokens / most allowed)",
     "answerability": "Answerability (answerable / checked)",
+    "compute": "Compute (evaluated / tried)",
 }
 # One line per stage for the legend under the stage table: what the stage does.
 STAGE_NOTES = {
@@ -48,6 +49,9 @@ STAGE_NOTES = {
     "items kept (the evidence table's Deep layers column).",
     "refrag": "evidence chunks enter the model as one vector each, but the most question-like, "
     "which it reads word by word.",
+    "compute": "an arithmetic question: the model wrote one expression over numbers in the "
+    "evidence, evaluated safely (kept 1 of 1 when its value is the answer; else the normal "
+    "answer follows); tokens: the expression's of the most allowed.",
     "prompt": "what the model read: evidence tokens of all the prompt's tokens.",
     "generate": "the answer: tokens written of the most allowed.",
     "answerability": "the model is asked whether the evidence states its answer (yes/no, from "
@@ -195,6 +199,13 @@ def summary_markdown(stats: AnswerStats | None) -> str:
             f"**URaG** the deeper layers read {urag.kept_items} of {urag.total_items} evidence "
             f"items ({' '.join(f'[{n}]' for n in stats.urag_kept)}; pages {pages})"
         )
+    if stats.answer_type:
+        lines.append(f"**Answer type** {stats.answer_type} (asked for after the question)")
+    if stats.computed:
+        lines.append(f"**Computed** {stats.computed} = `{stats.expression}` (evaluated safely)")
+    elif stats.compute_note:
+        tried = f" `{stats.expression}`" if stats.expression else ""
+        lines.append(f"**Compute** tried{tried}, not used: {stats.compute_note}")
     check = stats.answerability
     if check is not None:
         verdict = "answerable" if check.answerable else "declined: Not answerable"

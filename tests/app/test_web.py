@@ -156,6 +156,7 @@ def test_respond_streams_partial_text_then_the_answer_with_chips() -> None:
             {
                     "context": "retrieved", "sampler": False, "k": 5, "budget": 300,
                     "use_urag": False, "use_refrag": False, "answerability": False,
+                    "typed": True, "compute": True,
                     "mode": "bm25",
                 },
         )
@@ -586,7 +587,7 @@ def test_stop_ends_the_question_in_its_own_stream_and_brings_ask_back() -> None:
     folio = _SlowFolio(_answer(_citation(5)), pause=0.3)
     engine = Engine(folio)
     request = SimpleNamespace(username=None, session_hash="tab-1")
-    updates = on_ask(engine, "What?", [], [], [], "retrieved", True, "default", 20, 1000, False, False, False, request)
+    updates = on_ask(engine, "What?", [], [], [], "retrieved", True, "default", 20, 1000, False, False, False, True, True, request)
     first = next(updates)
     chat, ask = first[1], first[-1]
     assert chat[-1]["content"].endswith("(0 s)_") and ask.interactive is False
