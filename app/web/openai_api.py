@@ -34,10 +34,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
@@ -455,7 +456,16 @@ def stream_events(request: ChatRequest, parts: Iterator[str | Finished]) -> Iter
     except Exception as exc:  # noqa: BLE001 - the client gets one line; the log keeps the rest
         yield _event(question_error(exc).body())
         return
+    finally:
+        _close(parts)
     yield "data: [DONE]\n\n"
+
+
+def _close(parts: Iterator[str | Finished]) -> None:
+    """End an answer now (its question turn is given back, its generation stops)."""
+    close = getattr(parts, "close", None)
+    if close is not None:
+        close()
 
 
 def _event(data: dict[str, Any]) -> str:
@@ -576,7 +586,7 @@ def build_api(
         parts = answer(folio, chat, doc_ids)
         if chat.stream:
             return StreamingResponse(
-                stream_events(chat, parts),
+                stream_body(stream_events(chat, parts)),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -584,6 +594,23 @@ def build_api(
         return JSONResponse(completion_json(chat.model, text, finished))
 
     return api
+
+
+async def stream_body(events: Iterator[str]) -> AsyncIterator[str]:
+    """`events` for a StreamingResponse, each made in a worker thread; closed as soon as the
+    client goes away.
+
+    NOTE: Starlette only stops iterating a plain iterator when the client disconnects; a
+    suspended answer would keep its question turn (and its model run) until garbage collection,
+    so later questions could wait forever. A cancelled worker call still finishes before the
+    cancellation lands (anyio), so the close below never meets a running generator.
+    """
+    try:
+        while (event := await run_in_threadpool(next, events, None)) is not None:
+            yield event
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(_close, events)
 
 
 def _collect(parts: Iterator[str | Finished]) -> tuple[str, Finished]:
@@ -596,4 +623,6 @@ def _collect(parts: Iterator[str | Finished]) -> tuple[str, Finished]:
             texts.append(part)
     except Exception as exc:  # noqa: BLE001 - mapped to one OpenAI-style error
         raise question_error(exc) from None
+    finally:
+        _close(parts)
     raise ApiError(500, "the answer ended without its citations", type="server_error")

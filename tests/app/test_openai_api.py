@@ -23,8 +23,12 @@ import pytest
 
 from app.web.openai_api import (
     ApiError,
+    ChatRequest,
+    Finished,
     PageMarkers,
     parse_chat_request,
+    stream_body,
+    stream_events,
 )
 from pipeline.ingestion.sample import write_sample_pdf
 from pipeline.library.owners import add_user, issue_api_key
@@ -250,6 +254,49 @@ def test_page_markers_split_across_deltas() -> None:
     shown = "".join(markers.feed(d) for d in deltas) + markers.flush()
     assert shown == "Ten pages [p. 4][p. 9] and more [p. 4] [x] end ["
     assert markers.seen
+
+
+def test_a_stream_the_client_left_gives_its_question_turn_back() -> None:
+    """A client that goes away mid-answer: the answer is closed at once, so the next question
+    does not wait for garbage collection to get a turn."""
+    import threading
+
+    import anyio
+
+    turns = threading.BoundedSemaphore(1)
+    closed = []
+
+    def parts():  # noqa: ANN202 - the answer's parts, holding a question turn as build_api's do
+        with turns:
+            try:
+                yield "Ten"
+                yield " pages"
+                yield Finished((), "stop", 3, 2)
+            finally:
+                closed.append(True)
+
+    async def leave_after_the_first_words() -> None:
+        body = stream_body(stream_events(ChatRequest("folio", "q", stream=True), parts()))
+        assert '"role": "assistant"' in await body.__anext__()
+        assert '"content": "Ten"' in await body.__anext__()
+        assert not turns.acquire(blocking=False)  # the answer holds its turn
+        await body.aclose()
+
+    anyio.run(leave_after_the_first_words)
+    assert closed == [True] and turns.acquire(blocking=False)
+
+    async def read_all() -> list[str]:
+        return [
+            event
+            async for event in stream_body(
+                stream_events(ChatRequest("folio", "q", stream=True), parts())
+            )
+        ]
+
+    turns.release()
+    events = anyio.run(read_all)
+    assert events[-1] == "data: [DONE]\n\n" and '"finish_reason": "stop"' in events[-2]
+    assert turns.acquire(blocking=False)
 
 
 def test_parse_keeps_the_last_user_message_and_ignores_unknown_fields() -> None:
