@@ -22,6 +22,7 @@ import openai
 import pytest
 
 from app.web.openai_api import (
+    ApiAccess,
     ApiError,
     ChatRequest,
     Finished,
@@ -297,6 +298,25 @@ def test_a_stream_the_client_left_gives_its_question_turn_back() -> None:
     events = anyio.run(read_all)
     assert events[-1] == "data: [DONE]\n\n" and '"finish_reason": "stop"' in events[-2]
     assert turns.acquire(blocking=False)
+
+
+def test_access_by_the_local_key_or_none() -> None:
+    """Without accounts the library is never read: the local key, or nothing when open."""
+    keyed = ApiAccess(api_key="local-secret", accounts=False, open=False)
+    assert keyed.user(None, "Bearer local-secret") is None  # type: ignore[arg-type]
+    for header in (
+        None,
+        "",
+        "Bearer",
+        "Basic local-secret",
+        "Bearer local-secre",
+        "Bearer local-secret2",
+    ):
+        with pytest.raises(ApiError) as caught:
+            keyed.user(None, header)  # type: ignore[arg-type]
+        assert caught.value.status == 401
+    assert ApiAccess(api_key=None, accounts=False, open=True).user(None, "Bearer anything") is None  # type: ignore[arg-type]
+    assert "local-secret" not in repr(keyed)
 
 
 def test_parse_keeps_the_last_user_message_and_ignores_unknown_fields() -> None:
