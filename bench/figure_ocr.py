@@ -16,7 +16,9 @@ matched / read. Seconds a crop are wall time on this shared machine. The photo t
 `--speed`: the born-digital files of bench/ingest.py and the first `--deck-pages` pages of an
 image-only slide deck are ingested (parse, chunk, store; no index; one worker) with figure OCR
 off, RapidOCR and Tesseract, and the deck also with the layout detector alone and without it;
-born-digital variants alternate `--repeats` times, the best pages/s of each is reported.
+born-digital variants alternate `--repeats` times, the best pages/s of each is reported, and the
+least CPU seconds a page (this process and its children: workers, Tesseract), which a shared,
+loaded machine distorts far less than wall time.
 
 `--slides`: how the slide rule (`figures.is_slide_like`) sorts the pages without a text layer of
 the dev documents and the robustness scans.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import tempfile
 import time
 from collections import Counter
@@ -123,9 +126,19 @@ def sample(data: Path) -> dict:
     return {"crops": rows, "summary": summary}
 
 
-def _rate(files: list[Path], config: ParseConfig) -> tuple[int, float]:
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the parser workers
+    and their Tesseract processes)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _rate(files: list[Path], config: ParseConfig) -> tuple[int, float, float]:
+    """Pages, pages per second of wall time, CPU seconds per page."""
     with tempfile.TemporaryDirectory() as tmp:
         library = open_library(StorageConfig(library=Path(tmp)))
+        cpu = _cpu_seconds()
         start = time.perf_counter()
         results = ingest(
             files,
@@ -137,11 +150,12 @@ def _rate(files: list[Path], config: ParseConfig) -> tuple[int, float]:
         )
         elapsed = time.perf_counter() - start
         library.close()
+    cpu = _cpu_seconds() - cpu  # NOTE: after close: the workers have exited and been reaped
     failed = [r.error for r in results if r.status != "added"]
     if failed:
         raise SystemExit(f"ingest failed: {failed}")
     pages = sum(r.pages for r in results)
-    return pages, pages / elapsed
+    return pages, pages / elapsed, cpu / max(1, pages)
 
 
 def _deck(data: Path, pages: int, folder: Path) -> list[Path]:
@@ -178,16 +192,16 @@ def speed(data: Path, repeats: int, deck_pages: int, scratch: Path) -> list[dict
                 figure_ocr=FigureOcr.OFF, layout_detector=True
             )
         best: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         pages = 0
         for _ in range(repeats if label == "born-digital" else 1):
             # NOTE: alternate, so a changing load slows every variant alike
             for name, config in runs.items():
-                pages, rate = _rate(files, config)
+                pages, rate, cpu_page = _rate(files, config)
                 best[name] = max(best.get(name, 0.0), rate)
-                print(
-                    json.dumps({"set": label, "variant": name, "pages_per_s": round(rate, 2)}),
-                    flush=True,
-                )
+                cpu[name] = min(cpu.get(name, float("inf")), cpu_page)
+                line = {"set": label, "variant": name, "pages_per_s": round(rate, 2)}
+                print(json.dumps({**line, "cpu_s_per_page": round(cpu_page, 3)}), flush=True)
         for name, rate in best.items():
             row = {
                 "set": label,
@@ -196,6 +210,8 @@ def speed(data: Path, repeats: int, deck_pages: int, scratch: Path) -> list[dict
                 "variant": name,
                 "best_pages_per_s": round(rate, 2),
                 "vs_off": round(rate / best["off"], 2),
+                "least_cpu_s_per_page": round(cpu[name], 3),
+                "cpu_pages_per_s_vs_off": round(cpu["off"] / cpu[name], 2),
             }
             out.append(row)
             print(json.dumps(row), flush=True)
