@@ -300,6 +300,19 @@ def test_a_stream_the_client_left_gives_its_question_turn_back() -> None:
     assert turns.acquire(blocking=False)
 
 
+def test_a_question_that_fails_mid_stream_ends_with_one_error_event() -> None:
+    def parts():  # noqa: ANN202
+        yield "Ten"
+        raise LookupError("no document matches 'x'\nsecond line")
+
+    events = list(stream_events(ChatRequest("folio", "q", stream=True), parts()))
+    assert '"content": "Ten"' in events[1] and "[DONE]" not in "".join(events)
+    error = json.loads(events[-1].removeprefix("data: "))["error"]
+    assert (
+        error["message"] == "no document matches 'x'" and error["type"] == "invalid_request_error"
+    )
+
+
 def test_access_by_the_local_key_or_none() -> None:
     """Without accounts the library is never read: the local key, or nothing when open."""
     keyed = ApiAccess(api_key="local-secret", accounts=False, open=False)
