@@ -37,7 +37,7 @@ from models._generation import (
     GeneratorBase,
     PromptInputs,
 )
-from models._openvino_weights import Q8Weights, resolve_openvino_weights
+from models._openvino_weights import Q8Weights, resolve_openvino_ir, resolve_openvino_weights
 from models._packaged import ModelSourceError
 from models._prompt import Prompt
 from models.config import GeneratorConfig
@@ -346,14 +346,15 @@ def load_openvino_generator(
     scheduler = ov_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = config.prefix_cache
     threads = config.threads or len(os.sched_getaffinity(0))
+    source = resolve_openvino_ir(weights)
     try:
         pipeline = ov_genai.LLMPipeline(
-            str(weights.gguf), "CPU", scheduler_config=scheduler, INFERENCE_NUM_THREADS=threads
+            str(source), "CPU", scheduler_config=scheduler, INFERENCE_NUM_THREADS=threads
         )
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(
-            f"OpenVINO could not load {weights.gguf}: {first} (delete {weights.folder} to "
+            f"OpenVINO could not load {source}: {first} (delete {weights.folder} to "
             "convert it again)"
         ) from exc
     generator = OpenVinoGenerator(pipeline, tokenizer, config, eos_token_id=weights.eos_token_id)

@@ -13,7 +13,7 @@ from gguf.quants import dequantize, quantize
 
 from models import _packaged
 from models._gguf_q8 import check_q8_0, quantize_q8_0
-from models._openvino_weights import resolve_openvino_weights
+from models._openvino_weights import IR_FOLDER, resolve_openvino_ir, resolve_openvino_weights
 from models._packaged import ModelSourceError
 from models.config import GeneratorConfig, GeneratorRuntime
 from models.runtime import select_runtime
@@ -163,8 +163,12 @@ def _install_parts(site: Path, blob: bytes) -> None:
         (site / package / "data" / f"part{index:02d}.bin").write_bytes(piece)
         info = site / f"{package}-0.9.0.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fake-part{index}\nVersion: 0.9.0\n")
-        (info / "RECORD").write_text(f"{package}/data/part{index:02d}.bin,,\n{info.name}/RECORD,,\n")
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: fake-part{index}\nVersion: 0.9.0\n"
+        )
+        (info / "RECORD").write_text(
+            f"{package}/data/part{index:02d}.bin,,\n{info.name}/RECORD,,\n"
+        )
 
 
 def _register(monkeypatch: pytest.MonkeyPatch, sha256: str) -> None:
@@ -218,3 +222,29 @@ def test_a_finished_conversion_is_reused_without_the_parts(
     first.gguf.write_bytes(b"truncated")
     with pytest.raises(ModelSourceError, match="delete .* to convert it again"):
         resolve_openvino_weights("fake", tmp_path / "cache")
+
+
+def test_an_ir_openvino_cannot_build_fails_in_one_line_and_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saved OpenVINO model (`openvino-ir/`) appears whole or not at all: the tiny GGUF has
+    weights but no model OpenVINO GenAI can build, so the save fails before any folder exists.
+    (The success path, a real save and reload, runs in test_generator_runtimes' slow tests.)"""
+    _tiny_gguf(tmp_path / "tiny.gguf")
+    blob = (tmp_path / "tiny.gguf").read_bytes()
+    _install_parts(tmp_path / "site", blob)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    _register(monkeypatch, hashlib.sha256(blob).hexdigest())
+    from models import _openvino_weights
+
+    def no_tokenizer(source: Path, out: Path) -> None:
+        quantize_q8_0(source, out / _openvino_weights.MODEL_FILE)
+        _openvino_weights._write_report(source, out, {"Q8_0": 2, "F32": 1})
+
+    monkeypatch.setattr(_openvino_weights, "_build_q8_folder", no_tokenizer)
+    weights = resolve_openvino_weights("fake", tmp_path / "cache")
+    with pytest.raises(ModelSourceError, match="OpenVINO could not read") as info:
+        resolve_openvino_ir(weights)
+    assert "\n" not in str(info.value)
+    assert not (weights.folder / IR_FOLDER).exists()
+    assert [p.name for p in weights.folder.iterdir() if p.is_dir()] == []
