@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 LIBRARY_MODEL = "folio"
 DOC_MODEL_PREFIX = "folio:doc:"
+MAX_BODY_BYTES = 16 * 2**20  # most bytes of a request body: room for several base64 images
 _PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
 # A trailing "[", "[3", "[2, " may still become a marker: held back until it closes.
 _OPEN_MARKER = re.compile(r"\[[\d\s,;]{0,30}\Z")
@@ -578,7 +579,7 @@ def build_api(
     async def chat_completions(request: Request) -> Any:
         folio = me(request)
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await read_body(request))
         except ValueError:
             raise ApiError(400, "the request body must be JSON") from None
         chat = parse_chat_request(body)
@@ -594,6 +595,25 @@ def build_api(
         return JSONResponse(completion_json(chat.model, text, finished))
 
     return api
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 past `limit` bytes before it is all read (a question
+    with a few figure images is well under it)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the request body is over {limit // 2**20} MB")
 
 
 async def stream_body(events: Iterator[str]) -> AsyncIterator[str]:

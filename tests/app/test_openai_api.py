@@ -215,6 +215,19 @@ def test_the_client_reports_a_bad_request(served: dict) -> None:
     )
 
 
+def test_a_body_over_the_limit_is_413_before_it_is_read(served: dict) -> None:
+    from app.web.openai_api import MAX_BODY_BYTES
+
+    response = httpx.post(
+        f"{served['base_url']}/chat/completions",
+        content=b" " * (MAX_BODY_BYTES + 1),
+        headers={"Authorization": f"Bearer {served['alice_key']}"},
+        timeout=60,
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["message"] == "the request body is over 16 MB"
+
+
 def test_the_standard_request_shape_is_accepted(served: dict) -> None:
     """Parts content with an image, a system message, earlier turns, sampling fields and fields
     Folio does not know: the last user message's text is the question."""
