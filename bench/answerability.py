@@ -156,7 +156,7 @@ def _scores(rows: list[dict[str, Any]], calibration: Calibration | None) -> dict
 
 def fit(args: argparse.Namespace) -> None:
     """Logistic regression of "answerable" on the features (train rows only), then the threshold
-    that maximises train accuracy; writes the calibration JSON."""
+    that maximises the train Not-answerable F1 (ties: accuracy); writes the calibration JSON."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -177,7 +177,9 @@ def fit(args: argparse.Namespace) -> None:
             if s["na_precision"] + s["na_recall"] > 0
             else 0.0
         )
-        key = (s["accuracy"], na_f1)
+        # The decision's own quality first (declining every wrong draft would raise accuracy
+        # and F1 while most declines hit answerable questions), then accuracy.
+        key = (round(na_f1, 4), s["accuracy"])
         if best is None or key > best[0]:
             best = (key, float(threshold), s)
     assert best is not None
@@ -186,7 +188,7 @@ def fit(args: argparse.Namespace) -> None:
         f"bench/answerability.py fit on {len(rows)} questions of the MMLongBench dev train "
         f"documents (split_of), {date.today().isoformat()}; features by "
         f"`{args.collect_command or 'python -m bench.answerability collect --split train'}`; "
-        f"threshold maximises train accuracy"
+        f"threshold maximises train Not-answerable F1, then accuracy"
     )
     data = {
         "features": list(FEATURES),
