@@ -31,9 +31,7 @@ from storage import StorageConfig, open_library
 
 BM25_ONLY = RetrievalConfig(mode="bm25", fusion=FusionConfig(dense_weight=0, splade_weight=0))
 QUESTION = "What is the default chunk size in tokens?"
-ON = AnswerConfig(
-    max_new_tokens=6, sampler=SamplerConfig(image_features=False), answerability=True
-)
+ON = AnswerConfig(max_new_tokens=6, sampler=SamplerConfig(image_features=False), answerability=True)
 FIXED = Calibration({"verify_log_odds": 1.0, "top_hit": 0.5, "top_item": 0.0}, -0.2, 0.5, "test")
 
 
