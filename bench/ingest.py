@@ -2,7 +2,7 @@
 
 Usage:
     python bench/ingest.py [--data ../shared/data] [--workers 1 2] [--index none bm25 hybrid] [--layout] [--out bench/results/ingest.json]
-        [--encoder-runtime torch openvino] [--block-vectors on off]
+        [--encoder-runtime torch openvino] [--block-vectors on off] [--figure-ocr off rapidocr]
 
 Reports pages/s for born-digital and OCR pages separately, with raw `page.get_text()` over the
 same pages measured in the same run, and the peak memory of the main and worker processes.
@@ -76,6 +76,7 @@ def _folio_rate(
     index_kind: str,
     runtime: EncoderRuntime,
     block_vectors: bool = True,
+    figure_ocr: str | None = None,
 ) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         library = open_library(StorageConfig(library=Path(tmp)))
@@ -84,7 +85,9 @@ def _folio_rate(
         results = ingest(
             files,
             library,
-            parse_config=ParseConfig(),
+            parse_config=ParseConfig()
+            if figure_ocr is None
+            else ParseConfig(figure_ocr=figure_ocr),
             chunk_config=ChunkConfig(),
             ingest_config=IngestConfig(workers=workers, store_block_vectors=block_vectors),
             index=index,
@@ -160,6 +163,13 @@ def main() -> None:
         help="store the sampler's block vectors at ingest (IngestConfig.store_block_vectors; "
         "only with a dense index); several are timed in turn",
     )
+    parser.add_argument(
+        "--figure-ocr",
+        nargs="+",
+        default=[None],
+        choices=["rapidocr", "tesseract", "off"],
+        help="ParseConfig.figure_ocr (default: the configured one); several are timed in turn",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = parser.parse_args()
 
@@ -170,14 +180,17 @@ def main() -> None:
         files = [args.data / n for n in names if (args.data / n).exists()]
         raw_pages, raw_rate = _raw_rate(files)
         runs = [
-            (w, i, r, b)
+            (w, i, r, b, f)
             for i in args.index
             for w in args.workers
             for r in args.encoder_runtime
             for b in args.block_vectors
+            for f in args.figure_ocr
         ]
-        for workers, index_kind, runtime, block_vectors in runs:
-            pages, rate = _folio_rate(files, workers, index_kind, runtime, block_vectors == "on")
+        for workers, index_kind, runtime, block_vectors, figure_ocr in runs:
+            pages, rate = _folio_rate(
+                files, workers, index_kind, runtime, block_vectors == "on", figure_ocr
+            )
             row = {
                 "set": label,
                 "files": len(files),
@@ -186,6 +199,7 @@ def main() -> None:
                 "index": index_kind,
                 "encoder_runtime": runtime.value,
                 "block_vectors": block_vectors,
+                "figure_ocr": figure_ocr or ParseConfig().figure_ocr,
                 "folio_pages_per_s": round(rate, 2),
                 "raw_get_text_pages_per_s": round(raw_rate, 1),
                 "raw_over_folio": round(raw_rate / rate, 1),
