@@ -14,7 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.config import EncoderConfig, GeneratorConfig, RefragConfig, SamplerConfig, UragConfig
+from models.config import (
+    EncoderConfig,
+    GeneratorConfig,
+    GeneratorRuntime,
+    RefragConfig,
+    SamplerConfig,
+    UragConfig,
+)
 from models.generator import Generator
 from models.runtime import select_runtime
 from models.sampler import EmbeddingCache, EvidenceSampler
@@ -70,9 +77,7 @@ class ModelCache:
                 if len(self._generators) >= _GENERATORS_KEPT:
                     oldest = self._generators.pop(next(iter(self._generators)))
                     # Samplers count tokens with their generator's tokenizer: drop them with it.
-                    self._samplers = {
-                        k: v for k, v in self._samplers.items() if k[1] != id(oldest)
-                    }
+                    self._samplers = {k: v for k, v in self._samplers.items() if k[1] != id(oldest)}
                 self._generators[config] = self._load(config, cache_dir=self.cache_dir)
             return self._generators[config]
 
@@ -156,8 +161,15 @@ def with_runtime_for(config: AnswerConfig, generator: GeneratorConfig) -> Genera
     resolves at load.
 
     Raises:
-        ValueError: runtime="openvino" or "openai" with URaG or REFRAG on.
+        ValueError: runtime="openvino" or "openai" with URaG or REFRAG on, or "openai" with the
+            answerability check.
     """
+    if config.answerability and generator.runtime is GeneratorRuntime.OPENAI:
+        raise ValueError(
+            "the answerability check reads the model's next-token probabilities, which a remote "
+            "generator (runtime=openai) does not give: switch it off (--no-answerability) or use "
+            "a local model"
+        )
     stage = "URaG" if config.use_urag else "REFRAG" if config.use_refrag else None
     if stage is None:
         return generator

@@ -215,7 +215,9 @@ def test_question_first_states_the_question_before_the_evidence_too(lib, tiny, b
     scripted = Scripted(tiny, "I do not know")
     answerer = _answerer(lib, scripted, bow_encoder)
     answerer.ask(QUESTION, doc_ids=[lib[2]])
-    answerer.ask(QUESTION, doc_ids=[lib[2]], config=FAST.model_copy(update={"question_first": True}))
+    answerer.ask(
+        QUESTION, doc_ids=[lib[2]], config=FAST.model_copy(update={"question_first": True})
+    )
     last, first = scripted.prompts
     assert last.count(QUESTION) == 1 and last.index("Evidence:") < last.index(QUESTION)
     assert first.count(QUESTION) == 2
@@ -329,7 +331,11 @@ def test_concurrent_urag_questions_each_keep_their_own_selection(lib, tiny, bow_
         together = list(pool.map(answerer.ask, questions))
     for solo, both in zip(alone, together, strict=True):
         assert both.stats.urag_kept == solo.stats.urag_kept and both.stats.urag_kept
-        assert (both.text, both.evidence, both.citations) == (solo.text, solo.evidence, solo.citations)
+        assert (both.text, both.evidence, both.citations) == (
+            solo.text,
+            solo.evidence,
+            solo.citations,
+        )
         assert both.stats.stage("urag").kept_tokens == solo.stats.stage("urag").kept_tokens
 
 
@@ -397,7 +403,12 @@ def test_prepare_generate_and_cite_compose_to_the_streamed_answer(lib, tiny, bow
     # The public prompt functions rebuild it from the items (research scripts edit items first).
     texts, _ = read_texts(prepared.items, prepared.config, tiny)
     assert tuple(texts) == prepared.texts
-    rebuilt = build_prompt(QUESTION, prepared.items, texts, prepared.file_names, FAST, tiny)
+    from pipeline.answering.answer_types import AnswerType, type_instruction
+
+    ask = type_instruction(AnswerType(prepared.answer_type))  # the typed-answer line (on)
+    rebuilt = build_prompt(
+        QUESTION, prepared.items, texts, prepared.file_names, FAST, tiny, ask=ask
+    )
     assert tiny.render(rebuilt) == tiny.render(prepared.prompt)
     run = answerer.generate(prepared)
     deltas = list(run)
@@ -491,6 +502,11 @@ def test_stages_that_read_the_models_internals_run_on_torch() -> None:
         assert chosen.runtime is GeneratorRuntime.TORCH
     with pytest.raises(ValueError, match="--runtime torch"):
         with_runtime_for(AnswerConfig(use_urag=True), GeneratorConfig(runtime="openvino"))
+    remote = GeneratorConfig(runtime="openai", base_url="http://127.0.0.1:9/v1", model="m")
+    assert with_runtime_for(AnswerConfig(), remote) is remote
+    with pytest.raises(ValueError, match="--no-answerability") as info:
+        with_runtime_for(AnswerConfig(answerability=True), remote)
+    assert "\n" not in str(info.value)
 
 
 def test_the_runtime_is_a_per_request_option() -> None:
