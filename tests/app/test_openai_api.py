@@ -504,3 +504,28 @@ def test_api_only_with_the_local_users_key(tiny_settings, tmp_path: Path) -> Non
         server.terminate()
         server.wait(timeout=20)
         log.close()
+
+
+def test_folio_serves_as_the_remote_generator_of_another_folio(served: dict) -> None:
+    """The two halves of the protocol against each other: the remote generator
+    (runtime=openai, the official client underneath) streams an answer from a real
+    `folio serve --api`, which reads the prompt as a question about its library."""
+    from models.config import GeneratorConfig
+    from models.generator import load_generator
+
+    generator = load_generator(
+        GeneratorConfig(
+            runtime="openai",
+            base_url=served["base_url"],
+            model="folio",
+            api_key=served["alice_key"],
+            max_retries=0,
+            request_timeout_s=300,
+        )
+    )
+    stream = generator.stream(QUESTION, stop_at_newline=False)
+    deltas = list(stream)
+    result = stream.result
+    assert result.text and "".join(deltas).strip() == result.text.strip()
+    assert PAGE_MARKER.search(result.text), result.text  # Folio's own page markers came back
+    assert result.ttft_s > 0
