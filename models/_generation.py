@@ -31,6 +31,7 @@ __all__ = [
     "GenerationStream",
     "GeneratorBase",
     "PromptInputs",
+    "WithoutInternals",
 ]
 
 # Chat models end a turn with one of these; generation_config often lists only <|endoftext|>.
@@ -158,6 +159,38 @@ class GenerationStream:
         if self._result is None:
             raise RuntimeError("consume the stream before reading .result (e.g. list(stream))")
         return self._result
+
+
+class WithoutInternals:
+    """The torch-only entry points of a runtime that keeps its model out of reach (OpenVINO, a
+    remote server): prompts live on the CPU, and asking for the model, a separate prefill or
+    decode step, token embeddings or a KV cache fails in one line, `needs_internals` naming
+    the fix. Put it before `GeneratorBase` in the bases."""
+
+    needs_internals: str = "{what} needs a local torch model (FOLIO_GENERATOR__RUNTIME=torch)"
+
+    @property
+    def device(self) -> Any:
+        """Where tokenised prompts live: the CPU."""
+        import torch
+
+        return torch.device("cpu")
+
+    @property
+    def model(self) -> Any:
+        raise AttributeError(self.needs_internals.format(what="the torch model"))
+
+    def prefill(self, inputs: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(self.needs_internals.format(what="a separate prefill"))
+
+    def decode_step(self, tokens: Any, cache: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(self.needs_internals.format(what="a separate decode step"))
+
+    def embed_tokens(self, input_ids: Any) -> Any:
+        raise RuntimeError(self.needs_internals.format(what="embedding tokens"))
+
+    def new_cache(self) -> Any:
+        raise RuntimeError(self.needs_internals.format(what="a KV cache object"))
 
 
 class GeneratorBase(ABC):

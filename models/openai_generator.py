@@ -48,6 +48,7 @@ from models._generation import (
     GenerationStream,
     GeneratorBase,
     PromptInputs,
+    WithoutInternals,
 )
 from models._packaged import PACKAGED_MODELS, resolve_model_dir
 from models._prompt import Prompt, load_image
@@ -140,7 +141,7 @@ class ApproxTokenizer:
         raise NotImplementedError("ApproxTokenizer counts tokens; the server's text is the answer")
 
 
-class OpenAIGenerator(GeneratorBase):
+class OpenAIGenerator(WithoutInternals, GeneratorBase):
     """A model served over the OpenAI chat-completions protocol.
 
     Build one with `load_openai_generator`.
@@ -150,6 +151,8 @@ class OpenAIGenerator(GeneratorBase):
         tokenizer: The served model's tokenizer, or an `ApproxTokenizer`.
         config: Decoding defaults; `model` is the name the server knows the model by.
     """
+
+    needs_internals = _NEEDS_LOCAL
 
     runtime = "openai"
 
@@ -169,27 +172,6 @@ class OpenAIGenerator(GeneratorBase):
     def is_multimodal(self) -> bool:
         """Whether evidence figures go to the server as images (`config.images`)."""
         return self.config.images
-
-    @property
-    def device(self) -> torch.device:
-        """Where tokenised prompts live (for counting): the CPU."""
-        return torch.device("cpu")
-
-    @property
-    def model(self) -> Any:
-        raise AttributeError(_NEEDS_LOCAL.format(what="the torch model"))
-
-    def prefill(self, inputs: PromptInputs, **kwargs: Any) -> Any:
-        raise RuntimeError(_NEEDS_LOCAL.format(what="a separate prefill"))
-
-    def decode_step(self, tokens: Any, cache: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(_NEEDS_LOCAL.format(what="a separate decode step"))
-
-    def embed_tokens(self, input_ids: Any) -> Any:
-        raise RuntimeError(_NEEDS_LOCAL.format(what="embedding tokens"))
-
-    def new_cache(self) -> Any:
-        raise RuntimeError(_NEEDS_LOCAL.format(what="a KV cache object"))
 
     # ----------------------------------------------------------------------------- prompts
 

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import openvino as ov
 import openvino_genai as ov_genai
-import torch
 
 from models._decoding import AnswerTokens, StopReason
 from models._generation import (
@@ -36,6 +35,7 @@ from models._generation import (
     GenerationStream,
     GeneratorBase,
     PromptInputs,
+    WithoutInternals,
 )
 from models._openvino_weights import Q8Weights, resolve_openvino_ir, resolve_openvino_weights
 from models._packaged import ModelSourceError
@@ -53,7 +53,7 @@ _NEEDS_TORCH = (
 _DONE = object()  # end of the delta queue
 
 
-class OpenVinoGenerator(GeneratorBase):
+class OpenVinoGenerator(WithoutInternals, GeneratorBase):
     """A packaged Qwen model on OpenVINO GenAI with its transformers tokenizer.
 
     Build one with `load_openvino_generator`.
@@ -65,6 +65,8 @@ class OpenVinoGenerator(GeneratorBase):
         eos_token_id: The model's end-of-sequence id (its GGUF metadata), beside the tokenizer's
             and the chat end-of-turn tokens.
     """
+
+    needs_internals = _NEEDS_TORCH
 
     runtime = "openvino"
 
@@ -81,27 +83,6 @@ class OpenVinoGenerator(GeneratorBase):
         self.eos_token_ids = self._end_ids(eos_token_id)
         # One generation at a time per pipeline; concurrent questions take turns.
         self._lock = threading.Lock()
-
-    @property
-    def device(self) -> torch.device:
-        """Where prompts go: the CPU (OpenVINO reads them from host memory)."""
-        return torch.device("cpu")
-
-    @property
-    def model(self) -> Any:
-        raise AttributeError(_NEEDS_TORCH.format(what="the torch model"))
-
-    def prefill(self, inputs: PromptInputs, **kwargs: Any) -> Any:
-        raise RuntimeError(_NEEDS_TORCH.format(what="a separate prefill"))
-
-    def decode_step(self, tokens: Any, cache: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(_NEEDS_TORCH.format(what="a separate decode step"))
-
-    def embed_tokens(self, input_ids: Any) -> Any:
-        raise RuntimeError(_NEEDS_TORCH.format(what="embedding tokens"))
-
-    def new_cache(self) -> Any:
-        raise RuntimeError(_NEEDS_TORCH.format(what="a KV cache object"))
 
     def choice_logprobs(
         self, inputs: PromptInputs, suffix: str, choices: Sequence[str], *, cache: Any | None = None
