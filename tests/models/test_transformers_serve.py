@@ -1,11 +1,12 @@
 """The remote generator against an independently written OpenAI-compatible server: `transformers
-serve` (part of transformers) in its own process, serving the packaged Qwen2.5-Coder-0.5B (its
-converted fp32 folder) on the CPU, offline. A question on the sample guide goes end to end
+serve` (part of transformers) in its own process, on the CPU, offline, serving a model folder:
+the tiny random Qwen2 of the test fixtures (fast, in the default suite) and the packaged
+Qwen2.5-Coder-0.5B's converted fp32 folder (slow). A question on the sample guide goes end to end
 through Folio: the answer streams, citations come back, and the greedy answer is the one the
 in-process torch runtime gives on the same weights and prompt.
 
-Slow (a model load in the server and one in-process): skipped when the converted folder is not in
-the model cache (`FOLIO_MODEL_CACHE`, else the user's cache; any Folio run with the packaged model
+The packaged case is slow (a model load in the server and one in-process) and skipped when the
+converted folder is not in the model cache (`FOLIO_MODEL_CACHE`, else the user's cache; any Folio run with the packaged model
 and that cache creates it).
 """
 
@@ -25,8 +26,6 @@ import pytest
 from models._encoder_runtime import default_model_cache
 from models._packaged import PACKAGED_MODELS, is_converted
 
-pytestmark = pytest.mark.slow
-
 QUESTION = "What is the default chunk size in tokens?"
 
 
@@ -44,10 +43,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served() -> tuple[str, Path]:
+@pytest.fixture(scope="module", params=["tiny", pytest.param("packaged", marks=pytest.mark.slow)])
+def served(request: pytest.FixtureRequest, tiny_lm_dir: Path) -> tuple[str, Path]:
     """`transformers serve FOLDER` on the CPU: (its API root, the folder, which is its model name)."""
-    folder = _converted_folder()
+    folder = tiny_lm_dir if request.param == "tiny" else _converted_folder()
     cli = Path(sys.executable).with_name("transformers")
     command = [str(cli)] if cli.is_file() else [shutil.which("transformers") or "transformers"]
     port = _free_port()
