@@ -24,7 +24,7 @@ import os
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,37 +55,45 @@ class FigureOcrError(Exception):
     """The figure OCR engine cannot run; the message names the engine and the fix."""
 
 
-def _rapidocr():  # noqa: ANN202 - RapidOCR has no public type to name
+def _cached_engine(name: str, build: Callable[[], object]) -> object:
+    """The engine `name`, built once per process (parser workers keep theirs between files)."""
     with _LOCK:
-        engine = _ENGINES.get("rapidocr")
-        if engine is None:
-            try:
-                from rapidocr_onnxruntime import RapidOCR
-            except ImportError as exc:
-                raise FigureOcrError(
-                    "figure OCR 'rapidocr' needs rapidocr-onnxruntime (pip install "
-                    "rapidocr-onnxruntime), or set FOLIO_PARSE__FIGURE_OCR=tesseract|off"
-                ) from exc
-            # NOTE: 'min' would upscale every crop to 736 px on its short side (slow, no gain on
-            # chart text at 150 dpi); 'max' only shrinks crops larger than 1280 px.
-            # One onnxruntime thread per model: crops are small, and on 2 cores the default
-            # (all cores) spent twice the CPU for the same crops (8 crops: 8.3 -> 4.0 CPU s).
-            threads = {
-                f"{model}_{kind}_op_num_threads": 1
-                for model in ("det", "cls", "rec")
-                for kind in ("intra", "inter")
-            }
-            engine = RapidOCR(
-                det_limit_side_len=1280,
-                det_limit_type="max",
-                use_cls=False,
-                print_verbose=False,
-                **threads,
-            )
-            for name in ("RapidOCR", "rapidocr_onnxruntime"):
-                logging.getLogger(name).setLevel(logging.WARNING)
-            _ENGINES["rapidocr"] = engine
-        return engine
+        if name not in _ENGINES:
+            _ENGINES[name] = build()
+        return _ENGINES[name]
+
+
+def _rapidocr():  # noqa: ANN202 - RapidOCR has no public type to name
+    return _cached_engine("rapidocr", _build_rapidocr)
+
+
+def _build_rapidocr():  # noqa: ANN202
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError as exc:
+        raise FigureOcrError(
+            "figure OCR 'rapidocr' needs rapidocr-onnxruntime (pip install "
+            "rapidocr-onnxruntime), or set FOLIO_PARSE__FIGURE_OCR=tesseract|off"
+        ) from exc
+    # NOTE: 'min' would upscale every crop to 736 px on its short side (slow, no gain on
+    # chart text at 150 dpi); 'max' only shrinks crops larger than 1280 px.
+    # One onnxruntime thread per model: crops are small, and on 2 cores the default
+    # (all cores) spent twice the CPU for the same crops (8 crops: 8.3 -> 4.0 CPU s).
+    threads = {
+        f"{model}_{kind}_op_num_threads": 1
+        for model in ("det", "cls", "rec")
+        for kind in ("intra", "inter")
+    }
+    engine = RapidOCR(
+        det_limit_side_len=1280,
+        det_limit_type="max",
+        use_cls=False,
+        print_verbose=False,
+        **threads,
+    )
+    for name in ("RapidOCR", "rapidocr_onnxruntime"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return engine
 
 
 def ocr_words(image: np.ndarray, engine: FigureOcr) -> list[Word]:
@@ -232,32 +240,31 @@ class OcrBudget:
 
 
 def _layout_model():  # noqa: ANN202 - RapidLayout has no public type to name
-    with _LOCK:
-        engine = _ENGINES.get("layout")
-        if engine is None:
-            try:
-                import rapid_layout
-                from rapid_layout import RapidLayout
-            except ImportError as exc:
-                raise FigureOcrError(
-                    "the layout detector needs rapid-layout (pip install rapid-layout), or set "
-                    "FOLIO_PARSE__LAYOUT_DETECTOR=false"
-                ) from exc
-            # NOTE: the CDLA model ships inside the package; naming its file stops rapid-layout
-            # from looking for it online.
-            model = Path(rapid_layout.__file__).parent / "models" / "layout_cdla.onnx"
-            if not model.is_file():
-                raise FigureOcrError(f"rapid-layout has no {model.name}; reinstall rapid-layout")
-            # NOTE: rapid-layout's loggers (made as its modules load) print INFO lines with
-            # their own handlers; silence them while the model loads.
-            previous = logging.root.manager.disable
-            logging.disable(logging.INFO)
-            try:
-                engine = RapidLayout(model_type="pp_layout_cdla", model_dir_or_path=str(model))
-            finally:
-                logging.disable(previous)
-            _ENGINES["layout"] = engine
-        return engine
+    return _cached_engine("layout", _build_layout_model)
+
+
+def _build_layout_model():  # noqa: ANN202
+    try:
+        import rapid_layout
+        from rapid_layout import RapidLayout
+    except ImportError as exc:
+        raise FigureOcrError(
+            "the layout detector needs rapid-layout (pip install rapid-layout), or set "
+            "FOLIO_PARSE__LAYOUT_DETECTOR=false"
+        ) from exc
+    # NOTE: the CDLA model ships inside the package; naming its file stops rapid-layout
+    # from looking for it online.
+    model = Path(rapid_layout.__file__).parent / "models" / "layout_cdla.onnx"
+    if not model.is_file():
+        raise FigureOcrError(f"rapid-layout has no {model.name}; reinstall rapid-layout")
+    # NOTE: rapid-layout's loggers (made as its modules load) print INFO lines with
+    # their own handlers; silence them while the model loads.
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        return RapidLayout(model_type="pp_layout_cdla", model_dir_or_path=str(model))
+    finally:
+        logging.disable(previous)
 
 
 # Layout classes kept as regions; text, titles, headers and captions stay OCR'd text blocks.
