@@ -34,6 +34,7 @@ from enum import StrEnum
 
 __all__ = [
     "COMPUTE_INSTRUCTION",
+    "WORD_NUMBERS",
     "AnswerType",
     "format_number",
     "infer_type",
@@ -168,7 +169,8 @@ _MARKERS = re.compile(r"\s*\[\d+(?:\s*[,;-]\s*\d+)*\]")
 _NUMBER = re.compile(
     r"(?<![\w.])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s?%)?|(?<![\w.])[-+]?\.\d+(?:\s?%)?"
 )
-_WORD_NUMBERS = {
+# Number words read as numbers (short answers here, predictions in `evaluation.scoring`).
+WORD_NUMBERS = {
     "zero": 0, "none": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
     "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
     "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
@@ -218,7 +220,7 @@ def format_number(value: float, answer_type: AnswerType, question: str = "") -> 
     places = re.search(r"(\d+|one|two|three|four) decimal", question.lower())
     if places:
         digits = places.group(1)
-        n = int(digits) if digits.isdigit() else _WORD_NUMBERS[digits]
+        n = int(digits) if digits.isdigit() else WORD_NUMBERS[digits]
         return f"{value:.{n}f}"
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
@@ -263,9 +265,7 @@ def _pick_number(text: str, question: str) -> str | None:
     """The answer's number as a short answer (see `short_answer`)."""
     found = [m.group() for m in _NUMBER.finditer(text)]
     if not found:
-        words = [
-            _WORD_NUMBERS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in _WORD_NUMBERS
-        ]
+        words = [WORD_NUMBERS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in WORD_NUMBERS]
         return str(words[0]) if words else None
     stated = {_plain_number(m.group()) for m in _NUMBER.finditer(question)}
     fresh = [n for n in found if _plain_number(n) not in stated]

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipeline.answering.answer_types import WORD_NUMBERS
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -54,12 +56,6 @@ _NA_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")
-_WORDS = {
-    "zero": 0, "none": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
-    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
-    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
-    "nineteen": 19, "twenty": 20,
-}  # fmt: skip
 _UNITS = re.compile(r"\s*\b(miles?|millions?|billions?|percent|per cent|pp|points?)\s*$")
 _PARENS = re.compile(r"\s*\([^)]*\)")
 _SPLIT_ITEMS = re.compile(r"\s*(?:;|\n|,)\s*")
@@ -110,8 +106,8 @@ def parse_number(text: str) -> float | None:
         except ValueError:  # pragma: no cover - the pattern only matches numbers
             return None
     for word in re.findall(r"[a-z]+", cleaned.lower()):
-        if word in _WORDS:
-            return float(_WORDS[word])
+        if word in WORD_NUMBERS:
+            return float(WORD_NUMBERS[word])
     return None
 
 
