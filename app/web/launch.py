@@ -104,6 +104,9 @@ def serve(
         quiet=True,
         footer_links=["api", "settings"],
         prevent_thread_lock=True,
+        # The answers' figure and page crops live in the library, which may be anywhere, not
+        # only under the working directory or the temp folder that Gradio serves by default.
+        allowed_paths=[str(folio.library.assets_dir)],
         app_kwargs={"routes": routes},
     )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
