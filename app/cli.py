@@ -33,10 +33,10 @@ from app.cli_users import user_app
 from app.settings import is_loopback, parse_auth
 from pipeline.config import FigureOcr, OcrMode, ParserKind
 from pipeline.ingestion.distributed import check_address
+from pipeline.ingestion.ingest import IngestResult, count_pages, find_pdfs
 from pipeline.ingestion.ingest import Progress as IngestProgress
-from pipeline.ingestion.ingest import count_pages, find_pdfs
 from pipeline.library.documents import SchemaMismatchError
-from pipeline.library.owners import has_accounts
+from pipeline.library.owners import has_accounts, owned_doc_id
 from retrieval.config import RetrievalMode
 
 app = FolioTyper(
@@ -411,6 +411,13 @@ _ComputeOption = Annotated[
         help="For questions that need arithmetic, have the model write an expression over numbers in the evidence, evaluate it safely and answer with the result (default: settings).",
     ),
 ]
+_AsStoredOption = Annotated[
+    bool,
+    typer.Option(
+        "--as-stored",
+        help="Use the documents as the library stores them, without parsing any again (even ones an older parser or other parse settings stored): to measure a library as it was.",
+    ),
+]
 _KOption = Annotated[int | None, typer.Option("-k", min=1, help="Chunks retrieved per question.")]
 _BudgetOption = Annotated[int | None, typer.Option("--budget", min=0, help="Evidence tokens in the prompt.")]
 
@@ -544,6 +551,7 @@ def eval_qa_command(
     answerability: _AnswerabilityOption = None,
     typed: _TypedOption = None,
     compute: _ComputeOption = None,
+    as_stored: _AsStoredOption = False,
 ) -> None:
     """Answer accuracy and F1 by answer format, Not-answerable precision/recall, citation page
     recall, TTFT, tokens/s and peak memory, each question asked of its own document."""
@@ -558,7 +566,7 @@ def eval_qa_command(
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     questions = questions[:limit] if limit else questions
-    folio, _, results = _ingest_question_documents(file, docs, {q.doc_id for q in questions})
+    folio, _, results = _ingest_question_documents(file, docs, {q.doc_id for q in questions}, as_stored=as_stored)
     doc_ids = {r.path.name: r.doc_id for r in results if r.status != "failed" and r.doc_id}
     batch = batch_questions(questions, doc_ids)
     try:
@@ -580,10 +588,14 @@ def eval_qa_command(
     for fmt, row in report["by_format"].items():
         table.add_row(f"accuracy, {fmt} ({row['questions']:.0f})", f"{row['accuracy']:.3f}")
     table.add_row("not answerable P / R", f"{report['not_answerable']['precision']:.3f} / {report['not_answerable']['recall']:.3f}")
+    for source, row in report["by_source"].items():
+        table.add_row(f"accuracy, {source} source ({row['questions']:.0f})", f"{row['accuracy']:.3f}")
     table.add_row("citation page recall", f"{report['citation_page_recall']:.3f}")
+    table.add_row("cited pages that are evidence", f"{report['citation_page_precision']:.3f}")
     if prompt_recalls:
         table.add_row("evidence page recall (prompt)", f"{sum(prompt_recalls) / len(prompt_recalls):.3f}")
     table.add_row("TTFT p50", f"{report['ttft_ms_p50'] / 1000:.1f} s")
+    table.add_row("total p50", f"{report['total_ms_p50'] / 1000:.1f} s")
     table.add_row("decode tokens/s", f"{report['tokens_per_s']:.2f}")
     table.add_row("peak RSS", f"{report['peak_rss_mb']:.0f} MB")
     table.add_row("failed", str(sum(r["error"] is not None for r in rows)))
@@ -600,6 +612,7 @@ def eval_pages_command(
     modes: Annotated[list[RetrievalMode] | None, typer.Option("--mode", help="Modes to compare (default: all the library keeps).")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+    as_stored: _AsStoredOption = False,
 ) -> None:
     """Recall@1/5/10 and nDCG@5 of evidence pages, ranking pages within each question's document."""
     from pipeline.evaluation.pages import documents_by_name, evaluate_pages, load_questions
@@ -610,7 +623,7 @@ def eval_pages_command(
         raise _fail(str(exc)) from None
     questions = questions[:limit] if limit else questions
     needed = sorted({q.doc_id for q in questions})
-    folio, docs_dir, _ = _ingest_question_documents(file, docs, needed)
+    folio, docs_dir, _ = _ingest_question_documents(file, docs, needed, as_stored=as_stored)
     chosen = modes or [RetrievalMode(m) for m in folio.index.retriever.modes]
     doc_chunks = documents_by_name(folio.index, needed, docs_dir)
     answerable = sum(bool(q.evidence_pages) for q in questions)
@@ -632,15 +645,38 @@ def eval_pages_command(
         json_out.write_text(json.dumps(report, indent=2))
 
 
-def _ingest_question_documents(file: Path, docs: Path | None, names) -> tuple[Folio, Path, list]:
-    """Ingest the documents an evaluation file's questions are about (stored ones are skipped)."""
+def _ingest_question_documents(file: Path, docs: Path | None, names, *, as_stored: bool = False) -> tuple[Folio, Path, list]:
+    """Ingest the documents an evaluation file's questions are about (stored ones are skipped).
+
+    With `as_stored`, nothing is parsed: the documents are used as the library holds them, even
+    when an older parser or other parse settings stored them (a question whose document is not
+    stored fails).
+    """
     docs_dir = docs or file.parent / "documents"
     if not docs_dir.is_dir():
         raise _fail(f"{docs_dir}: no such folder of documents (use --docs DIR)")
     folio = open_folio()
     files = [docs_dir / n for n in sorted(names) if (docs_dir / n).is_file()]
+    if as_stored:
+        return folio, docs_dir, _stored_results(folio, files)
     err.print(f"ingesting {len(files)} documents (already stored ones are skipped)")
     return folio, docs_dir, folio.ingest(files)
+
+
+def _stored_results(folio: Folio, files: list[Path]) -> list[IngestResult]:
+    """The stored document of each file, matched by content, or a failure naming the fix."""
+    from pipeline.ingestion.parse import sha256_file  # NOTE: PyMuPDF only when asked for
+
+    stored = {d.doc_id for d in folio.documents() if d.status == "ok"}
+    results = []
+    for path in files:
+        doc_id = owned_doc_id(sha256_file(path), folio.user)
+        if doc_id in stored:
+            results.append(IngestResult(path, doc_id, "unchanged"))
+        else:
+            results.append(IngestResult(path, None, "failed", error=f"{path.name}: not stored (run without --as-stored to ingest it)"))
+    err.print(f"using {sum(r.doc_id is not None for r in results)} of {len(files)} documents as stored")
+    return results
 
 
 def _bar_columns() -> tuple:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.answering.batch import BatchQuestion
-from pipeline.answering.types import Answer
+from pipeline.answering.types import Answer, Answerability
 from pipeline.evaluation.scoring import ScoredAnswer, aggregate, score_answer
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,23 @@ def _by_format(scored: Sequence[ScoredAnswer]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _by_source(
+    questions: Sequence[QAQuestion], scored: Sequence[ScoredAnswer]
+) -> dict[str, dict[str, float]]:
+    """Questions and accuracy per evidence source (a question with two sources counts in both)."""
+    out: dict[str, dict[str, float]] = {}
+    for source in sorted({src for q in questions for src in q.sources}):
+        scores = [s.score for q, s in zip(questions, scored, strict=True) if source in q.sources]
+        out[source] = {"questions": len(scores), "accuracy": round(statistics.fmean(scores), 4)}
+    return out
+
+
+def _answerability_row(check: Answerability | None) -> dict[str, Any] | None:
+    if check is None:
+        return None
+    return {"score": round(check.score, 4), "answerable": check.answerable, "draft": check.draft}
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -133,15 +150,17 @@ def score_run(
 
     Returns:
         `{"questions", "accuracy", "f1", "not_answerable": {"precision", "recall"},
-        "citation_page_recall", "ttft_ms_p50", "tokens_per_s", "peak_rss_mb", "by_format",
-        "per_question"}`; an answer's `short` form is scored when it has one, else `plain`.
+        "citation_page_recall", "citation_page_precision", "ttft_ms_p50", "total_ms_p50",
+        "tokens_per_s", "peak_rss_mb", "by_format", "by_source", "per_question"}`; an answer's `short` form is scored when it has one, else `plain`.
     """
     if len(questions) != len(answers):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
     scored: list[ScoredAnswer] = []
     per_question: list[dict[str, Any]] = []
     citation_recalls: list[float] = []
+    cited_total = cited_on_evidence = 0
     ttfts: list[float] = []
+    totals_ms: list[float] = []
     decode_tokens = decode_s = 0.0
     for position, (q, a) in enumerate(zip(questions, answers, strict=True)):
         # Typed answers are scored by their short form; without them, the answer as written.
@@ -160,7 +179,11 @@ def score_run(
         prompt_recall = len(gold & set(prompt_pages)) / len(gold) if gold else None
         if citation_recall is not None and q.answer_format != "None":
             citation_recalls.append(citation_recall)
+            cited_total += len(cited)
+            cited_on_evidence += len(gold & set(cited))
         stats = a.stats
+        if stats is not None and stats.total_ms:
+            totals_ms.append(stats.total_ms)
         if stats is not None and stats.new_tokens:
             ttfts.append(stats.ttft_ms)
             if stats.new_tokens > 1 and stats.decode_ms > 0:
@@ -177,12 +200,14 @@ def score_run(
                 "short": a.short,
                 "score": round(score, 4),
                 "declined": a.not_answerable,
+                "sources": list(q.sources),
                 "evidence_pages": list(q.evidence_pages),
                 "cited_pages": cited,
                 "prompt_pages": prompt_pages,
                 "citation_page_recall": citation_recall,
                 "prompt_page_recall": prompt_recall,
                 "ttft_ms": round(stats.ttft_ms, 1) if stats else None,
+                "total_ms": round(stats.total_ms, 1) if stats else None,
                 "tokens_per_s": round(stats.tokens_per_s, 2) if stats else None,
                 "prompt_tokens": stats.prompt_tokens if stats else None,
                 "new_tokens": stats.new_tokens if stats else None,
@@ -190,6 +215,9 @@ def score_run(
                 "expression": stats.expression if stats else "",
                 "computed": stats.computed if stats else "",
                 "compute_note": stats.compute_note if stats else "",
+                # NOTE: the check's score and the draft it may have replaced, so one run also
+                # scores the pipeline without the check (`bench.levers`).
+                "answerability": _answerability_row(stats.answerability if stats else None),
                 "stages": {
                     s.name: {
                         "kept_items": s.kept_items,
@@ -215,9 +243,15 @@ def score_run(
         "citation_page_recall": round(statistics.fmean(citation_recalls), 4)
         if citation_recalls
         else 0.0,
+        # Of the pages the answers to answerable questions cite, the share that are evidence pages.
+        "citation_page_precision": round(cited_on_evidence / cited_total, 4)
+        if cited_total
+        else 0.0,
         "ttft_ms_p50": round(statistics.median(ttfts), 1) if ttfts else 0.0,
+        "total_ms_p50": round(statistics.median(totals_ms), 1) if totals_ms else 0.0,
         "tokens_per_s": round(decode_tokens / decode_s, 2) if decode_s > 0 else 0.0,
         "peak_rss_mb": round(peak_mb if peak_mb is not None else peak_rss_mb(), 1),
         "by_format": _by_format(scored),
+        "by_source": _by_source(questions, scored),
         "per_question": per_question,
     }

@@ -300,9 +300,12 @@ def test_cli_eval_qa_writes_the_report(
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert list(report) == [
-        "questions", "accuracy", "f1", "not_answerable", "citation_page_recall", "ttft_ms_p50",
-        "tokens_per_s", "peak_rss_mb", "by_format", "per_question",
+        "questions", "accuracy", "f1", "not_answerable", "citation_page_recall",
+        "citation_page_precision", "ttft_ms_p50", "total_ms_p50", "tokens_per_s", "peak_rss_mb",
+        "by_format", "by_source", "per_question",
     ]  # fmt: skip
+    assert report["by_source"] == {"Table": {"questions": 1, "accuracy": report["per_question"][0]["score"]}}
+    assert 0 <= report["citation_page_precision"] <= 1 and report["total_ms_p50"] > 0
     assert report["by_format"]["Int"]["questions"] == 1 and set(report["by_format"]) == {
         "Int", "None", "Str",
     }  # fmt: skip
@@ -321,6 +324,22 @@ def test_cli_eval_qa_writes_the_report(
     assert plain.exit_code == 0, plain.output
     untyped = json.loads(report_path.read_text())["per_question"]
     assert untyped[0]["answer_type"] == "" and untyped[0]["short"] == ""
+    assert untyped[0]["sources"] == ["Table"] and untyped[0]["answerability"] is None
+    # --as-stored parses nothing: the stored guide answers, a file the library lacks fails
+    other = tmp_path / "docs"
+    other.mkdir()
+    (other / "folio-guide.pdf").write_bytes(sample_pdf.read_bytes())
+    (other / "missing.pdf").write_bytes(b"%PDF-1.4 not stored")
+    stored = runner.invoke(
+        app,
+        ["--library", str(library), "--config", str(config_file), "eval", "qa", str(file),
+         "--docs", str(other), "--json", str(report_path), "--as-stored", "--no-typed", "--no-compute"],
+    )  # fmt: skip
+    assert stored.exit_code == 0, stored.output
+    assert "using 1 of 2 documents as stored" in stored.output
+    as_stored = json.loads(report_path.read_text())["per_question"]
+    assert [r["prediction"] for r in as_stored[:2]] == [r["prediction"] for r in untyped[:2]]
+    assert as_stored[2]["error"] == "missing.pdf: not in the library"
 
 
 @pytest.mark.slow
