@@ -31,7 +31,7 @@ from app.cli_eval import eval_app
 from app.cli_globals import FolioTyper, GlobalOptions, log_level
 from app.cli_users import user_app
 from app.settings import is_loopback, parse_auth
-from pipeline.config import FigureOcr, OcrMode, ParserKind
+from pipeline.config import FigureOcr, OcrMode, ParserKind, TableMode
 from pipeline.ingestion.distributed import check_address
 from pipeline.ingestion.ingest import IngestResult, count_pages, find_pdfs
 from pipeline.ingestion.ingest import Progress as IngestProgress
@@ -118,6 +118,10 @@ def ingest_command(
         FigureOcr | None,
         typer.Option("--figure-ocr", help="OCR text inside raster figures and slide regions: rapidocr, tesseract, off."),
     ] = None,
+    tables: Annotated[
+        TableMode | None,
+        typer.Option(help="Table regions as Markdown grids (grid), or parser 1's rows of spans (spans)."),
+    ] = None,
     layout_detector: Annotated[
         bool | None,
         typer.Option(
@@ -134,11 +138,15 @@ def ingest_command(
         int | None, typer.Option("--ray-workers", min=1, help="Ray actors parsing and embedding (default 2).")
     ] = None,
 ) -> None:
-    """Ingest PDFs into the library (the same bytes are ingested once).
+    """Ingest PDFs into the library (the same bytes are ingested once, unless a parse option
+    changes: then stored documents are parsed again).
 
     With --ray, Ray actors parse (OCR included) and embed the documents; this process stores them.
     """
-    chosen = {"ocr": ocr, "parser": parser, "figure_ocr": figure_ocr, "layout_detector": layout_detector}
+    chosen = {
+        "ocr": ocr, "parser": parser, "tables": tables, "figure_ocr": figure_ocr,
+        "layout_detector": layout_detector,
+    }  # fmt: skip
     parse = {k: v for k, v in chosen.items() if v is not None}
     overrides = {"parse": parse} if parse else {}
     if workers is not None:

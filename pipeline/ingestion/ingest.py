@@ -205,9 +205,9 @@ def _block_encoder(index: ChunkIndex | None, config: IngestConfig) -> object | N
 
 
 def _parser_version(config: ParseConfig) -> str:
-    from pipeline.ingestion.parse import PARSER_VERSION
+    from pipeline.ingestion.parse import parser_version  # NOTE: PyMuPDF only when ingesting
 
-    return f"{PARSER_VERSION}+{config.parser}"
+    return parser_version(config)
 
 
 def _existing(library: Library, doc_id: str) -> Document | None:

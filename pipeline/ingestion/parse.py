@@ -37,6 +37,23 @@ logger = logging.getLogger(__name__)
 # figure and table regions of slide pages (layout_detector)
 PARSER_VERSION = "folio-parse-3"
 
+
+def parser_version(config: ParseConfig) -> str:
+    """The version a document is stored with: the parser's, then each setting that changes what
+    it stores when that setting is not its default, so that an ingest with another setting parses
+    stored documents again ("folio-parse-3+fast", "folio-parse-3+fast+tab:spans+fig:off")."""
+    defaults = ParseConfig()
+    parts = [PARSER_VERSION, str(config.parser)]
+    if config.tables != defaults.tables:
+        parts.append(f"tab:{config.tables}")
+    if config.table_finder != defaults.table_finder:
+        parts.append("finder" if config.table_finder else "nofinder")
+    if config.figure_ocr != defaults.figure_ocr:
+        parts.append(f"fig:{config.figure_ocr}")
+    if config.layout_detector != defaults.layout_detector:
+        parts.append("regions" if config.layout_detector else "noregions")
+    return "+".join(parts)  # at most 61 characters (Document.parser_version holds 64)
+
 BBox = tuple[float, float, float, float]
 
 # "Figure 2: ..." / "Table 1. ..." / "Fig. 3 |" but not "Table 1 lists ..." (a reference in prose).
@@ -235,7 +252,7 @@ def parse_pdf(
             file_name=path.name,
             title=title.strip()[:1000] if title else None,
             page_count=doc.page_count,
-            parser_version=f"{PARSER_VERSION}+{config.parser}",
+            parser_version=parser_version(config),
             pages=tuple(pages),
         )
     finally:

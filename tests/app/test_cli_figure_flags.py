@@ -1,4 +1,5 @@
-"""`folio ingest --figure-ocr / --layout-detector` reach the parse settings (issue 23, point 7)."""
+"""`folio ingest --tables / --figure-ocr / --layout-detector` reach the parse settings (issue 23,
+point 7)."""
 
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def test_figure_flags_reach_the_parse_settings(
         "figure_ocr": "off"
     }
     assert "parse" not in _overrides(monkeypatch, [], tmp_path)
+    assert _overrides(monkeypatch, ["--tables", "spans"], tmp_path)["parse"] == {"tables": "spans"}
 
 
 def test_unknown_figure_ocr_engine_is_refused(tmp_path: Path) -> None:

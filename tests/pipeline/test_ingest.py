@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from pipeline.config import ChunkConfig, IngestConfig, OcrMode, ParseConfig
 from pipeline.ingestion import ingest as ingest_module
 from pipeline.ingestion.ingest import delete_document, find_pdfs, ingest
+from pipeline.ingestion.parse import PARSER_VERSION, parser_version
 from pipeline.library.documents import list_documents
 from storage import Block, Chunk, Document, Page, StorageConfig, document_version, open_library
 
@@ -29,9 +30,9 @@ class RecordingIndex:
         self.flushes += 1
 
 
-def _run(paths, library, index=None, **kwargs):
+def _run(paths, library, index=None, parse_config=None, **kwargs):
     return ingest(
-        paths, library, parse_config=PARSE, chunk_config=ChunkConfig(),
+        paths, library, parse_config=parse_config or PARSE, chunk_config=ChunkConfig(),
         ingest_config=IngestConfig(workers=1), index=index, **kwargs,
     )
 
@@ -64,6 +65,23 @@ def test_ingest_is_idempotent_and_reindex_rebuilds(library, sample_pdf: Path) ->
     assert set(index.items) == chunk_ids
     assert all(library.asset_path(t).is_file() for t in thumbs)
     assert (library.assets_dir / first.doc_id / "source.pdf").is_file()
+
+
+def test_a_changed_parse_setting_parses_stored_documents_again(library, sample_pdf: Path) -> None:
+    (first,) = _run([sample_pdf], library)
+    spans = PARSE.model_copy(update={"tables": "spans", "figure_ocr": "off"})
+    longest = PARSE.model_copy(
+        update={"parser": "layout", "tables": "spans", "table_finder": True,
+                "figure_ocr": "tesseract", "layout_detector": False}
+    )  # fmt: skip
+    assert parser_version(PARSE) == f"{PARSER_VERSION}+fast"  # defaults: libraries keep theirs
+    assert parser_version(spans) == f"{PARSER_VERSION}+fast+tab:spans+fig:off"
+    assert len(parser_version(longest)) <= 64  # Document.parser_version's column
+    (changed,) = _run([sample_pdf], library, parse_config=spans)
+    (again,) = _run([sample_pdf], library, parse_config=spans)
+    assert (first.status, changed.status, again.status) == ("added", "added", "unchanged")
+    with library.sessions() as s:
+        assert s.get(Document, first.doc_id).parser_version == parser_version(spans)
 
 
 def test_chunks_cite_blocks_of_their_page(library, sample_pdf: Path) -> None:
