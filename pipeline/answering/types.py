@@ -34,10 +34,16 @@ __all__ = [
     "Prepared",
     "RetrievedChunk",
     "StageStats",
+    "without_markers",
 ]
 
 # `[3]` or `[2, 5]`: the evidence numbers an answer cites.
 MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+
+
+def without_markers(text: str) -> str:
+    """`text` without its `[n]` citation markers, whitespace collapsed."""
+    return re.sub(r"\s+", " ", MARKER.sub("", text)).strip()
 
 
 # ------------------------------------------------------------------------------ the answer
@@ -250,7 +256,7 @@ class Answer:
     @property
     def plain(self) -> str:
         """The answer without citation markers."""
-        return re.sub(r"\s+", " ", MARKER.sub("", self.text)).strip()
+        return without_markers(self.text)
 
     @property
     def ok(self) -> bool:

@@ -19,13 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.answering.answer_types import AnswerType, short_answer
 from pipeline.answering.batch import BatchQuestion
-from pipeline.answering.types import Answer, Answerability
+from pipeline.answering.types import Answer, AnswerStats, without_markers
 from pipeline.evaluation.scoring import ScoredAnswer, aggregate, score_answer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QAQuestion", "batch_questions", "load_qa_questions", "peak_rss_mb", "score_run"]
+__all__ = [
+    "QAQuestion",
+    "batch_questions",
+    "draft_prediction",
+    "load_qa_questions",
+    "peak_rss_mb",
+    "score_run",
+]
 
 
 @dataclass(frozen=True)
@@ -126,10 +134,27 @@ def _by_source(
     return out
 
 
-def _answerability_row(check: Answerability | None) -> dict[str, Any] | None:
+def draft_prediction(draft: str, question: str, answer_type: str = "", computed: str = "") -> str:
+    """What `score_run` would have scored had the answerability check kept the draft: its
+    computed value, else the draft cut to the answer type, else the draft without markers."""
+    if computed:
+        return computed
+    if answer_type:
+        return short_answer(draft, AnswerType(answer_type), question)
+    return without_markers(draft)
+
+
+def _answerability_row(q: QAQuestion, stats: AnswerStats | None) -> dict[str, Any] | None:
+    check = stats.answerability if stats is not None else None
     if check is None:
         return None
-    return {"score": round(check.score, 4), "answerable": check.answerable, "draft": check.draft}
+    kept = draft_prediction(check.draft, q.question, stats.answer_type, stats.computed)
+    return {
+        "score": round(check.score, 4),
+        "answerable": check.answerable,
+        "draft": check.draft,
+        "draft_score": round(score_answer(kept, q.answer, q.answer_format), 4),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -217,7 +242,7 @@ def score_run(
                 "compute_note": stats.compute_note if stats else "",
                 # NOTE: the check's score and the draft it may have replaced, so one run also
                 # scores the pipeline without the check (`bench.levers`).
-                "answerability": _answerability_row(stats.answerability if stats else None),
+                "answerability": _answerability_row(q, stats),
                 "stages": {
                     s.name: {
                         "kept_items": s.kept_items,
