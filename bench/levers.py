@@ -6,8 +6,9 @@ setting, side by side as Markdown tables.
 For each report: accuracy, F1 and Not-answerable precision / recall on every question and on the
 val documents alone (`pipeline.research.common.split_of`: the answerability check was fitted and
 the answer-type rules were written on train documents); accuracy by evidence source and by answer
-format; the share of cited pages that are evidence pages (answerable questions); median time to
-first token and total time per question. `--without-check NAME` adds a row for a report made
+format; the share of cited pages that are evidence pages (answerable questions); the share of
+answerable questions whose prompt held all their evidence pages, and the accuracy on those
+(finding against reading); median time to first token and total time per question. `--without-check NAME` adds a row for a report made
 with the answerability check on, scoring each draft the check replaced (the lever only replaces
 drafts, so one run measures both sides).
 """
@@ -80,6 +81,9 @@ def summary(rows: Sequence[Row]) -> dict[str, float]:
         if r["answer_format"] != "None" and r["evidence_pages"]:
             cited += len(r["cited_pages"])
             evidence += len(set(r["cited_pages"]) & set(r["evidence_pages"]))
+    # Finding against reading: answerable questions whose prompt held every evidence page.
+    held = [r for r in rows if r["answer_format"] != "None" and r["prompt_page_recall"] == 1.0]
+    answerable = sum(r["answer_format"] != "None" for r in rows)
     ttfts = [r["ttft_ms"] for r in rows if r.get("new_tokens")]
     totals_ms = [r["total_ms"] for r in rows if r.get("total_ms")]
     return {
@@ -90,6 +94,8 @@ def summary(rows: Sequence[Row]) -> dict[str, float]:
         "na_recall": totals.na_recall,
         "declined": sum(_scored(r).declined for r in rows),
         "cited_precision": evidence / cited if cited else 0.0,
+        "evidence_held": len(held) / answerable if answerable else 0.0,
+        "accuracy_held": statistics.fmean(r["score"] for r in held) if held else 0.0,
         "ttft_s": statistics.median(ttfts) / 1000 if ttfts else 0.0,
         "total_s": statistics.median(totals_ms) / 1000 if totals_ms else 0.0,
     }
@@ -114,8 +120,9 @@ def tables(runs: dict[str, list[Row]]) -> str:
     """The Markdown tables of the runs, in the order given."""
     lines = [
         "| lever setting | accuracy | F1 | NA P / R (declined) | val accuracy | val F1 | val NA P / R"
-        " | cited pages that are evidence | TTFT p50 | total p50 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " | cited pages that are evidence | prompt holds the evidence pages | accuracy then"
+        " | TTFT p50 | total p50 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in runs.items():
         a = summary(rows)
@@ -124,6 +131,7 @@ def tables(runs: dict[str, list[Row]]) -> str:
             f"| {name} | {a['accuracy']:.3f} | {a['f1']:.3f} | {a['na_precision']:.2f} / "
             f"{a['na_recall']:.2f} ({a['declined']}) | {v['accuracy']:.3f} | {v['f1']:.3f} | "
             f"{v['na_precision']:.2f} / {v['na_recall']:.2f} | {a['cited_precision']:.2f} | "
+            f"{a['evidence_held']:.2f} | {a['accuracy_held']:.3f} | "
             f"{a['ttft_s']:.1f} s | {a['total_s']:.1f} s |"
         )
     for title, key in (
