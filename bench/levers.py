@@ -11,6 +11,10 @@ answerable questions whose prompt held all their evidence pages, and the accurac
 (finding against reading); median time to first token and total time per question. `--without-check NAME` adds a row for a report made
 with the answerability check on, scoring each draft the check replaced (the lever only replaces
 drafts, so one run measures both sides).
+
+A lever that changes only some questions is measured by answering those alone:
+`NAME=BASE.json+PATCH.json` is BASE with each question that PATCH answered replaced by PATCH's
+row (e.g. computed answers: only the questions flagged for arithmetic take another path).
 """
 
 from __future__ import annotations
@@ -41,6 +45,33 @@ def load_rows(path: Path) -> list[Row]:
     """The per-question rows of an `eval qa --json` report."""
     report = json.loads(Path(path).read_text(encoding="utf-8"))
     return report["per_question"]
+
+
+def _key(row: Row) -> tuple[str, str]:
+    return row["doc_id"], row["question"]
+
+
+def patched(base: Sequence[Row], patch: Sequence[Row]) -> list[Row]:
+    """BASE's rows with those of the questions PATCH answered replaced by PATCH's rows.
+
+    Raises:
+        ValueError: PATCH holds a question BASE does not (the reports are of different files).
+    """
+    replacement = {_key(r): r for r in patch}
+    missing = set(replacement) - {_key(r) for r in base}
+    if missing:
+        doc_id, question = sorted(missing)[0]
+        raise ValueError(f"{len(missing)} patch question(s) not in the base report, e.g. {doc_id}: {question!r}")
+    return [replacement.get(_key(r), r) for r in base]
+
+
+def load_spec(path_spec: str) -> list[Row]:
+    """The rows of `BASE.json` or `BASE.json+PATCH.json[+...]`."""
+    base, *patches = path_spec.split("+")
+    rows = load_rows(Path(base))
+    for patch in patches:
+        rows = patched(rows, load_rows(Path(patch)))
+    return rows
 
 
 def without_check(rows: Sequence[Row]) -> list[Row]:
@@ -164,7 +195,7 @@ def tables(runs: dict[str, list[Row]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="NAME=REPORT.json, in the order to show")
+    parser.add_argument("runs", nargs="+", help="NAME=REPORT.json or NAME=BASE.json+PATCH.json, in the order to show")
     parser.add_argument(
         "--without-check",
         action="append",
@@ -178,7 +209,10 @@ def main() -> None:
         name, sep, path = spec.partition("=")
         if not sep:
             parser.error(f"{spec}: give NAME=REPORT.json")
-        rows = load_rows(Path(path))
+        try:
+            rows = load_spec(path)
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"{spec}: {exc}")
         if name in args.without_check:
             runs[f"{name}, check's drafts kept"] = without_check(rows)
         runs[name] = rows
