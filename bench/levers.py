@@ -61,7 +61,9 @@ def patched(base: Sequence[Row], patch: Sequence[Row]) -> list[Row]:
     missing = set(replacement) - {_key(r) for r in base}
     if missing:
         doc_id, question = sorted(missing)[0]
-        raise ValueError(f"{len(missing)} patch question(s) not in the base report, e.g. {doc_id}: {question!r}")
+        raise ValueError(
+            f"{len(missing)} patch question(s) not in the base report, e.g. {doc_id}: {question!r}"
+        )
     return [replacement.get(_key(r), r) for r in base]
 
 
@@ -195,7 +197,11 @@ def tables(runs: dict[str, list[Row]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="NAME=REPORT.json or NAME=BASE.json+PATCH.json, in the order to show")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        help="NAME=REPORT.json or NAME=BASE.json+PATCH.json, in the order to show",
+    )
     parser.add_argument(
         "--without-check",
         action="append",
