@@ -251,7 +251,25 @@ def parse_in_worker(
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - one bad PDF must never stop a batch
-        return f"{source.name}: unexpected parser error ({type(exc).__name__}: {exc})".splitlines()[0]
+        if _is_allocation_failure(exc):
+            # NOTE: C++ libraries (onnxruntime under figure OCR) fail with std::bad_alloc at the
+            # worker's address-space limit: that is running out of memory, and the worker is spent.
+            raise MemoryError(str(exc)) from exc
+        return f"{source.name}: unexpected parser error ({_last_line(f'{type(exc).__name__}: {exc}')})"
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    text = str(exc)
+    return "bad_alloc" in text or "Failed to allocate memory" in text
+
+
+def _last_line(text: str) -> str:
+    """The line that says what went wrong: a wrapped traceback (RapidOCR re-raises onnxruntime's
+    errors with the whole traceback as the message) ends with it, other messages start with it."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback (most recent call last)" in lines[0]:
+        return f"{lines[0].split(':')[0]}: {lines[-1]}"
+    return lines[0] if lines else text
 
 
 def _parse_all(todo, library, parse_config, ingest_config, password, notify):

@@ -268,3 +268,35 @@ def test_every_robustness_file_gets_its_outcome(library, robustness_dir: Path) -
     with library.sessions() as s:
         scanned = s.scalars(select(Page).where(Page.ocr_used)).all()
     assert len(scanned) >= 13  # 8 image-only pages, 3 scanned, 1 rotated scan, 1 malformed
+
+
+def _raise(exc: Exception):  # noqa: ANN202
+    def parse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise exc
+
+    return parse
+
+
+def test_a_cpp_allocation_failure_is_running_out_of_memory(tmp_path: Path, sample_pdf: Path, monkeypatch) -> None:
+    """onnxruntime (figure OCR) fails with std::bad_alloc at the worker's address-space limit,
+    wrapped by RapidOCR in a whole traceback: the pool must see a MemoryError (the message then
+    names the limit and the setting, and the spent worker is replaced), not a parser error."""
+    wrapped = (
+        "Traceback (most recent call last):\n  File \"infer_engine.py\", line 196, in __call__\n"
+        "onnxruntime.capi.onnxruntime_pybind11_state.RuntimeException: [ONNXRuntimeError] : 6 : "
+        "RUNTIME_EXCEPTION : Non-zero status code returned while running Clip node. Status Message: std::bad_alloc"
+    )
+    args = (str(sample_pdf), "doc", ParseConfig(), str(tmp_path / "assets"), "assets/doc", None)
+    monkeypatch.setattr(ingest_module, "parse_pdf", _raise(RuntimeError(wrapped)))
+    with pytest.raises(MemoryError):
+        ingest_module.parse_in_worker(*args)
+
+    other = wrapped.replace("std::bad_alloc", "shape mismatch")
+    monkeypatch.setattr(ingest_module, "parse_pdf", _raise(RuntimeError(other)))
+    assert ingest_module.parse_in_worker(*args) == (
+        f"{sample_pdf.name}: unexpected parser error (RuntimeError: onnxruntime.capi.onnxruntime_pybind11_state."
+        "RuntimeException: [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+        "running Clip node. Status Message: shape mismatch)"
+    )
+    monkeypatch.setattr(ingest_module, "parse_pdf", _raise(ValueError("bad value\nsecond line")))
+    assert ingest_module.parse_in_worker(*args) == f"{sample_pdf.name}: unexpected parser error (ValueError: bad value)"
