@@ -61,13 +61,17 @@ class AnswerType(StrEnum):
         return {"integer": "Int", "number": "Float", "list": "List"}.get(self.value, "Str")
 
 
+# NOTE: each names "Not answerable" again: after "Answer with a single integer." alone the 0.5B
+# gave a number where the evidence had none (on the whole dev split it declined half as often as
+# without the instruction); "[a, b]" as the list example was copied verbatim.
+_NOT_STATED = ' If the evidence does not state it, reply "Not answerable".'
 _INSTRUCTIONS = {
-    AnswerType.INTEGER: "Answer with a single integer.",
-    AnswerType.NUMBER: "Answer with a single number (add % for a percentage).",
-    AnswerType.LIST: "Answer with a list like [a, b].",
-    AnswerType.YES_NO: "Answer Yes or No.",
-    AnswerType.STRING: "Answer with a short phrase from the evidence.",
-    AnswerType.FREE: "Answer in one short sentence.",
+    AnswerType.INTEGER: "Answer with a single integer." + _NOT_STATED,
+    AnswerType.NUMBER: "Answer with a single number (add % for a percentage)." + _NOT_STATED,
+    AnswerType.LIST: "Answer with the items in square brackets, separated by commas." + _NOT_STATED,
+    AnswerType.YES_NO: "Answer Yes or No." + _NOT_STATED,
+    AnswerType.STRING: "Answer with a short phrase from the evidence." + _NOT_STATED,
+    AnswerType.FREE: "Answer in one short sentence." + _NOT_STATED,
 }
 
 COMPUTE_INSTRUCTION = (

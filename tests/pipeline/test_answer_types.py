@@ -51,8 +51,11 @@ def test_the_answer_type_is_read_from_the_question(question: str, expected: Answ
 
 def test_each_type_maps_to_a_benchmark_format_and_an_instruction() -> None:
     assert [t.benchmark_format for t in T] == ["Int", "Float", "List", "Str", "Str", "Str"]
-    assert type_instruction(T.INTEGER) == "Answer with a single integer."
-    assert "[a, b]" in type_instruction(T.LIST)
+    assert type_instruction(T.INTEGER) == (
+        'Answer with a single integer. If the evidence does not state it, reply "Not answerable".'
+    )
+    assert "square brackets" in type_instruction(T.LIST) and "[a, b]" not in type_instruction(T.LIST)
+    assert all(type_instruction(t).endswith('reply "Not answerable".') for t in T)
 
 
 @pytest.mark.parametrize(
