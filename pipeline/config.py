@@ -213,11 +213,13 @@ class AnswerConfig(BaseModel):
         "that type as the answer's `short` form (what `folio eval qa` scores).",
     )
     compute: bool = Field(
-        default=True,
+        default=False,
         description="For questions that need arithmetic (differences, ratios, growth, sums), "
         "ask the model for one Python arithmetic expression over numbers in the evidence, "
         "evaluate it safely and answer with the result, citing its operands; if that fails, "
-        "the normal answer.",
+        "the normal answer. Off by default: with the packaged 0.5B it answered 1 of the 17 "
+        "whole-dev-split questions whose expression passed the guard (as many as without it) "
+        "for a second generation of ~5 s (BENCHMARKS, issue 23's whole split).",
     )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     quote_evidence: bool = Field(

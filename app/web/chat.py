@@ -64,7 +64,7 @@ class AskOptions:
     refrag: bool = False
     answerability: bool = False
     typed: bool = True
-    compute: bool = True
+    compute: bool = False
 
     def overrides(self) -> dict[str, Any]:
         """The `Folio.ask` overrides these switches stand for."""
