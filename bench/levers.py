@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.answering.types import without_markers
-from pipeline.evaluation.qa import draft_prediction
+from pipeline.evaluation.qa import draft_prediction, patched_rows
 from pipeline.evaluation.scoring import ScoredAnswer, aggregate, score_answer
 from pipeline.research.common import split_of
 
@@ -47,32 +47,12 @@ def load_rows(path: Path) -> list[Row]:
     return report["per_question"]
 
 
-def _key(row: Row) -> tuple[str, str]:
-    return row["doc_id"], row["question"]
-
-
-def patched(base: Sequence[Row], patch: Sequence[Row]) -> list[Row]:
-    """BASE's rows with those of the questions PATCH answered replaced by PATCH's rows.
-
-    Raises:
-        ValueError: PATCH holds a question BASE does not (the reports are of different files).
-    """
-    replacement = {_key(r): r for r in patch}
-    missing = set(replacement) - {_key(r) for r in base}
-    if missing:
-        doc_id, question = sorted(missing)[0]
-        raise ValueError(
-            f"{len(missing)} patch question(s) not in the base report, e.g. {doc_id}: {question!r}"
-        )
-    return [replacement.get(_key(r), r) for r in base]
-
-
 def load_spec(path_spec: str) -> list[Row]:
     """The rows of `BASE.json` or `BASE.json+PATCH.json[+...]`."""
     base, *patches = path_spec.split("+")
     rows = load_rows(Path(base))
     for patch in patches:
-        rows = patched(rows, load_rows(Path(patch)))
+        rows = patched_rows(rows, load_rows(Path(patch)))
     return rows
 
 

@@ -14,7 +14,7 @@ import logging
 import resource
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ __all__ = [
     "batch_questions",
     "draft_prediction",
     "load_qa_questions",
+    "patched_rows",
     "peak_rss_mb",
     "score_run",
 ]
@@ -280,3 +281,27 @@ def score_run(
         "by_source": _by_source(questions, scored),
         "per_question": per_question,
     }
+
+
+def _row_key(row: Mapping[str, Any]) -> tuple[str, str]:
+    return row["doc_id"], row["question"]
+
+
+def patched_rows(
+    base: Sequence[Mapping[str, Any]], patch: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """A report's `per_question` rows with those of the questions a smaller run answered replaced
+    by that run's rows: a lever that changes only some questions (computed answers, a parse
+    setting that touches some documents) is measured by answering those alone.
+
+    Raises:
+        ValueError: `patch` holds a question `base` does not (reports of different files).
+    """
+    replacement = {_row_key(r): r for r in patch}
+    missing = set(replacement) - {_row_key(r) for r in base}
+    if missing:
+        doc_id, question = sorted(missing)[0]
+        raise ValueError(
+            f"{len(missing)} patch question(s) not in the base report, e.g. {doc_id}: {question!r}"
+        )
+    return [replacement.get(_row_key(r), r) for r in base]

@@ -156,7 +156,7 @@ def test_respond_streams_partial_text_then_the_answer_with_chips() -> None:
             {
                     "context": "retrieved", "sampler": False, "k": 5, "budget": 300,
                     "use_urag": False, "use_refrag": False, "answerability": False,
-                    "typed": True, "compute": True,
+                    "typed": True, "compute": False,
                     "mode": "bm25",
                 },
         )

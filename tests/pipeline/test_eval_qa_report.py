@@ -1,8 +1,10 @@
 """`score_run`'s report: breakdown by evidence source, cited-page precision, total time, and the
 answerability check's draft scored as if the check had kept it."""
 
+import pytest
+
 from pipeline.answering.types import Answer, Answerability, AnswerStats, Citation
-from pipeline.evaluation.qa import QAQuestion, draft_prediction, score_run
+from pipeline.evaluation.qa import QAQuestion, draft_prediction, patched_rows, score_run
 
 
 def _question(
@@ -54,3 +56,15 @@ def test_draft_prediction_is_what_the_report_would_have_scored() -> None:
     assert draft_prediction("It has 12 rows [1].", question) == "It has 12 rows ."
     assert draft_prediction("It has 12 rows [1].", question, "integer") == "12"
     assert draft_prediction("About 12 [2]", question, "number", computed="12.5") == "12.5"
+
+
+def _row(question: str, score: float) -> dict:
+    return {"doc_id": "a.pdf", "question": question, "score": score}
+
+
+def test_a_smaller_run_patches_only_the_questions_it_answered() -> None:
+    base = [_row("q1", 0.0), _row("q2", 0.0), _row("q3", 1.0)]
+    rows = patched_rows(base, [_row("q2", 1.0)])
+    assert [r["score"] for r in rows] == [0.0, 1.0, 1.0] and rows[0] is base[0]
+    with pytest.raises(ValueError, match="1 patch question"):
+        patched_rows(base, [_row("elsewhere", 1.0)])
