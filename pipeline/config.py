@@ -111,8 +111,8 @@ class IngestConfig(BaseModel):
         description="Most memory (address space, MB) parsing one document may add to the parser "
         "process; past it the document is recorded as failed (e.g. a decompression bomb). "
         "Measured peaks: ~350 MB for a 619-page text PDF, ~460 MB with OCR, ~600 MB with the "
-        "layout parser (117 pages); figure OCR and the slide layout detector add 1.6-1.9 GB of "
-        "address space (their onnxruntime sessions, kept by the worker for later documents), "
+        "layout parser (117 pages); figure OCR and the slide layout detector add 1.6 GB or more "
+        "of address space (their onnxruntime sessions, kept by the worker for later documents), "
         "which 2048 did not leave room for on slide decks.",
     )
     keep_source: bool = Field(
